@@ -1,0 +1,738 @@
+//! The deploy configuration: the flake output `epnixDeploy`, read once with
+//! `nix eval --json` and checked here before anything touches a host.
+//!
+//! The types below are the schema's source of truth; the README's
+//! "Configuration reference" mirrors them. Option names follow EPNix's
+//! `services.iocs` so users move between this tool and the NixOS module
+//! without relearning. Every error names the attribute path it is about.
+
+use std::collections::BTreeMap;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use serde_json::{Map, Value};
+
+use crate::exit::BadInput;
+
+/// The root of every attribute path in messages.
+pub const ROOT: &str = "epnixDeploy";
+
+/// The whole `epnixDeploy` attribute set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub hosts: BTreeMap<String, Host>,
+    pub tops: BTreeMap<String, Top>,
+}
+
+/// `epnixDeploy.hosts.<name>`: how to reach a host over SSH.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Host {
+    /// `hostname`: the address or DNS name given to ssh.
+    pub hostname: String,
+    /// `sshUser`: defaults to whatever ssh picks (its config, then the local user).
+    pub ssh_user: Option<String>,
+    /// `sshPort`: defaults to ssh's choice (its config, then 22).
+    pub ssh_port: Option<u16>,
+    /// `sshOpts`: extra ssh options, e.g. `[ "-i" "/path/key" "-o" "Foo=bar" ]`.
+    pub ssh_opts: Vec<String>,
+}
+
+/// `epnixDeploy.tops.<name>`: an EPICS top and the IOCs it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Top {
+    /// `package`: the built top; Nix turns the derivation into its store path.
+    pub package: Utf8PathBuf,
+    /// `hosts`: names from `epnixDeploy.hosts` this top is deployed to.
+    pub hosts: Vec<String>,
+    /// `iocs.<name>`: one procServ unit each.
+    pub iocs: BTreeMap<String, Ioc>,
+}
+
+/// `epnixDeploy.tops.<top>.iocs.<name>`, named as in EPNix's `services.iocs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ioc {
+    /// `workingDirectory`: relative to the top, normalized (`.` for the top itself).
+    pub working_directory: Utf8PathBuf,
+    /// `startupScript`: relative to `workingDirectory`, default `./st.cmd`.
+    /// Always starts with `./` or `../`, so procServ never searches `PATH` for it.
+    pub startup_script: String,
+    /// `environment`: variables for the IOC process.
+    pub environment: BTreeMap<String, String>,
+    /// `procServ.console`: `"unix"` (default) or a TCP port on localhost.
+    pub console: Console,
+    /// `description`: shown by `systemctl status`.
+    pub description: Option<String>,
+    /// `enable`: a disabled IOC gets no unit; a deployed one is removed.
+    pub enable: bool,
+}
+
+/// Where procServ offers the IOC's console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// A UNIX socket in the unit's runtime directory, reachable by root only.
+    Unix,
+    /// A TCP port on localhost; it must be unique on the host.
+    Tcp(u16),
+}
+
+impl Ioc {
+    /// The startup script's path inside the top, for checking the build.
+    pub fn startup_script_in_top(&self) -> Utf8PathBuf {
+        // `parse` proved that this stays inside the top.
+        normalize(&self.working_directory.join(&self.startup_script))
+            .expect("checked at parse time")
+    }
+}
+
+impl Config {
+    /// Parses and checks the JSON that `nix eval --json <flake>#epnixDeploy` printed.
+    pub fn parse(json: &Value) -> Result<Config, BadInput> {
+        let root = Node::root(json);
+        let map = root.object(&["hosts", "tops"])?;
+        let mut config = Config {
+            hosts: BTreeMap::new(),
+            tops: BTreeMap::new(),
+        };
+        if let Some(hosts) = root.get(map, "hosts") {
+            for (name, node) in hosts.attrs()? {
+                check_name(&node, name, "host")?;
+                config.hosts.insert(name.clone(), parse_host(&node)?);
+            }
+        }
+        if let Some(tops) = root.get(map, "tops") {
+            for (name, node) in tops.attrs()? {
+                check_name(&node, name, "top")?;
+                let top = parse_top(&node, &config.hosts)?;
+                // A top's IOCs always share a host, even before it is assigned one.
+                check_iocs_share_host(std::iter::once((name, &top)), "one host")?;
+                config.tops.insert(name.clone(), top);
+            }
+        }
+        config.check_hosts()?;
+        Ok(config)
+    }
+
+    /// Two IOCs on one host must differ in name (it names the unit) and in TCP
+    /// console port.
+    fn check_hosts(&self) -> Result<(), BadInput> {
+        for host in self.hosts.keys() {
+            let tops = self.tops.iter().filter(|(_, top)| top.hosts.contains(host));
+            check_iocs_share_host(tops, &format!("host `{host}`"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the enabled IOCs of `tops`, which will run on one host, for clashes.
+pub fn check_iocs_share_host<'a>(
+    tops: impl Iterator<Item = (&'a String, &'a Top)>,
+    host: &str,
+) -> Result<(), BadInput> {
+    let mut names: BTreeMap<&str, String> = BTreeMap::new();
+    let mut ports: BTreeMap<u16, String> = BTreeMap::new();
+    for (top_name, top) in tops {
+        for (ioc_name, ioc) in top.iocs.iter().filter(|(_, ioc)| ioc.enable) {
+            let path = format!("{ROOT}.tops.{}.iocs.{}", attr(top_name), attr(ioc_name));
+            if let Some(other) = names.insert(ioc_name, path.clone()) {
+                return Err(BadInput::new(format!(
+                    "{path}: IOC name `{ioc_name}` is also used by {other}, and both run on {host}"
+                ))
+                .hint(
+                    "IOC names must be unique per host: they name the unit `epnix-<ioc>.service`",
+                ));
+            }
+            if let Console::Tcp(port) = ioc.console {
+                let console = format!("{path}.procServ.console");
+                if let Some(other) = ports.insert(port, console.clone()) {
+                    return Err(BadInput::new(format!(
+                        "{console}: TCP port {port} is also used by {other}, and both run on {host}"
+                    ))
+                    .hint("give each IOC its own port, or use `procServ.console = \"unix\"`"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_host(node: &Node) -> Result<Host, BadInput> {
+    let map = node.object(&["hostname", "sshUser", "sshPort", "sshOpts", "tags"])?;
+    let hostname = node.require(map, "hostname")?.string()?.to_owned();
+    if hostname.is_empty() || hostname.starts_with('-') || hostname.chars().any(char::is_whitespace)
+    {
+        return Err(node
+            .field("hostname")
+            .error("is not a valid host name or address"));
+    }
+    let ssh_user = node
+        .get(map, "sshUser")
+        .map(|n| n.string().map(str::to_owned))
+        .transpose()?;
+    let ssh_port = node.get(map, "sshPort").map(|n| n.port()).transpose()?;
+    let ssh_opts = match node.get(map, "sshOpts") {
+        Some(n) => n.strings()?,
+        None => Vec::new(),
+    };
+    // Tags are accepted and type-checked so configs written for host selection
+    // stay valid; nothing selects by them yet.
+    if let Some(tags) = node.get(map, "tags") {
+        tags.strings()?;
+    }
+    Ok(Host {
+        hostname,
+        ssh_user,
+        ssh_port,
+        ssh_opts,
+    })
+}
+
+fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInput> {
+    let map = node.object(&["package", "hosts", "iocs"])?;
+    let package_node = node.require(map, "package")?;
+    let package = package_node.string().map_err(|_| {
+        package_node
+            .error("must be a derivation or a store path")
+            .hint("set it to the top's package, e.g. `self.packages.x86_64-linux.myTop`")
+    })?;
+    if !package.starts_with('/') {
+        return Err(package_node.error(format!("`{package}` is not a store path")));
+    }
+    let top_hosts = match node.get(map, "hosts") {
+        Some(n) => {
+            let names = n.strings()?;
+            if let Some(unknown) = names.iter().find(|name| !hosts.contains_key(*name)) {
+                let known: Vec<&str> = hosts.keys().map(String::as_str).collect();
+                return Err(n
+                    .error(format!(
+                        "names host `{unknown}`, which is not in `{ROOT}.hosts`"
+                    ))
+                    .hint(
+                        did_you_mean(unknown, &known)
+                            .unwrap_or_else(|| format!("add `{ROOT}.hosts.{}`", attr(unknown))),
+                    ));
+            }
+            names
+        }
+        None => Vec::new(),
+    };
+    let iocs_node = node.require(map, "iocs")?;
+    let mut iocs = BTreeMap::new();
+    for (name, ioc_node) in iocs_node.attrs()? {
+        check_name(&ioc_node, name, "IOC")?;
+        iocs.insert(name.clone(), parse_ioc(&ioc_node)?);
+    }
+    if iocs.is_empty() {
+        return Err(iocs_node
+            .error("defines no IOC")
+            .hint("add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"));
+    }
+    Ok(Top {
+        package: Utf8PathBuf::from(package),
+        hosts: top_hosts,
+        iocs,
+    })
+}
+
+fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
+    let map = node.object(&[
+        "workingDirectory",
+        "startupScript",
+        "environment",
+        "procServ",
+        "description",
+        "enable",
+    ])?;
+
+    let wd_node = node.require(map, "workingDirectory")?;
+    let working_directory = relative_inside_top(&wd_node, wd_node.string()?, Utf8Path::new(""))?;
+
+    let startup_script = match node.get(map, "startupScript") {
+        Some(n) => {
+            let script = n.string()?;
+            let inside = relative_inside_top(&n, script, &working_directory)?;
+            if inside == working_directory {
+                return Err(n
+                    .error("must name a file")
+                    .hint("the EPNix default is `./st.cmd`"));
+            }
+            if script.starts_with("./") || script.starts_with("../") {
+                script.to_owned()
+            } else {
+                format!("./{script}")
+            }
+        }
+        None => "./st.cmd".to_owned(),
+    };
+
+    let mut environment = BTreeMap::new();
+    if let Some(env_node) = node.get(map, "environment") {
+        for (key, value_node) in env_node.attrs()? {
+            if !is_env_name(key) {
+                return Err(value_node
+                    .error("is not a valid environment variable name")
+                    .hint("use letters, digits and `_`, not starting with a digit"));
+            }
+            let value = value_node.string()?;
+            if value.contains(['\n', '\r', '\0']) {
+                return Err(value_node.error(
+                    "contains a line break or NUL, which a unit's `Environment=` cannot carry",
+                ));
+            }
+            environment.insert(key.clone(), value.to_owned());
+        }
+    }
+
+    let console = match node.get(map, "procServ") {
+        Some(ps) => {
+            let ps_map = ps.object(&["console"])?;
+            match ps.get(ps_map, "console") {
+                Some(c) => parse_console(&c)?,
+                None => Console::Unix,
+            }
+        }
+        None => Console::Unix,
+    };
+
+    let description = node
+        .get(map, "description")
+        .map(|n| n.one_line())
+        .transpose()?;
+    let enable = match node.get(map, "enable") {
+        Some(n) => n
+            .value
+            .as_bool()
+            .ok_or_else(|| n.error(format!("must be true or false, not {}", n.kind())))?,
+        None => true,
+    };
+    Ok(Ioc {
+        working_directory,
+        startup_script,
+        environment,
+        console,
+        description,
+        enable,
+    })
+}
+
+fn parse_console(node: &Node) -> Result<Console, BadInput> {
+    match node.value {
+        Value::String(s) if s == "unix" => Ok(Console::Unix),
+        Value::Number(_) => node.port().map(Console::Tcp),
+        _ => Err(node.error(format!(
+            "must be \"unix\" or a TCP port number, not {}",
+            node.kind()
+        ))),
+    }
+}
+
+/// Normalizes `path` relative to `base` (both inside the top) and refuses
+/// anything that would leave the top.
+fn relative_inside_top(node: &Node, path: &str, base: &Utf8Path) -> Result<Utf8PathBuf, BadInput> {
+    if path.starts_with('/') {
+        return Err(node
+            .error(format!("`{path}` is absolute"))
+            .hint("give a path relative to the top, e.g. `iocBoot/iocMyIoc`"));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(node.error("contains a control character"));
+    }
+    normalize(&base.join(path)).ok_or_else(|| {
+        node.error(format!("`{path}` leads outside the top"))
+            .hint("a top is deployed as one store path; refer only to files inside it")
+    })
+}
+
+/// Resolves `.` and `..` lexically; `None` if the path climbs above its start.
+fn normalize(path: &Utf8Path) -> Option<Utf8PathBuf> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.as_str().split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            _ => parts.push(part),
+        }
+    }
+    Some(if parts.is_empty() {
+        Utf8PathBuf::from(".")
+    } else {
+        Utf8PathBuf::from(parts.join("/"))
+    })
+}
+
+/// Host, top and IOC names become unit names, paths and profile names.
+pub fn is_safe_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=64).contains(&bytes.len())
+        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+}
+
+fn check_name(node: &Node, name: &str, what: &str) -> Result<(), BadInput> {
+    if is_safe_name(name) {
+        Ok(())
+    } else {
+        Err(node.error(format!("`{name}` is not a valid {what} name")).hint(
+            "names may use letters, digits, `_` and `-`, must not start with `-`, and are at most 64 characters",
+        ))
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Writes an attribute name as Nix would need it in a path.
+pub fn attr(name: &str) -> String {
+    let ident = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-'".contains(c));
+    if ident {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {
+    candidates
+        .iter()
+        .map(|c| {
+            (
+                strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// A JSON value together with its attribute path, for messages.
+struct Node<'a> {
+    path: String,
+    value: &'a Value,
+}
+
+impl<'a> Node<'a> {
+    fn root(value: &'a Value) -> Node<'a> {
+        Node {
+            path: ROOT.to_owned(),
+            value,
+        }
+    }
+
+    fn child(&self, key: &str, value: &'a Value) -> Node<'a> {
+        Node {
+            path: format!("{}.{}", self.path, attr(key)),
+            value,
+        }
+    }
+
+    /// The path of a field that may be absent, for errors about it.
+    fn field(&self, key: &str) -> Node<'a> {
+        self.child(key, &Value::Null)
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> BadInput {
+        BadInput::new(format!("{}: {message}", self.path))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an attribute set",
+        }
+    }
+
+    /// The attribute set, refusing keys outside `known`.
+    fn object(&self, known: &[&str]) -> Result<&'a Map<String, Value>, BadInput> {
+        let map = self
+            .value
+            .as_object()
+            .ok_or_else(|| self.error(format!("must be an attribute set, not {}", self.kind())))?;
+        if let Some(key) = map.keys().find(|key| !known.contains(&key.as_str())) {
+            let err = self.child(key, &Value::Null).error("is not a known option");
+            let hint = did_you_mean(key, known)
+                .unwrap_or_else(|| format!("known options here: {}", known.join(", ")));
+            return Err(err.hint(hint));
+        }
+        Ok(map)
+    }
+
+    /// An attribute set whose keys are names chosen by the user.
+    fn attrs(&self) -> Result<Vec<(&'a String, Node<'a>)>, BadInput> {
+        let map = self
+            .value
+            .as_object()
+            .ok_or_else(|| self.error(format!("must be an attribute set, not {}", self.kind())))?;
+        Ok(map
+            .iter()
+            .map(|(key, value)| (key, self.child(key, value)))
+            .collect())
+    }
+
+    fn get(&self, map: &'a Map<String, Value>, key: &str) -> Option<Node<'a>> {
+        map.get(key).map(|value| self.child(key, value))
+    }
+
+    fn require(&self, map: &'a Map<String, Value>, key: &str) -> Result<Node<'a>, BadInput> {
+        self.get(map, key)
+            .ok_or_else(|| self.field(key).error("is required but not set"))
+    }
+
+    fn string(&self) -> Result<&'a str, BadInput> {
+        self.value
+            .as_str()
+            .ok_or_else(|| self.error(format!("must be a string, not {}", self.kind())))
+    }
+
+    fn one_line(&self) -> Result<String, BadInput> {
+        let s = self.string()?;
+        if s.contains(['\n', '\r', '\0']) {
+            return Err(self.error("must be a single line"));
+        }
+        Ok(s.to_owned())
+    }
+
+    fn strings(&self) -> Result<Vec<String>, BadInput> {
+        let items = self
+            .value
+            .as_array()
+            .ok_or_else(|| self.error(format!("must be a list of strings, not {}", self.kind())))?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| self.error(format!("item {i} must be a string")))
+            })
+            .collect()
+    }
+
+    fn port(&self) -> Result<u16, BadInput> {
+        self.value
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                self.error(format!(
+                    "must be a port number from 1 to 65535, not {}",
+                    self.value
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn example() -> Value {
+        json!({
+            "hosts": { "ioc-server-1": { "hostname": "10.0.0.5", "sshUser": "root", "sshPort": 22, "sshOpts": [], "tags": ["linac"] } },
+            "tops": { "myTop": {
+                "package": "/nix/store/aaaa-myTop",
+                "hosts": ["ioc-server-1"],
+                "iocs": { "myIoc": {
+                    "workingDirectory": "iocBoot/iocMyIoc",
+                    "startupScript": "./st.cmd",
+                    "environment": { "EPICS_CA_ADDR_LIST": "10.0.0.255" },
+                    "procServ": { "console": "unix" },
+                    "description": "My IOC",
+                    "enable": true
+                } }
+            } }
+        })
+    }
+
+    fn error_of(json: Value) -> String {
+        Config::parse(&json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let config = Config::parse(&example()).unwrap();
+        let host = &config.hosts["ioc-server-1"];
+        assert_eq!(host.ssh_port, Some(22));
+        let ioc = &config.tops["myTop"].iocs["myIoc"];
+        assert_eq!(ioc.working_directory, "iocBoot/iocMyIoc");
+        assert_eq!(ioc.startup_script_in_top(), "iocBoot/iocMyIoc/st.cmd");
+        assert_eq!(ioc.console, Console::Unix);
+    }
+
+    #[test]
+    fn defaults_follow_epnix() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"] =
+            json!({ "workingDirectory": "./iocBoot//iocMyIoc/" });
+        let ioc = Config::parse(&json).unwrap().tops["myTop"].iocs["myIoc"].clone();
+        assert_eq!(ioc.working_directory, "iocBoot/iocMyIoc");
+        assert_eq!(ioc.startup_script, "./st.cmd");
+        assert!(ioc.enable);
+        assert_eq!(ioc.console, Console::Unix);
+    }
+
+    #[test]
+    fn unknown_keys_get_a_suggestion() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["workingDir"] = json!("x");
+        let err = error_of(json);
+        assert!(
+            err.starts_with("epnixDeploy.tops.myTop.iocs.myIoc.workingDir: is not a known option"),
+            "{err}"
+        );
+        assert!(
+            err.contains("hint: did you mean `workingDirectory`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn paths_must_stay_inside_the_top() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["workingDirectory"] = json!("iocBoot/../../etc");
+        assert!(error_of(json).starts_with("epnixDeploy.tops.myTop.iocs.myIoc.workingDirectory: `iocBoot/../../etc` leads outside the top"));
+
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["startupScript"] = json!("../../../st.cmd");
+        assert!(error_of(json).contains("startupScript: `../../../st.cmd` leads outside the top"));
+
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["workingDirectory"] = json!("/etc");
+        assert!(error_of(json).contains("workingDirectory: `/etc` is absolute"));
+    }
+
+    #[test]
+    fn a_startup_script_may_climb_within_the_top() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["startupScript"] = json!("../common/st.cmd");
+        let ioc = Config::parse(&json).unwrap().tops["myTop"].iocs["myIoc"].clone();
+        assert_eq!(ioc.startup_script_in_top(), "iocBoot/common/st.cmd");
+        assert_eq!(ioc.startup_script, "../common/st.cmd");
+    }
+
+    #[test]
+    fn a_bare_script_name_is_made_relative() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["startupScript"] = json!("st.cmd");
+        assert_eq!(
+            Config::parse(&json).unwrap().tops["myTop"].iocs["myIoc"].startup_script,
+            "./st.cmd"
+        );
+    }
+
+    #[test]
+    fn names_must_be_safe_unit_names() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["bad name"] = json!({ "workingDirectory": "x" });
+        assert!(error_of(json).starts_with(
+            "epnixDeploy.tops.myTop.iocs.\"bad name\": `bad name` is not a valid IOC name"
+        ));
+        assert!(is_safe_name("_a-1"));
+        assert!(!is_safe_name("-a"));
+        assert!(!is_safe_name(&"a".repeat(65)));
+        assert!(!is_safe_name(""));
+    }
+
+    #[test]
+    fn duplicate_tcp_ports_on_one_host_are_refused() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["procServ"]["console"] = json!(2000);
+        json["tops"]["other"] = json!({
+            "package": "/nix/store/bbbb-other", "hosts": ["ioc-server-1"],
+            "iocs": { "second": { "workingDirectory": "x", "procServ": { "console": 2000 } } }
+        });
+        let err = error_of(json);
+        assert!(err.contains("TCP port 2000 is also used by"), "{err}");
+        assert!(err.contains("host `ioc-server-1`"), "{err}");
+    }
+
+    #[test]
+    fn a_disabled_ioc_does_not_clash() {
+        let mut json = example();
+        json["tops"]["other"] = json!({
+            "package": "/nix/store/bbbb-other", "hosts": ["ioc-server-1"],
+            "iocs": { "myIoc": { "workingDirectory": "x", "enable": false } }
+        });
+        assert!(Config::parse(&json).is_ok());
+    }
+
+    #[test]
+    fn duplicate_ioc_names_on_one_host_are_refused() {
+        let mut json = example();
+        json["tops"]["other"] = json!({
+            "package": "/nix/store/bbbb-other", "hosts": ["ioc-server-1"],
+            "iocs": { "myIoc": { "workingDirectory": "x" } }
+        });
+        assert!(
+            error_of(json)
+                .contains("IOC name `myIoc` is also used by epnixDeploy.tops.myTop.iocs.myIoc")
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_path_and_the_kind() {
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["sshPort"] = json!("22");
+        assert_eq!(
+            error_of(json),
+            "epnixDeploy.hosts.ioc-server-1.sshPort: must be a port number from 1 to 65535, not \"22\""
+        );
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["procServ"]["console"] = json!("tcp");
+        assert!(
+            error_of(json).contains("console: must be \"unix\" or a TCP port number, not a string")
+        );
+    }
+
+    #[test]
+    fn unknown_host_in_a_top_is_refused_with_a_suggestion() {
+        let mut json = example();
+        json["tops"]["myTop"]["hosts"] = json!(["ioc-server-l"]);
+        let err = error_of(json);
+        assert!(
+            err.contains("names host `ioc-server-l`, which is not in `epnixDeploy.hosts`"),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `ioc-server-1`?"), "{err}");
+    }
+
+    #[test]
+    fn environment_is_checked() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["environment"] = json!({ "1BAD": "x" });
+        assert!(
+            error_of(json)
+                .contains("environment.\"1BAD\": is not a valid environment variable name")
+        );
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["environment"] = json!({ "A": "x\ny" });
+        assert!(error_of(json).contains("environment.A: contains a line break"));
+    }
+
+    #[test]
+    fn missing_required_options_are_named() {
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"] = json!({});
+        assert_eq!(
+            error_of(json),
+            "epnixDeploy.tops.myTop.iocs.myIoc.workingDirectory: is required but not set"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! Renders the systemd unit that runs one IOC under procServ.
+//!
+//! Rendering is a pure function of the configuration and a few facts about the
+//! host, pinned by snapshot tests. The unit follows EPNix's `services.iocs`
+//! unit so that moving a host between this tool and NixOS changes nothing.
+
+use std::fmt::Write;
+
+use crate::config::{Console, Ioc};
+use crate::layout;
+
+/// The key that marks a unit as ours and names the top it belongs to. systemd
+/// ignores `X-` keys, so it costs nothing at run time.
+const OWNER_KEY: &str = "X-EpnixDeploy-Top";
+
+/// What the unit needs to know about the host it goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    /// Absolute path of the procServ binary the unit runs.
+    pub procserv: String,
+    /// Whether that procServ has `--oneshot` (2.8.0 and later). Without it
+    /// procServ restarts a dead IOC itself and systemd never sees the crash.
+    pub procserv_oneshot: bool,
+}
+
+/// The unit file text for IOC `name` of top `top`.
+pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
+    let state_dir = format!("/var/lib/epics/{name}");
+    let chdir = layout::profile(top).join(&ioc.working_directory);
+    let chdir = if ioc.working_directory == "." {
+        layout::profile(top)
+    } else {
+        chdir
+    };
+    let console = match ioc.console {
+        Console::Unix => format!("unix:{}", console_socket(name)),
+        Console::Tcp(port) => port.to_string(),
+    };
+
+    let mut argv: Vec<String> = vec![host.procserv.clone(), "--foreground".into()];
+    if host.procserv_oneshot {
+        argv.push("--oneshot".into());
+    }
+    argv.extend([
+        "--logfile=-".into(),
+        "--holdoff=0".into(),
+        format!("--name={name}"),
+        format!("--chdir={chdir}"),
+        console,
+        ioc.startup_script.clone(),
+    ]);
+    let exec_start: Vec<String> = argv.iter().map(|arg| exec_arg(arg)).collect();
+
+    let description = match &ioc.description {
+        Some(text) => format!("EPICS IOC {name}: {text}"),
+        None => format!("EPICS IOC {name}"),
+    };
+
+    let mut unit = String::new();
+    let w = &mut unit;
+    // `writeln!` into a String cannot fail.
+    let _ = writeln!(
+        w,
+        "# Written by epnix-deploy for top `{top}`. Do not edit: the next deploy replaces it."
+    );
+    let _ = writeln!(w, "[Unit]");
+    let _ = writeln!(w, "Description={}", escape_specifiers(&description));
+    let _ = writeln!(w, "Wants=network-online.target");
+    let _ = writeln!(w, "After=network-online.target");
+    // procServ exits 0 when the IOC dies from a signal, so `Restart=always`
+    // must never be stopped by the default start rate limit.
+    let _ = writeln!(w, "StartLimitIntervalSec=0");
+    let _ = writeln!(w, "{OWNER_KEY}={top}");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "[Service]");
+    let _ = writeln!(w, "Type=exec");
+    let _ = writeln!(w, "ExecStart={}", exec_start.join(" "));
+    let _ = writeln!(w, "Restart=always");
+    let _ = writeln!(w, "RestartSec=1s");
+    let _ = writeln!(w, "DynamicUser=true");
+    let _ = writeln!(w, "StateDirectory=epics/{name}");
+    // The console socket lives here; procServ makes it mode 0666, so the
+    // directory's mode is what keeps other users out.
+    let _ = writeln!(w, "RuntimeDirectory=epics/{name}");
+    let _ = writeln!(w, "RuntimeDirectoryMode=0700");
+    let _ = writeln!(
+        w,
+        "{}",
+        env_assignment(
+            "EPICS_IOCSH_HISTFILE",
+            &format!("{state_dir}/iocsh_history")
+        )
+    );
+    for (key, value) in &ioc.environment {
+        let _ = writeln!(w, "{}", env_assignment(key, value));
+    }
+    for line in HARDENING {
+        let _ = writeln!(w, "{line}");
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "[Install]");
+    let _ = writeln!(w, "WantedBy=multi-user.target");
+    unit
+}
+
+/// EPNix's hardening defaults: an IOC needs the network and its own state
+/// directory, and nothing of the kernel's or other users'.
+const HARDENING: &[&str] = &[
+    "CapabilityBoundingSet=",
+    "LockPersonality=true",
+    "NoNewPrivileges=true",
+    "PrivateTmp=true",
+    "ProtectClock=true",
+    "ProtectControlGroups=true",
+    "ProtectHome=true",
+    "ProtectHostname=true",
+    "ProtectKernelLogs=true",
+    "ProtectKernelModules=true",
+    "ProtectKernelTunables=true",
+    "ProtectProc=invisible",
+    "ProtectSystem=strict",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
+    "RestrictNamespaces=true",
+    "RestrictRealtime=true",
+    "RestrictSUIDSGID=true",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged",
+    "UMask=0077",
+];
+
+/// The IOC's console socket when `procServ.console = "unix"`.
+pub fn console_socket(name: &str) -> String {
+    format!("/run/epics/{name}/console")
+}
+
+/// The top a unit file belongs to, if epnix-deploy wrote it.
+pub fn owner(unit_text: &str) -> Option<&str> {
+    unit_text
+        .lines()
+        .find_map(|line| line.strip_prefix(OWNER_KEY)?.strip_prefix('='))
+}
+
+/// Quotes one `ExecStart=` word. systemd splits on white space, expands `$`
+/// and `%`, and unquotes C-style; plain words pass through.
+fn exec_arg(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@+,-".contains(&b));
+    if plain {
+        return arg.to_owned();
+    }
+    let mut quoted = String::from("\"");
+    for c in arg.chars() {
+        match c {
+            '\\' => quoted.push_str(r"\\"),
+            '"' => quoted.push_str("\\\""),
+            '%' => quoted.push_str("%%"),
+            '$' => quoted.push_str("$$"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// One `Environment=` line. The value is quoted whole; systemd expands `%`
+/// specifiers there but not `$`.
+fn env_assignment(key: &str, value: &str) -> String {
+    let mut escaped = String::new();
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str(r"\\"),
+            '"' => escaped.push_str("\\\""),
+            '%' => escaped.push_str("%%"),
+            c => escaped.push(c),
+        }
+    }
+    format!("Environment=\"{key}={escaped}\"")
+}
+
+fn escape_specifiers(text: &str) -> String {
+    text.replace('%', "%%")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn facts(oneshot: bool) -> HostFacts {
+        HostFacts {
+            procserv: "/usr/bin/procServ".into(),
+            procserv_oneshot: oneshot,
+        }
+    }
+
+    fn ioc() -> Ioc {
+        Ioc {
+            working_directory: "iocBoot/iocMyIoc".into(),
+            startup_script: "./st.cmd".into(),
+            environment: BTreeMap::from([("EPICS_CA_ADDR_LIST".into(), "10.0.0.255".into())]),
+            console: Console::Unix,
+            description: Some("My IOC".into()),
+            enable: true,
+        }
+    }
+
+    #[test]
+    fn unit_for_the_readme_example() {
+        insta::assert_snapshot!(render("myTop", "myIoc", &ioc(), &facts(true)));
+    }
+
+    #[test]
+    fn unit_with_a_tcp_console_and_an_old_procserv() {
+        let mut ioc = ioc();
+        ioc.console = Console::Tcp(2001);
+        ioc.description = None;
+        ioc.environment.clear();
+        insta::assert_snapshot!(render("myTop", "myIoc", &ioc, &facts(false)));
+    }
+
+    #[test]
+    fn awkward_values_are_escaped() {
+        let mut ioc = ioc();
+        ioc.working_directory = "ioc Boot/100%".into();
+        ioc.startup_script = "./st \"$x\".cmd".into();
+        ioc.description = Some("50% \"quoted\"".into());
+        ioc.environment = BTreeMap::from([("A".into(), r#"va"l\ue $HOME 100%"#.into())]);
+        let unit = render("myTop", "myIoc", &ioc, &facts(true));
+        insta::assert_snapshot!(unit);
+    }
+
+    #[test]
+    fn the_owner_is_read_back() {
+        let unit = render("myTop", "myIoc", &ioc(), &facts(true));
+        assert_eq!(owner(&unit), Some("myTop"));
+        assert_eq!(owner("[Unit]\nDescription=not ours\n"), None);
+    }
+}
