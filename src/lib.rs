@@ -4,8 +4,17 @@
 //! The binary is a thin shell around [`cli::main`]; the pure parts (config
 //! checking, unit rendering, planning) are public so tests can reach them.
 
+pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod exit;
+pub mod host;
 pub mod layout;
+pub mod nix;
+pub mod plan;
 pub mod process;
+pub mod progress;
+pub mod ssh;
+pub mod table;
+pub mod target;
 pub mod unit;

@@ -124,8 +124,8 @@ const HARDENING: &[&str] = &[
     "RestrictRealtime=true",
     "RestrictSUIDSGID=true",
     "SystemCallArchitectures=native",
+    // Not `~@privileged` as well: procServ is killed by it (SIGSYS) at start.
     "SystemCallFilter=@system-service",
-    "SystemCallFilter=~@privileged",
     "UMask=0077",
 ];
 

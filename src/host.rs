@@ -1,0 +1,213 @@
+//! What a host has now: read in one round trip before any plan is made.
+//!
+//! The host's own Nix profile and systemd unit files are the source of
+//! truth; nothing is cached on the deployer's side.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use camino::Utf8PathBuf;
+
+use crate::layout;
+use crate::ssh::RemoteCmd;
+use crate::unit::HostFacts;
+
+/// The state read from a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostState {
+    pub hostname: String,
+    pub is_root: bool,
+    /// procServ on the host, if any, and whether it has `--oneshot`.
+    pub procserv: Option<HostFacts>,
+    pub has_nix_env: bool,
+    pub has_systemctl: bool,
+    /// Whether `nix-store` is on the PATH of a non-interactive SSH command,
+    /// which is where `nix copy` looks for it.
+    pub nix_store_on_ssh_path: bool,
+    /// Where the top's profile points now, and its generation.
+    pub profile: Option<Profile>,
+    /// Every `epnix-*.service` file in the unit directory, by IOC name, with
+    /// its text: ours and anything that only looks like ours.
+    pub units: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub generation: u32,
+    pub store_path: Utf8PathBuf,
+}
+
+/// Prints one record per fact, each opened by a nonce that cannot occur in a
+/// unit file, so unit texts need no escaping. `$1` is the nonce, `$2` the
+/// profile.
+const INSPECT: &str = r#"
+set -u
+nonce=$1 profile=$2
+say() { printf '%s %s %s\n' "$nonce" "$1" "$2"; }
+if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi
+# Multi-user Nix and NixOS put their tools here, outside a non-interactive PATH.
+PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
+say hostname "$(cat /proc/sys/kernel/hostname)"
+say uid "$(id -u)"
+say procserv "$(command -v procServ || true)"
+if procServ --help 2>&1 | grep -q -e --oneshot; then say oneshot yes; else say oneshot no; fi
+say nix-env "$(command -v nix-env || true)"
+say systemctl "$(command -v systemctl || true)"
+if [ -L "$profile" ]; then
+  say profile-link "$(readlink "$profile")"
+  say profile-target "$(readlink -f "$profile")"
+fi
+for f in /etc/systemd/system/epnix-*.service; do
+  [ -f "$f" ] || continue
+  printf '%s unit %s\n' "$nonce" "${f##*/}"
+  cat "$f"
+done
+"#;
+
+pub fn inspect_cmd(nonce: &str, top: &str) -> RemoteCmd {
+    RemoteCmd::script(INSPECT, &[nonce, layout::profile(top).as_str()])
+}
+
+/// A value that a unit file cannot contain by accident.
+pub fn nonce() -> String {
+    let mut bytes = [0u8; 12];
+    // /dev/urandom never runs dry; the time-based fallback only guards odd sandboxes.
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes[..8]
+            .copy_from_slice(&(t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("@@epnix-{hex}@@")
+}
+
+pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
+    let mut facts: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut units = BTreeMap::new();
+    for record in output.split(nonce).skip(1) {
+        let record = record.strip_prefix(' ').context("malformed host report")?;
+        let (head, rest) = record.split_once('\n').unwrap_or((record, ""));
+        let (key, value) = head.split_once(' ').unwrap_or((head, ""));
+        if key == "unit" {
+            let ioc = layout::ioc_of_unit(value)
+                .with_context(|| format!("unexpected unit name `{value}`"))?;
+            units.insert(ioc.to_owned(), rest.to_owned());
+        } else {
+            facts.insert(key, value.trim_end());
+        }
+    }
+    let fact = |key: &str| -> Result<&str> {
+        facts
+            .get(key)
+            .copied()
+            .with_context(|| format!("the host did not report `{key}`"))
+    };
+    let present = |key: &str| -> Result<bool> { Ok(!fact(key)?.is_empty()) };
+
+    let procserv = match fact("procserv")? {
+        "" => None,
+        path => Some(HostFacts {
+            procserv: path.to_owned(),
+            procserv_oneshot: fact("oneshot")? == "yes",
+        }),
+    };
+    let profile = match (facts.get("profile-link"), facts.get("profile-target")) {
+        (Some(link), Some(target)) => {
+            let generation = parse_generation(link).with_context(|| {
+                format!("the profile points at `{link}`, which is not a generation link")
+            })?;
+            Some(Profile {
+                generation,
+                store_path: Utf8PathBuf::from(*target),
+            })
+        }
+        (None, None) => None,
+        _ => bail!("the host reported half of its profile"),
+    };
+    Ok(HostState {
+        hostname: fact("hostname")?.to_owned(),
+        is_root: fact("uid")? == "0",
+        procserv,
+        has_nix_env: present("nix-env")?,
+        has_systemctl: present("systemctl")?,
+        nix_store_on_ssh_path: fact("nix-store-on-path")? == "yes",
+        profile,
+        units,
+    })
+}
+
+/// The number in a profile generation link, e.g. `myTop-3-link` (possibly
+/// with a directory in front).
+pub fn parse_generation(link: &str) -> Option<u32> {
+    let name = link.rsplit('/').next()?;
+    let rest = name.strip_suffix("-link")?;
+    rest.rsplit_once('-')?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: &str = "@@n@@";
+
+    #[test]
+    fn a_report_with_a_profile_and_units() {
+        let output = format!(
+            "{N} nix-store-on-path yes\n{N} hostname ioc1\n{N} uid 0\n{N} procserv /usr/bin/procServ\n{N} oneshot no\n\
+             {N} nix-env /usr/bin/nix-env\n{N} systemctl /usr/bin/systemctl\n{N} profile-link myTop-2-link\n\
+             {N} profile-target /nix/store/abc-top\n{N} unit epnix-a.service\n[Unit]\nX=1\n{N} unit epnix-b.service\nno newline"
+        );
+        let state = parse_inspect(N, &output).unwrap();
+        assert_eq!(state.hostname, "ioc1");
+        assert!(state.is_root);
+        assert_eq!(
+            state.procserv,
+            Some(HostFacts {
+                procserv: "/usr/bin/procServ".into(),
+                procserv_oneshot: false
+            })
+        );
+        assert_eq!(
+            state.profile,
+            Some(Profile {
+                generation: 2,
+                store_path: "/nix/store/abc-top".into()
+            })
+        );
+        assert_eq!(state.units["a"], "[Unit]\nX=1\n");
+        assert_eq!(state.units["b"], "no newline");
+    }
+
+    #[test]
+    fn a_bare_host() {
+        let output = format!(
+            "{N} nix-store-on-path no\n{N} hostname h\n{N} uid 1000\n{N} procserv \n{N} oneshot no\n{N} nix-env \n{N} systemctl /bin/systemctl\n"
+        );
+        let state = parse_inspect(N, &output).unwrap();
+        assert!(!state.is_root);
+        assert_eq!(state.procserv, None);
+        assert!(!state.has_nix_env);
+        assert_eq!(state.profile, None);
+        assert!(state.units.is_empty());
+    }
+
+    #[test]
+    fn generation_links() {
+        assert_eq!(parse_generation("myTop-12-link"), Some(12));
+        assert_eq!(
+            parse_generation("/nix/var/nix/profiles/epnix/my-top-3-link"),
+            Some(3)
+        );
+        assert_eq!(parse_generation("/nix/store/abc"), None);
+    }
+
+    #[test]
+    fn nonces_differ() {
+        assert_ne!(nonce(), nonce());
+    }
+}

@@ -1,0 +1,89 @@
+//! The Nix commands a deploy runs on the deployer's machine.
+//!
+//! Only flags that both Debian's Nix 2.8 and current Nix (2.18+) understand
+//! are used, so the tool works with either.
+
+use anyhow::{Context, Result};
+use camino::Utf8PathBuf;
+use serde::Deserialize;
+
+use crate::process::Cmd;
+use crate::target::Target;
+
+/// Users should not have to edit `nix.conf` to run the tool.
+fn nix() -> Cmd {
+    Cmd::new("nix").args(["--extra-experimental-features", "nix-command flakes"])
+}
+
+/// Evaluates the whole `epnixDeploy` output; packages become store paths.
+pub fn eval_config(flake: &str) -> Cmd {
+    nix()
+        .args(["eval", "--json"])
+        .arg(format!("{flake}#epnixDeploy"))
+}
+
+/// Builds the top's package without a GC root in the working directory.
+pub fn build_top(flake: &str, top: &str) -> Cmd {
+    nix()
+        .args(["build", "--no-link", "--json"])
+        .arg(format!("{flake}#epnixDeploy.tops.{top}.package"))
+}
+
+#[derive(Deserialize)]
+struct BuildResult {
+    outputs: std::collections::BTreeMap<String, Utf8PathBuf>,
+}
+
+/// The `out` path from `nix build --json`.
+pub fn parse_build_output(stdout: &str) -> Result<Utf8PathBuf> {
+    let results: Vec<BuildResult> =
+        serde_json::from_str(stdout).context("reading the JSON of `nix build --json`")?;
+    results
+        .into_iter()
+        .next()
+        .and_then(|mut r| r.outputs.remove("out"))
+        .context("`nix build --json` reported no `out` path")
+}
+
+/// Copies `path` and its closure to the host, riding the master connection at
+/// `control_socket`. The port and user are already settled by the master.
+pub fn copy_to(
+    target: &Target,
+    control_socket: &str,
+    path: &str,
+    substitute_on_destination: bool,
+) -> Cmd {
+    let mut cmd = nix()
+        .env(
+            "NIX_SSHOPTS",
+            format!("-o ControlMaster=no -o ControlPath={control_socket}"),
+        )
+        .arg("copy");
+    if substitute_on_destination {
+        cmd = cmd.arg("--substitute-on-destination");
+    }
+    cmd.arg("--to")
+        .arg(format!("ssh://{}", target.destination()))
+        .arg(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_output_of_nix_2_8_and_later() {
+        let out = r#"[{"drvPath":"/nix/store/x.drv","outputs":{"out":"/nix/store/abc-top"}}]"#;
+        assert_eq!(parse_build_output(out).unwrap(), "/nix/store/abc-top");
+    }
+
+    #[test]
+    fn copy_rides_the_master_connection() {
+        let target = Target::resolve("root@10.0.0.5:2201", None).unwrap();
+        let cmd = copy_to(&target, "/tmp/e/master", "/nix/store/abc-top", true);
+        assert_eq!(
+            cmd.to_string(),
+            "NIX_SSHOPTS='-o ControlMaster=no -o ControlPath=/tmp/e/master' nix --extra-experimental-features 'nix-command flakes' copy --substitute-on-destination --to ssh://root@10.0.0.5 /nix/store/abc-top"
+        );
+    }
+}

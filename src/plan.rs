@@ -1,0 +1,277 @@
+//! The deploy plan: what must change on one host to run one top, computed
+//! from the configuration and the host's state alone. Pure, so `--dry-run`,
+//! the real deploy and the tests all see the same plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use camino::Utf8PathBuf;
+
+use crate::config::Top;
+use crate::exit::BadInput;
+use crate::host::HostState;
+use crate::layout;
+use crate::ssh::RemoteCmd;
+use crate::unit::{self, HostFacts};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub top: String,
+    pub store_path: Utf8PathBuf,
+    /// False when the profile already points at this build: a redeploy of the
+    /// same build makes no new generation.
+    pub set_profile: bool,
+    /// The rendered unit of every enabled IOC.
+    pub units: BTreeMap<String, String>,
+    /// The units whose text is new or differs from the host's.
+    pub rewrite: BTreeSet<String>,
+    /// What happens to each IOC of the top, and to those it no longer has.
+    pub iocs: BTreeMap<String, Change>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// No unit yet: install and start it.
+    New,
+    /// The unit or the top changed: install and restart it.
+    Changed,
+    /// Nothing changed: make sure it runs, without a restart.
+    Unchanged,
+    /// Disabled or gone from the configuration: stop it and remove the unit.
+    Removed,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::New => "new",
+            Change::Changed => "restarted",
+            Change::Unchanged => "unchanged",
+            Change::Removed => "removed",
+        }
+    }
+}
+
+/// One step that changes the host, in the order they run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Point the top's profile at the new build (a new generation).
+    SetProfile,
+    WriteUnit(String),
+    RemoveUnit(String),
+    DaemonReload,
+    Enable(Vec<String>),
+    Restart(Vec<String>),
+    Start(Vec<String>),
+}
+
+/// Checks that the host can take a deploy at all, before anything is copied.
+pub fn host_facts(host: &HostState, label: &str) -> Result<HostFacts, BadInput> {
+    if !host.is_root {
+        return Err(BadInput::new(format!(
+            "on `{label}`: the SSH user is not root, and installing units needs root"
+        ))
+        .hint("set `sshUser = \"root\"` for this host (or deploy as `root@host`)"));
+    }
+    if !host.has_systemctl {
+        return Err(BadInput::new(format!(
+            "on `{label}`: `systemctl` was not found; the IOCs run as systemd units"
+        )));
+    }
+    if !host.has_nix_env {
+        return Err(
+            BadInput::new(format!("on `{label}`: Nix was not found (`nix-env`)"))
+                .hint("install Nix on the host (on Debian: `apt install nix-bin`)"),
+        );
+    }
+    host.procserv.clone().ok_or_else(|| {
+        BadInput::new(format!(
+            "on `{label}`: `procServ` was not found on the PATH"
+        ))
+        .hint("install it on the host (on Debian: `apt install procserv`)")
+    })
+}
+
+/// Plans the deploy of `top` (built at `store_path`) to a host in `state`.
+pub fn plan(
+    top_name: &str,
+    top: &Top,
+    store_path: &Utf8PathBuf,
+    state: &HostState,
+    facts: &HostFacts,
+    label: &str,
+) -> Result<Plan, BadInput> {
+    let set_profile = state
+        .profile
+        .as_ref()
+        .is_none_or(|p| &p.store_path != store_path);
+    let mut units = BTreeMap::new();
+    let mut rewrite = BTreeSet::new();
+    let mut iocs = BTreeMap::new();
+    for (name, ioc) in top.iocs.iter().filter(|(_, ioc)| ioc.enable) {
+        let text = unit::render(top_name, name, ioc, facts);
+        let change = match state.units.get(name) {
+            None => Change::New,
+            Some(existing) => match unit::owner(existing) {
+                Some(owner) if owner == top_name => match (existing != &text, set_profile) {
+                    (false, false) => Change::Unchanged,
+                    (differs, _) => {
+                        if differs {
+                            rewrite.insert(name.clone());
+                        }
+                        Change::Changed
+                    }
+                },
+                Some(other) => {
+                    return Err(BadInput::new(format!(
+                        "on `{label}`: IOC `{name}` of top `{other}` already runs as `{}`",
+                        layout::unit_name(name)
+                    ))
+                    .hint(format!("rename one of the IOCs, or remove it from top `{other}` and deploy that top first")));
+                }
+                None => {
+                    return Err(BadInput::new(format!(
+                        "on `{label}`: `{}` exists and was not written by epnix-deploy; it is left alone",
+                        layout::unit_path(name)
+                    ))
+                    .hint(format!("rename IOC `{name}`, or remove that unit from the host by hand if it is obsolete")));
+                }
+            },
+        };
+        if change == Change::New {
+            rewrite.insert(name.clone());
+        }
+        units.insert(name.clone(), text);
+        iocs.insert(name.clone(), change);
+    }
+    for (name, existing) in &state.units {
+        if unit::owner(existing) == Some(top_name) && !units.contains_key(name) {
+            iocs.insert(name.clone(), Change::Removed);
+        }
+    }
+    Ok(Plan {
+        top: top_name.to_owned(),
+        store_path: store_path.clone(),
+        set_profile,
+        units,
+        rewrite,
+        iocs,
+    })
+}
+
+impl Plan {
+    fn with(&self, wanted: &[Change]) -> Vec<String> {
+        self.iocs
+            .iter()
+            .filter(|(_, c)| wanted.contains(c))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The IOCs whose units run after the deploy.
+    pub fn running(&self) -> Vec<String> {
+        self.units.keys().cloned().collect()
+    }
+
+    /// The steps that change the host, in order. Units go in before the
+    /// reload, removals stop their IOC before the file goes.
+    pub fn actions(&self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.set_profile {
+            actions.push(Action::SetProfile);
+        }
+        let removes = self.with(&[Change::Removed]);
+        for name in &removes {
+            actions.push(Action::RemoveUnit(name.clone()));
+        }
+        for name in &self.rewrite {
+            actions.push(Action::WriteUnit(name.clone()));
+        }
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteUnit(_) | Action::RemoveUnit(_)))
+        {
+            actions.push(Action::DaemonReload);
+        }
+        let running = self.running();
+        if !running.is_empty() {
+            actions.push(Action::Enable(running));
+        }
+        let restart = self.with(&[Change::Changed]);
+        if !restart.is_empty() {
+            actions.push(Action::Restart(restart));
+        }
+        let start = self.with(&[Change::New, Change::Unchanged]);
+        if !start.is_empty() {
+            actions.push(Action::Start(start));
+        }
+        actions
+    }
+}
+
+/// The command that carries out `action` on the host.
+pub fn remote_cmd(plan: &Plan, action: &Action) -> RemoteCmd {
+    let units = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| layout::unit_name(n))
+            .collect::<Vec<_>>()
+    };
+    match action {
+        Action::SetProfile => RemoteCmd::script(
+            SET_PROFILE,
+            &[
+                layout::profile(&plan.top).as_str(),
+                plan.store_path.as_str(),
+            ],
+        ),
+        Action::WriteUnit(name) => {
+            RemoteCmd::script(WRITE_FILE, &[layout::unit_path(name).as_str()])
+                .with_stdin(plan.units[name].clone())
+        }
+        Action::RemoveUnit(name) => RemoteCmd::script(
+            REMOVE_UNIT,
+            &[&layout::unit_name(name), layout::unit_path(name).as_str()],
+        ),
+        Action::DaemonReload => RemoteCmd::new(["systemctl", "daemon-reload"]),
+        Action::Enable(names) => RemoteCmd::new(
+            ["systemctl", "enable", "--quiet"]
+                .into_iter()
+                .map(String::from)
+                .chain(units(names)),
+        ),
+        Action::Restart(names) => RemoteCmd::new(
+            ["systemctl", "restart"]
+                .into_iter()
+                .map(String::from)
+                .chain(units(names)),
+        ),
+        Action::Start(names) => RemoteCmd::new(
+            ["systemctl", "start"]
+                .into_iter()
+                .map(String::from)
+                .chain(units(names)),
+        ),
+    }
+}
+
+/// `$1` profile, `$2` store path. Prints the new generation link.
+const SET_PROFILE: &str = r#"set -eu
+PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
+mkdir -p "${1%/*}"
+nix-env --profile "$1" --set "$2"
+readlink "$1"
+"#;
+
+/// `$1` the file; its text on stdin. Written beside and renamed, so systemd
+/// never reads half a unit.
+const WRITE_FILE: &str = r#"set -eu
+cat > "$1.epnix-tmp"
+chmod 0644 "$1.epnix-tmp"
+mv -f "$1.epnix-tmp" "$1"
+"#;
+
+/// `$1` the unit, `$2` its file.
+const REMOVE_UNIT: &str = r#"set -eu
+systemctl disable --now --quiet "$1" || true
+rm -f "$2"
+"#;

@@ -1,0 +1,156 @@
+//! The host a command acts on: a name from `epnixDeploy.hosts`, or a bare
+//! `user@hostname[:port]` for a quick deploy outside the configuration.
+
+use std::fmt;
+
+use crate::config::{self, Config, Host};
+use crate::exit::BadInput;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// What the user called the host: the configured name, or the bare form.
+    pub label: String,
+    /// The configured name, when the host came from `epnixDeploy.hosts`.
+    pub name: Option<String>,
+    pub user: Option<String>,
+    pub hostname: String,
+    pub port: Option<u16>,
+    pub ssh_opts: Vec<String>,
+}
+
+impl Target {
+    /// Resolves the `<host>` argument. A configured name wins; anything with an
+    /// `@` is the bare form.
+    pub fn resolve(arg: &str, config: Option<&Config>) -> Result<Target, BadInput> {
+        if let Some(host) = config.and_then(|c| c.hosts.get(arg)) {
+            return Ok(Target::from_config(arg, host));
+        }
+        if arg.contains('@') {
+            return Target::parse_bare(arg);
+        }
+        let known: Vec<&str> = config
+            .map(|c| c.hosts.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let err = BadInput::new(format!("unknown host `{arg}`"));
+        Err(if known.is_empty() {
+            err.hint(format!(
+                "add it to `{}.hosts`, or give it as `user@hostname[:port]`",
+                config::ROOT
+            ))
+        } else {
+            err.hint(format!(
+                "configured hosts are: {}; or give it as `user@hostname[:port]`",
+                known.join(", ")
+            ))
+        })
+    }
+
+    fn from_config(name: &str, host: &Host) -> Target {
+        Target {
+            label: name.to_owned(),
+            name: Some(name.to_owned()),
+            user: host.ssh_user.clone(),
+            hostname: host.hostname.clone(),
+            port: host.ssh_port,
+            ssh_opts: host.ssh_opts.clone(),
+        }
+    }
+
+    /// Parses `user@hostname[:port]`; IPv6 addresses go in brackets.
+    fn parse_bare(arg: &str) -> Result<Target, BadInput> {
+        let bad = || {
+            BadInput::new(format!("`{arg}` is not a host name from the configuration nor of the form `user@hostname[:port]`"))
+                .hint("for IPv6, write `user@[2001:db8::1]:22`")
+        };
+        let (user, rest) = arg.rsplit_once('@').ok_or_else(bad)?;
+        let (hostname, port) = if let Some(rest) = rest.strip_prefix('[') {
+            let (addr, after) = rest.split_once(']').ok_or_else(bad)?;
+            match after {
+                "" => (addr, None),
+                _ => (addr, Some(after.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| BadInput::new(format!("`{p}` in `{arg}` is not a port number")))
+            })
+            .transpose()?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('-')
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if !valid(user) || !valid(hostname) {
+            return Err(bad());
+        }
+        Ok(Target {
+            label: arg.to_owned(),
+            name: None,
+            user: Some(user.to_owned()),
+            hostname: hostname.to_owned(),
+            port,
+            ssh_opts: Vec::new(),
+        })
+    }
+
+    /// `user@hostname` as ssh and Nix store URLs take it (the port travels apart).
+    pub fn destination(&self) -> String {
+        match &self.user {
+            Some(user) => format!("{user}@{}", self.hostname),
+            None => self.hostname.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_forms() {
+        let t = Target::resolve("root@10.0.0.5", None).unwrap();
+        assert_eq!(
+            (t.user.as_deref(), t.hostname.as_str(), t.port),
+            (Some("root"), "10.0.0.5", None)
+        );
+        let t = Target::resolve("ops@ioc1.example.org:2222", None).unwrap();
+        assert_eq!(
+            (t.hostname.as_str(), t.port),
+            ("ioc1.example.org", Some(2222))
+        );
+        let t = Target::resolve("root@[::1]:22", None).unwrap();
+        assert_eq!((t.hostname.as_str(), t.port), ("::1", Some(22)));
+        assert_eq!(t.destination(), "root@::1");
+    }
+
+    #[test]
+    fn bad_forms_say_what_is_wrong() {
+        assert!(
+            Target::resolve("root@host:99999", None)
+                .unwrap_err()
+                .to_string()
+                .contains("`99999` in `root@host:99999` is not a port number")
+        );
+        assert!(Target::resolve("root@-oProxyCommand=x", None).is_err());
+        assert!(Target::resolve("@host", None).is_err());
+        let err = Target::resolve("ioc-server-9", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("unknown host `ioc-server-9`"), "{err}");
+        assert!(err.contains("user@hostname[:port]"), "{err}");
+    }
+}
