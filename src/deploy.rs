@@ -19,7 +19,7 @@ use crate::host::{self, HostState};
 use crate::layout;
 use crate::nix;
 use crate::plan::{self, Action, Plan};
-use crate::process::tail;
+use crate::process::{Cmd, tail};
 use crate::progress::Progress;
 use crate::ssh::{Remote, RemoteCmd};
 use crate::target::Target;
@@ -88,11 +88,11 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
 
     if plan.set_profile {
         let step = progress.step(&opts.host, "copy");
-        let socket = remote.control_socket().to_string_lossy().into_owned();
-        nix::copy_to(
+        copy_cmd(
             &target,
-            &socket,
-            store_path.as_str(),
+            &remote,
+            &state,
+            &plan,
             opts.substitute_on_destination,
         )
         .output()?;
@@ -112,6 +112,25 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     step.done(&format!("{} IOC(s) active", plan.running().len()));
     remote.close();
     Ok(report(opts, &plan, generation, false))
+}
+
+/// `nix copy` of the build to the host, over the open master connection.
+fn copy_cmd(
+    target: &Target,
+    remote: &Remote,
+    state: &HostState,
+    plan: &Plan,
+    substitute: bool,
+) -> Cmd {
+    let socket = remote.control_socket().to_string_lossy();
+    let remote_nix_store = state.remote_nix_store();
+    nix::copy_to(
+        target,
+        &socket,
+        plan.store_path.as_str(),
+        remote_nix_store.as_deref(),
+        substitute,
+    )
 }
 
 fn report(opts: &DeployOptions, plan: &Plan, generation: Option<u32>, dry_run: bool) -> Report {
@@ -390,10 +409,9 @@ fn print_dry_run(
     }
     println!("Commands:");
     if plan.set_profile {
-        let socket = remote.control_socket().to_string_lossy().into_owned();
         println!(
             "  local: {}",
-            nix::copy_to(target, &socket, plan.store_path.as_str(), substitute)
+            copy_cmd(target, remote, state, plan, substitute)
         );
     }
     for action in plan.actions() {

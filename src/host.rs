@@ -19,7 +19,8 @@ pub struct HostState {
     pub is_root: bool,
     /// procServ on the host, if any, and whether it has `--oneshot`.
     pub procserv: Option<HostFacts>,
-    pub has_nix_env: bool,
+    /// Where `nix-env` is, if anywhere.
+    pub nix_env: Option<String>,
     pub has_systemctl: bool,
     /// Whether `nix-store` is on the PATH of a non-interactive SSH command,
     /// which is where `nix copy` looks for it.
@@ -107,7 +108,6 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
             .copied()
             .with_context(|| format!("the host did not report `{key}`"))
     };
-    let present = |key: &str| -> Result<bool> { Ok(!fact(key)?.is_empty()) };
 
     let procserv = match fact("procserv")? {
         "" => None,
@@ -133,8 +133,10 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
         hostname: fact("hostname")?.to_owned(),
         is_root: fact("uid")? == "0",
         procserv,
-        has_nix_env: present("nix-env")?,
-        has_systemctl: present("systemctl")?,
+        nix_env: Some(fact("nix-env")?)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned),
+        has_systemctl: !fact("systemctl")?.is_empty(),
         nix_store_on_ssh_path: fact("nix-store-on-path")? == "yes",
         profile,
         units,
@@ -147,6 +149,21 @@ pub fn parse_generation(link: &str) -> Option<u32> {
     let name = link.rsplit('/').next()?;
     let rest = name.strip_suffix("-link")?;
     rest.rsplit_once('-')?.1.parse().ok()
+}
+
+impl HostState {
+    /// The `nix-store` that `nix copy` must start on the host, when the
+    /// default (`nix-store` on the SSH command's PATH) would not be found.
+    pub fn remote_nix_store(&self) -> Option<String> {
+        if self.nix_store_on_ssh_path {
+            return None;
+        }
+        let nix_env = self.nix_env.as_deref()?;
+        Some(format!(
+            "{}/nix-store",
+            nix_env.rsplit_once('/').map_or("", |(dir, _)| dir)
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -191,7 +208,7 @@ mod tests {
         let state = parse_inspect(N, &output).unwrap();
         assert!(!state.is_root);
         assert_eq!(state.procserv, None);
-        assert!(!state.has_nix_env);
+        assert_eq!(state.nix_env, None);
         assert_eq!(state.profile, None);
         assert!(state.units.is_empty());
     }

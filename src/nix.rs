@@ -47,10 +47,13 @@ pub fn parse_build_output(stdout: &str) -> Result<Utf8PathBuf> {
 
 /// Copies `path` and its closure to the host, riding the master connection at
 /// `control_socket`. The port and user are already settled by the master.
+/// `remote_nix_store` names the host's `nix-store` when it is not on the
+/// PATH of a non-interactive SSH command (multi-user installs).
 pub fn copy_to(
     target: &Target,
     control_socket: &str,
     path: &str,
+    remote_nix_store: Option<&str>,
     substitute_on_destination: bool,
 ) -> Cmd {
     let mut cmd = nix()
@@ -62,9 +65,11 @@ pub fn copy_to(
     if substitute_on_destination {
         cmd = cmd.arg("--substitute-on-destination");
     }
-    cmd.arg("--to")
-        .arg(format!("ssh://{}", target.destination()))
-        .arg(path)
+    let mut store = format!("ssh://{}", target.destination());
+    if let Some(program) = remote_nix_store {
+        store.push_str(&format!("?remote-program={program}"));
+    }
+    cmd.arg("--to").arg(store).arg(path)
 }
 
 #[cfg(test)]
@@ -80,10 +85,23 @@ mod tests {
     #[test]
     fn copy_rides_the_master_connection() {
         let target = Target::resolve("root@10.0.0.5:2201", None).unwrap();
-        let cmd = copy_to(&target, "/tmp/e/master", "/nix/store/abc-top", true);
+        let cmd = copy_to(&target, "/tmp/e/master", "/nix/store/abc-top", None, true);
         assert_eq!(
             cmd.to_string(),
             "NIX_SSHOPTS='-o ControlMaster=no -o ControlPath=/tmp/e/master' nix --extra-experimental-features 'nix-command flakes' copy --substitute-on-destination --to ssh://root@10.0.0.5 /nix/store/abc-top"
         );
+    }
+
+    #[test]
+    fn copy_names_the_remote_nix_store_when_it_is_off_the_path() {
+        let target = Target::resolve("root@h", None).unwrap();
+        let cmd = copy_to(
+            &target,
+            "/s",
+            "/nix/store/abc",
+            Some("/nix/var/nix/profiles/default/bin/nix-store"),
+            false,
+        );
+        assert!(cmd.to_string().ends_with("--to 'ssh://root@h?remote-program=/nix/var/nix/profiles/default/bin/nix-store' /nix/store/abc"), "{cmd}");
     }
 }

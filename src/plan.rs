@@ -77,7 +77,7 @@ pub fn host_facts(host: &HostState, label: &str) -> Result<HostFacts, BadInput> 
             "on `{label}`: `systemctl` was not found; the IOCs run as systemd units"
         )));
     }
-    if !host.has_nix_env {
+    if host.nix_env.is_none() {
         return Err(
             BadInput::new(format!("on `{label}`: Nix was not found (`nix-env`)"))
                 .hint("install Nix on the host (on Debian: `apt install nix-bin`)"),
@@ -275,3 +275,192 @@ const REMOVE_UNIT: &str = r#"set -eu
 systemctl disable --now --quiet "$1" || true
 rm -f "$2"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::host::Profile;
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            procserv: "/usr/bin/procServ".into(),
+            procserv_oneshot: true,
+        }
+    }
+
+    fn top(iocs: serde_json::Value) -> Top {
+        let json = json!({ "tops": { "t": { "package": "/nix/store/new-t", "iocs": iocs } } });
+        Config::parse(&json).unwrap().tops["t"].clone()
+    }
+
+    fn host(profile: Option<&str>, units: &[(&str, String)]) -> HostState {
+        HostState {
+            hostname: "h".into(),
+            is_root: true,
+            procserv: Some(facts()),
+            nix_env: Some("/usr/bin/nix-env".into()),
+            has_systemctl: true,
+            nix_store_on_ssh_path: true,
+            profile: profile.map(|p| Profile {
+                generation: 1,
+                store_path: p.into(),
+            }),
+            units: units
+                .iter()
+                .map(|(n, t)| ((*n).to_owned(), t.clone()))
+                .collect(),
+        }
+    }
+
+    fn plan_for(top: &Top, state: &HostState) -> Result<Plan, BadInput> {
+        plan("t", top, &"/nix/store/new-t".into(), state, &facts(), "h")
+    }
+
+    #[test]
+    fn a_first_deploy_installs_and_starts_everything() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let plan = plan_for(&top, &host(None, &[])).unwrap();
+        let names = vec!["a".to_owned()];
+        assert_eq!(
+            plan.actions(),
+            [
+                Action::SetProfile,
+                Action::WriteUnit("a".into()),
+                Action::DaemonReload,
+                Action::Enable(names.clone()),
+                Action::Start(names)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_build_again_only_makes_sure_it_runs() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let unit = unit::render("t", "a", &top.iocs["a"], &facts());
+        let plan = plan_for(&top, &host(Some("/nix/store/new-t"), &[("a", unit)])).unwrap();
+        assert!(!plan.set_profile);
+        assert_eq!(plan.iocs["a"], Change::Unchanged);
+        assert_eq!(
+            plan.actions(),
+            [
+                Action::Enable(vec!["a".into()]),
+                Action::Start(vec!["a".into()])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_build_restarts_without_rewriting_units() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let unit = unit::render("t", "a", &top.iocs["a"], &facts());
+        let plan = plan_for(&top, &host(Some("/nix/store/old-t"), &[("a", unit)])).unwrap();
+        let a = vec!["a".to_owned()];
+        assert_eq!(
+            plan.actions(),
+            [
+                Action::SetProfile,
+                Action::Enable(a.clone()),
+                Action::Restart(a)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_unit_is_rewritten_and_restarted_and_a_dropped_ioc_removed() {
+        let top = top(json!({
+            "a": { "workingDirectory": "iocBoot/a", "environment": { "X": "2" } },
+            "c": { "workingDirectory": "iocBoot/c", "enable": false }
+        }));
+        let mut old = top.iocs["a"].clone();
+        old.environment.insert("X".into(), "1".into());
+        let units = [
+            ("a", unit::render("t", "a", &old, &facts())),
+            ("b", unit::render("t", "b", &old, &facts())),
+            ("c", unit::render("t", "c", &old, &facts())),
+        ];
+        let plan = plan_for(&top, &host(Some("/nix/store/new-t"), &units)).unwrap();
+        assert_eq!(plan.iocs["a"], Change::Changed);
+        assert_eq!(plan.iocs["b"], Change::Removed);
+        assert_eq!(plan.iocs["c"], Change::Removed);
+        let a = vec!["a".to_owned()];
+        assert_eq!(
+            plan.actions(),
+            [
+                Action::RemoveUnit("b".into()),
+                Action::RemoveUnit("c".into()),
+                Action::WriteUnit("a".into()),
+                Action::DaemonReload,
+                Action::Enable(a.clone()),
+                Action::Restart(a)
+            ]
+        );
+    }
+
+    #[test]
+    fn units_of_others_are_never_taken_over() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let foreign = host(
+            None,
+            &[("a", "[Service]\nExecStart=/bin/true\n".to_owned())],
+        );
+        let err = plan_for(&top, &foreign).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "/etc/systemd/system/epnix-a.service` exists and was not written by epnix-deploy"
+            ),
+            "{err}"
+        );
+
+        let other_top = host(
+            None,
+            &[("a", unit::render("other", "a", &top.iocs["a"], &facts()))],
+        );
+        let err = plan_for(&top, &other_top).unwrap_err().to_string();
+        assert!(
+            err.contains("IOC `a` of top `other` already runs as `epnix-a.service`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn units_of_another_top_are_not_removed() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let state = host(
+            None,
+            &[("z", unit::render("other", "z", &top.iocs["a"], &facts()))],
+        );
+        let plan = plan_for(&top, &state).unwrap();
+        assert!(!plan.iocs.contains_key("z"));
+    }
+
+    #[test]
+    fn unit_files_are_written_through_a_temporary_file() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let plan = plan_for(&top, &host(None, &[])).unwrap();
+        let cmd = remote_cmd(&plan, &Action::WriteUnit("a".into()));
+        assert_eq!(cmd.argv[4], "/etc/systemd/system/epnix-a.service");
+        assert_eq!(cmd.stdin.as_deref(), Some(plan.units["a"].as_str()));
+    }
+
+    #[test]
+    fn refuses_a_host_without_procserv_or_root() {
+        let mut state = host(None, &[]);
+        state.procserv = None;
+        assert!(
+            host_facts(&state, "h")
+                .unwrap_err()
+                .to_string()
+                .contains("apt install procserv")
+        );
+        state.is_root = false;
+        assert!(
+            host_facts(&state, "h")
+                .unwrap_err()
+                .to_string()
+                .contains("sshUser = \"root\"")
+        );
+    }
+}
