@@ -1,0 +1,13 @@
+//! Integration tests of epnix-deploy against real hosts (see testbed.rs).
+
+mod testbed;
+
+use testbed::TestHost;
+
+/// The testbed itself: a host boots, answers ssh with its key, and has its name.
+#[test]
+fn testbed_boots_a_host() {
+    let host = TestHost::boot();
+    host.ssh_ok("true");
+    assert_eq!(host.ssh_ok("hostname").trim(), host.name);
+}
