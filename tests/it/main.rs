@@ -1,5 +1,7 @@
 //! Integration tests of epnix-deploy against real hosts (see testbed.rs).
 
+mod deploy;
+mod flake;
 mod testbed;
 
 use testbed::TestHost;
