@@ -84,7 +84,8 @@ pub fn main() -> ExitCode {
                     "{}",
                     serde_json::to_string_pretty(&report).expect("a report serializes")
                 );
-            } else {
+            } else if !report.dry_run {
+                // A dry run already printed its plan.
                 deploy::print_summary(&report);
             }
             ExitCode::from(exit::SUCCESS)
