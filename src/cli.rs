@@ -12,12 +12,7 @@ use crate::progress::Progress;
 
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
-#[command(
-    name = "epnix-deploy",
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
+#[command(name = "epnix-deploy", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 #[command(
     after_help = "Exit codes: 0 success; 1 failed after changing the host (the message says its state); 2 bad input, nothing changed."
 )]
@@ -80,10 +75,7 @@ pub fn main() -> ExitCode {
     match deploy::run(&opts, &progress) {
         Ok(report) => {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("a report serializes")
-                );
+                println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
             } else if !report.dry_run {
                 // A dry run already printed its plan.
                 deploy::print_summary(&report);

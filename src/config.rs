@@ -78,8 +78,7 @@ impl Ioc {
     /// The startup script's path inside the top, for checking the build.
     pub fn startup_script_in_top(&self) -> Utf8PathBuf {
         // `parse` proved that this stays inside the top.
-        normalize(&self.working_directory.join(&self.startup_script))
-            .expect("checked at parse time")
+        normalize(&self.working_directory.join(&self.startup_script)).expect("checked at parse time")
     }
 }
 
@@ -88,10 +87,7 @@ impl Config {
     pub fn parse(json: &Value) -> Result<Config, BadInput> {
         let root = Node::root(json);
         let map = root.object(&["hosts", "tops"])?;
-        let mut config = Config {
-            hosts: BTreeMap::new(),
-            tops: BTreeMap::new(),
-        };
+        let mut config = Config { hosts: BTreeMap::new(), tops: BTreeMap::new() };
         if let Some(hosts) = root.get(map, "hosts") {
             for (name, node) in hosts.attrs()? {
                 check_name(&node, name, "host")?;
@@ -136,9 +132,7 @@ pub fn check_iocs_share_host<'a>(
                 return Err(BadInput::new(format!(
                     "{path}: IOC name `{ioc_name}` is also used by {other}, and both run on {host}"
                 ))
-                .hint(
-                    "IOC names must be unique per host: they name the unit `epnix-<ioc>.service`",
-                ));
+                .hint("IOC names must be unique per host: they name the unit `epnix-<ioc>.service`"));
             }
             if let Console::Tcp(port) = ioc.console {
                 let console = format!("{path}.procServ.console");
@@ -157,16 +151,10 @@ pub fn check_iocs_share_host<'a>(
 fn parse_host(node: &Node) -> Result<Host, BadInput> {
     let map = node.object(&["hostname", "sshUser", "sshPort", "sshOpts", "tags"])?;
     let hostname = node.require(map, "hostname")?.string()?.to_owned();
-    if hostname.is_empty() || hostname.starts_with('-') || hostname.chars().any(char::is_whitespace)
-    {
-        return Err(node
-            .field("hostname")
-            .error("is not a valid host name or address"));
+    if hostname.is_empty() || hostname.starts_with('-') || hostname.chars().any(char::is_whitespace) {
+        return Err(node.field("hostname").error("is not a valid host name or address"));
     }
-    let ssh_user = node
-        .get(map, "sshUser")
-        .map(|n| n.string().map(str::to_owned))
-        .transpose()?;
+    let ssh_user = node.get(map, "sshUser").map(|n| n.string().map(str::to_owned)).transpose()?;
     let ssh_port = node.get(map, "sshPort").map(|n| n.port()).transpose()?;
     let ssh_opts = match node.get(map, "sshOpts") {
         Some(n) => n.strings()?,
@@ -177,12 +165,7 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
     if let Some(tags) = node.get(map, "tags") {
         tags.strings()?;
     }
-    Ok(Host {
-        hostname,
-        ssh_user,
-        ssh_port,
-        ssh_opts,
-    })
+    Ok(Host { hostname, ssh_user, ssh_port, ssh_opts })
 }
 
 fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInput> {
@@ -201,14 +184,9 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
             let names = n.strings()?;
             if let Some(unknown) = names.iter().find(|name| !hosts.contains_key(*name)) {
                 let known: Vec<&str> = hosts.keys().map(String::as_str).collect();
-                return Err(n
-                    .error(format!(
-                        "names host `{unknown}`, which is not in `{ROOT}.hosts`"
-                    ))
-                    .hint(
-                        did_you_mean(unknown, &known)
-                            .unwrap_or_else(|| format!("add `{ROOT}.hosts.{}`", attr(unknown))),
-                    ));
+                return Err(n.error(format!("names host `{unknown}`, which is not in `{ROOT}.hosts`")).hint(
+                    did_you_mean(unknown, &known).unwrap_or_else(|| format!("add `{ROOT}.hosts.{}`", attr(unknown))),
+                ));
             }
             names
         }
@@ -225,22 +203,12 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
             .error("defines no IOC")
             .hint("add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"));
     }
-    Ok(Top {
-        package: Utf8PathBuf::from(package),
-        hosts: top_hosts,
-        iocs,
-    })
+    Ok(Top { package: Utf8PathBuf::from(package), hosts: top_hosts, iocs })
 }
 
 fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
-    let map = node.object(&[
-        "workingDirectory",
-        "startupScript",
-        "environment",
-        "procServ",
-        "description",
-        "enable",
-    ])?;
+    let map =
+        node.object(&["workingDirectory", "startupScript", "environment", "procServ", "description", "enable"])?;
 
     let wd_node = node.require(map, "workingDirectory")?;
     let working_directory = relative_inside_top(&wd_node, wd_node.string()?, Utf8Path::new(""))?;
@@ -250,9 +218,7 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
             let script = n.string()?;
             let inside = relative_inside_top(&n, script, &working_directory)?;
             if inside == working_directory {
-                return Err(n
-                    .error("must name a file")
-                    .hint("the EPNix default is `./st.cmd`"));
+                return Err(n.error("must name a file").hint("the EPNix default is `./st.cmd`"));
             }
             if script.starts_with("./") || script.starts_with("../") {
                 script.to_owned()
@@ -273,9 +239,9 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
             }
             let value = value_node.string()?;
             if value.contains(['\n', '\r', '\0']) {
-                return Err(value_node.error(
-                    "contains a line break or NUL, which a unit's `Environment=` cannot carry",
-                ));
+                return Err(
+                    value_node.error("contains a line break or NUL, which a unit's `Environment=` cannot carry")
+                );
             }
             environment.insert(key.clone(), value.to_owned());
         }
@@ -292,35 +258,19 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
         None => Console::Unix,
     };
 
-    let description = node
-        .get(map, "description")
-        .map(|n| n.one_line())
-        .transpose()?;
+    let description = node.get(map, "description").map(|n| n.one_line()).transpose()?;
     let enable = match node.get(map, "enable") {
-        Some(n) => n
-            .value
-            .as_bool()
-            .ok_or_else(|| n.error(format!("must be true or false, not {}", n.kind())))?,
+        Some(n) => n.value.as_bool().ok_or_else(|| n.error(format!("must be true or false, not {}", n.kind())))?,
         None => true,
     };
-    Ok(Ioc {
-        working_directory,
-        startup_script,
-        environment,
-        console,
-        description,
-        enable,
-    })
+    Ok(Ioc { working_directory, startup_script, environment, console, description, enable })
 }
 
 fn parse_console(node: &Node) -> Result<Console, BadInput> {
     match node.value {
         Value::String(s) if s == "unix" => Ok(Console::Unix),
         Value::Number(_) => node.port().map(Console::Tcp),
-        _ => Err(node.error(format!(
-            "must be \"unix\" or a TCP port number, not {}",
-            node.kind()
-        ))),
+        _ => Err(node.error(format!("must be \"unix\" or a TCP port number, not {}", node.kind()))),
     }
 }
 
@@ -353,11 +303,7 @@ fn normalize(path: &Utf8Path) -> Option<Utf8PathBuf> {
             _ => parts.push(part),
         }
     }
-    Some(if parts.is_empty() {
-        Utf8PathBuf::from(".")
-    } else {
-        Utf8PathBuf::from(parts.join("/"))
-    })
+    Some(if parts.is_empty() { Utf8PathBuf::from(".") } else { Utf8PathBuf::from(parts.join("/")) })
 }
 
 /// Host, top and IOC names become unit names, paths and profile names.
@@ -365,18 +311,16 @@ pub fn is_safe_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     (1..=64).contains(&bytes.len())
         && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
 }
 
 fn check_name(node: &Node, name: &str, what: &str) -> Result<(), BadInput> {
     if is_safe_name(name) {
         Ok(())
     } else {
-        Err(node.error(format!("`{name}` is not a valid {what} name")).hint(
-            "names may use letters, digits, `_` and `-`, must not start with `-`, and are at most 64 characters",
-        ))
+        Err(node
+            .error(format!("`{name}` is not a valid {what} name"))
+            .hint("names may use letters, digits, `_` and `-`, must not start with `-`, and are at most 64 characters"))
     }
 }
 
@@ -388,29 +332,15 @@ fn is_env_name(name: &str) -> bool {
 
 /// Writes an attribute name as Nix would need it in a path.
 pub fn attr(name: &str) -> String {
-    let ident = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-'".contains(c));
-    if ident {
-        name.to_owned()
-    } else {
-        format!("{name:?}")
-    }
+    let ident = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-'".contains(c));
+    if ident { name.to_owned() } else { format!("{name:?}") }
 }
 
 fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {
     candidates
         .iter()
-        .map(|c| {
-            (
-                strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase()),
-                c,
-            )
-        })
+        .map(|c| (strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase()), c))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| format!("did you mean `{c}`?"))
@@ -424,17 +354,11 @@ struct Node<'a> {
 
 impl<'a> Node<'a> {
     fn root(value: &'a Value) -> Node<'a> {
-        Node {
-            path: ROOT.to_owned(),
-            value,
-        }
+        Node { path: ROOT.to_owned(), value }
     }
 
     fn child(&self, key: &str, value: &'a Value) -> Node<'a> {
-        Node {
-            path: format!("{}.{}", self.path, attr(key)),
-            value,
-        }
+        Node { path: format!("{}.{}", self.path, attr(key)), value }
     }
 
     /// The path of a field that may be absent, for errors about it.
@@ -465,8 +389,7 @@ impl<'a> Node<'a> {
             .ok_or_else(|| self.error(format!("must be an attribute set, not {}", self.kind())))?;
         if let Some(key) = map.keys().find(|key| !known.contains(&key.as_str())) {
             let err = self.child(key, &Value::Null).error("is not a known option");
-            let hint = did_you_mean(key, known)
-                .unwrap_or_else(|| format!("known options here: {}", known.join(", ")));
+            let hint = did_you_mean(key, known).unwrap_or_else(|| format!("known options here: {}", known.join(", ")));
             return Err(err.hint(hint));
         }
         Ok(map)
@@ -478,10 +401,7 @@ impl<'a> Node<'a> {
             .value
             .as_object()
             .ok_or_else(|| self.error(format!("must be an attribute set, not {}", self.kind())))?;
-        Ok(map
-            .iter()
-            .map(|(key, value)| (key, self.child(key, value)))
-            .collect())
+        Ok(map.iter().map(|(key, value)| (key, self.child(key, value))).collect())
     }
 
     fn get(&self, map: &'a Map<String, Value>, key: &str) -> Option<Node<'a>> {
@@ -489,14 +409,11 @@ impl<'a> Node<'a> {
     }
 
     fn require(&self, map: &'a Map<String, Value>, key: &str) -> Result<Node<'a>, BadInput> {
-        self.get(map, key)
-            .ok_or_else(|| self.field(key).error("is required but not set"))
+        self.get(map, key).ok_or_else(|| self.field(key).error("is required but not set"))
     }
 
     fn string(&self) -> Result<&'a str, BadInput> {
-        self.value
-            .as_str()
-            .ok_or_else(|| self.error(format!("must be a string, not {}", self.kind())))
+        self.value.as_str().ok_or_else(|| self.error(format!("must be a string, not {}", self.kind())))
     }
 
     fn one_line(&self) -> Result<String, BadInput> {
@@ -516,9 +433,7 @@ impl<'a> Node<'a> {
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                item.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| self.error(format!("item {i} must be a string")))
+                item.as_str().map(str::to_owned).ok_or_else(|| self.error(format!("item {i} must be a string")))
             })
             .collect()
     }
@@ -528,12 +443,7 @@ impl<'a> Node<'a> {
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
             .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                self.error(format!(
-                    "must be a port number from 1 to 65535, not {}",
-                    self.value
-                ))
-            })
+            .ok_or_else(|| self.error(format!("must be a port number from 1 to 65535, not {}", self.value)))
     }
 }
 
@@ -579,8 +489,7 @@ mod tests {
     #[test]
     fn defaults_follow_epnix() {
         let mut json = example();
-        json["tops"]["myTop"]["iocs"]["myIoc"] =
-            json!({ "workingDirectory": "./iocBoot//iocMyIoc/" });
+        json["tops"]["myTop"]["iocs"]["myIoc"] = json!({ "workingDirectory": "./iocBoot//iocMyIoc/" });
         let ioc = Config::parse(&json).unwrap().tops["myTop"].iocs["myIoc"].clone();
         assert_eq!(ioc.working_directory, "iocBoot/iocMyIoc");
         assert_eq!(ioc.startup_script, "./st.cmd");
@@ -593,21 +502,17 @@ mod tests {
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["workingDir"] = json!("x");
         let err = error_of(json);
-        assert!(
-            err.starts_with("epnixDeploy.tops.myTop.iocs.myIoc.workingDir: is not a known option"),
-            "{err}"
-        );
-        assert!(
-            err.contains("hint: did you mean `workingDirectory`?"),
-            "{err}"
-        );
+        assert!(err.starts_with("epnixDeploy.tops.myTop.iocs.myIoc.workingDir: is not a known option"), "{err}");
+        assert!(err.contains("hint: did you mean `workingDirectory`?"), "{err}");
     }
 
     #[test]
     fn paths_must_stay_inside_the_top() {
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["workingDirectory"] = json!("iocBoot/../../etc");
-        assert!(error_of(json).starts_with("epnixDeploy.tops.myTop.iocs.myIoc.workingDirectory: `iocBoot/../../etc` leads outside the top"));
+        assert!(error_of(json).starts_with(
+            "epnixDeploy.tops.myTop.iocs.myIoc.workingDirectory: `iocBoot/../../etc` leads outside the top"
+        ));
 
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["startupScript"] = json!("../../../st.cmd");
@@ -631,19 +536,16 @@ mod tests {
     fn a_bare_script_name_is_made_relative() {
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["startupScript"] = json!("st.cmd");
-        assert_eq!(
-            Config::parse(&json).unwrap().tops["myTop"].iocs["myIoc"].startup_script,
-            "./st.cmd"
-        );
+        assert_eq!(Config::parse(&json).unwrap().tops["myTop"].iocs["myIoc"].startup_script, "./st.cmd");
     }
 
     #[test]
     fn names_must_be_safe_unit_names() {
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["bad name"] = json!({ "workingDirectory": "x" });
-        assert!(error_of(json).starts_with(
-            "epnixDeploy.tops.myTop.iocs.\"bad name\": `bad name` is not a valid IOC name"
-        ));
+        assert!(
+            error_of(json).starts_with("epnixDeploy.tops.myTop.iocs.\"bad name\": `bad name` is not a valid IOC name")
+        );
         assert!(is_safe_name("_a-1"));
         assert!(!is_safe_name("-a"));
         assert!(!is_safe_name(&"a".repeat(65)));
@@ -680,10 +582,7 @@ mod tests {
             "package": "/nix/store/bbbb-other", "hosts": ["ioc-server-1"],
             "iocs": { "myIoc": { "workingDirectory": "x" } }
         });
-        assert!(
-            error_of(json)
-                .contains("IOC name `myIoc` is also used by epnixDeploy.tops.myTop.iocs.myIoc")
-        );
+        assert!(error_of(json).contains("IOC name `myIoc` is also used by epnixDeploy.tops.myTop.iocs.myIoc"));
     }
 
     #[test]
@@ -696,9 +595,7 @@ mod tests {
         );
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["procServ"]["console"] = json!("tcp");
-        assert!(
-            error_of(json).contains("console: must be \"unix\" or a TCP port number, not a string")
-        );
+        assert!(error_of(json).contains("console: must be \"unix\" or a TCP port number, not a string"));
     }
 
     #[test]
@@ -706,10 +603,7 @@ mod tests {
         let mut json = example();
         json["tops"]["myTop"]["hosts"] = json!(["ioc-server-l"]);
         let err = error_of(json);
-        assert!(
-            err.contains("names host `ioc-server-l`, which is not in `epnixDeploy.hosts`"),
-            "{err}"
-        );
+        assert!(err.contains("names host `ioc-server-l`, which is not in `epnixDeploy.hosts`"), "{err}");
         assert!(err.contains("did you mean `ioc-server-1`?"), "{err}");
     }
 
@@ -717,10 +611,7 @@ mod tests {
     fn environment_is_checked() {
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["environment"] = json!({ "1BAD": "x" });
-        assert!(
-            error_of(json)
-                .contains("environment.\"1BAD\": is not a valid environment variable name")
-        );
+        assert!(error_of(json).contains("environment.\"1BAD\": is not a valid environment variable name"));
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["environment"] = json!({ "A": "x\ny" });
         assert!(error_of(json).contains("environment.A: contains a line break"));
@@ -730,9 +621,6 @@ mod tests {
     fn missing_required_options_are_named() {
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"] = json!({});
-        assert_eq!(
-            error_of(json),
-            "epnixDeploy.tops.myTop.iocs.myIoc.workingDirectory: is required but not set"
-        );
+        assert_eq!(error_of(json), "epnixDeploy.tops.myTop.iocs.myIoc.workingDirectory: is required but not set");
     }
 }

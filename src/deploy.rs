@@ -15,10 +15,10 @@ use serde::Serialize;
 
 use crate::config::{self, Config, Top};
 use crate::exit::BadInput;
-use crate::host::{self, HostState};
+use crate::host::{self, HostState, Record};
 use crate::layout;
 use crate::nix;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, Action, Plan, Switch};
 use crate::process::{Cmd, tail};
 use crate::progress::Progress;
 use crate::ssh::{Remote, RemoteCmd};
@@ -46,6 +46,8 @@ pub struct Report {
     /// The profile generation the top runs from; `None` on a dry run of a
     /// first deploy.
     pub generation: Option<u32>,
+    /// The generation before, when the profile moved.
+    pub previous_generation: Option<u32>,
     pub new_generation: bool,
     pub dry_run: bool,
     pub iocs: BTreeMap<String, &'static str>,
@@ -55,11 +57,8 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     let step = progress.step(&opts.host, "evaluate");
     let config = evaluate(&opts.flake)?;
     let (top, target) = select(&config, &opts.top, &opts.host)?;
-    step.done(&format!(
-        "top `{}`, {} IOC(s)",
-        opts.top,
-        top.iocs.values().filter(|i| i.enable).count()
-    ));
+    let revision = nix::parse_revision(&nix::flake_metadata(&opts.flake).output()?)?;
+    step.done(&format!("top `{}`, {} IOC(s)", opts.top, top.iocs.values().filter(|i| i.enable).count()));
 
     let step = progress.step(&opts.host, "build");
     let store_path = build(&opts.flake, &opts.top)?;
@@ -70,82 +69,77 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     let remote = Remote::connect(&target)?;
     let state = inspect(&remote, &opts.top)?;
     let facts = plan::host_facts(&state, &target.label)?;
-    let plan = plan::plan(&opts.top, top, &store_path, &state, &facts, &target.label)?;
+    let units = plan::render_units(&opts.top, top, &facts);
+    let meta = Record::meta(store_path.as_str(), &deployer(), &revision);
+    let plan = plan::deploy(&opts.top, &store_path, units, meta, &state, &target.label)?;
     step.done(&format!("hostname `{}`", state.hostname));
 
     let current = state.profile.as_ref().map(|p| p.generation);
     if opts.dry_run {
-        print_dry_run(
-            &plan,
-            &state,
-            &target,
-            &remote,
-            opts.substitute_on_destination,
-        );
+        print_dry_run(&plan, &state, &target, &remote, opts.substitute_on_destination);
         remote.close();
-        return Ok(report(opts, &plan, current, true));
+        return Ok(report(&target, &plan, current, current, true));
     }
 
-    if plan.set_profile {
+    if plan.top_changed {
         let step = progress.step(&opts.host, "copy");
-        copy_cmd(
-            &target,
-            &remote,
-            &state,
-            &plan,
-            opts.substitute_on_destination,
-        )
-        .output()?;
+        copy_cmd(&target, &remote, &state, &plan, opts.substitute_on_destination).output()?;
         step.done("");
     }
 
-    let step = progress.step(&opts.host, "switch");
-    let generation = apply(&remote, &plan)?.or(current);
-    step.done(&match generation {
-        Some(g) if plan.set_profile => format!("generation {g}"),
-        Some(g) => format!("generation {g} (unchanged)"),
-        None => String::new(),
+    let generation = activate(&remote, &plan, current, progress, &target, opts.activation_timeout)?;
+    remote.close();
+    Ok(report(&target, &plan, generation, current, false))
+}
+
+/// Carries out a plan's changes and waits until its IOCs run: the stage
+/// that deploys and rollbacks share. Returns the generation the host runs.
+pub fn activate(
+    remote: &Remote,
+    plan: &Plan,
+    current: Option<u32>,
+    progress: &Progress,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Option<u32>> {
+    let step = progress.step(&target.label, "switch");
+    let generation = apply(remote, plan)?.or(current);
+    step.done(&match (generation, &plan.switch) {
+        (Some(g), Switch::Stay) => format!("generation {g} (unchanged)"),
+        (Some(g), _) => format!("generation {g}"),
+        (None, _) => String::new(),
     });
 
-    let step = progress.step(&opts.host, "activate");
-    wait_active(&remote, &plan.running(), opts.activation_timeout, &step)?;
+    let step = progress.step(&target.label, "activate");
+    wait_active(remote, &plan.running(), timeout, &step)?;
     step.done(&format!("{} IOC(s) active", plan.running().len()));
-    remote.close();
-    Ok(report(opts, &plan, generation, false))
+    Ok(generation)
+}
+
+/// Who deploys, as `user@machine`, for the record.
+fn deployer() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned());
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
+    format!("{user}@{}", machine.unwrap_or_else(|_| "unknown".to_owned()))
 }
 
 /// `nix copy` of the build to the host, over the open master connection.
-fn copy_cmd(
-    target: &Target,
-    remote: &Remote,
-    state: &HostState,
-    plan: &Plan,
-    substitute: bool,
-) -> Cmd {
+fn copy_cmd(target: &Target, remote: &Remote, state: &HostState, plan: &Plan, substitute: bool) -> Cmd {
     let socket = remote.control_socket().to_string_lossy();
     let remote_nix_store = state.remote_nix_store();
-    nix::copy_to(
-        target,
-        &socket,
-        plan.store_path.as_str(),
-        remote_nix_store.as_deref(),
-        substitute,
-    )
+    nix::copy_to(target, &socket, plan.store_path.as_str(), remote_nix_store.as_deref(), substitute)
 }
 
-fn report(opts: &DeployOptions, plan: &Plan, generation: Option<u32>, dry_run: bool) -> Report {
+pub fn report(target: &Target, plan: &Plan, generation: Option<u32>, previous: Option<u32>, dry_run: bool) -> Report {
     Report {
-        host: opts.host.clone(),
-        top: opts.top.clone(),
+        host: target.label.clone(),
+        top: plan.top.clone(),
         store_path: plan.store_path.clone(),
         generation,
-        new_generation: plan.set_profile,
+        previous_generation: previous,
+        new_generation: matches!(plan.switch, Switch::NewGeneration { .. }),
         dry_run,
-        iocs: plan
-            .iocs
-            .iter()
-            .map(|(name, change)| (name.clone(), change.as_str()))
-            .collect(),
+        iocs: plan.iocs.iter().map(|(name, change)| (name.clone(), change.as_str())).collect(),
     }
 }
 
@@ -157,31 +151,16 @@ pub fn evaluate(flake: &str) -> Result<Config> {
         BadInput::new(format!("could not evaluate `{flake}#epnixDeploy`:\n{err}"))
             .hint("check that the flake has an `epnixDeploy` output; run the command above to see the whole error")
     })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&json).context("reading the JSON of `nix eval`")?;
+    let value: serde_json::Value = serde_json::from_str(&json).context("reading the JSON of `nix eval`")?;
     Ok(Config::parse(&value)?)
 }
 
 /// Picks the top and the host, and checks that they belong together.
-fn select<'a>(
-    config: &'a Config,
-    top_name: &str,
-    host_arg: &str,
-) -> Result<(&'a Top, Target), BadInput> {
+fn select<'a>(config: &'a Config, top_name: &str, host_arg: &str) -> Result<(&'a Top, Target), BadInput> {
     let top = config.tops.get(top_name).ok_or_else(|| {
         let known: Vec<&str> = config.tops.keys().map(String::as_str).collect();
-        BadInput::new(format!(
-            "there is no top `{top_name}` in `{}.tops`",
-            config::ROOT
-        ))
-        .hint(format!(
-            "configured tops: {}",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        ))
+        BadInput::new(format!("there is no top `{top_name}` in `{}.tops`", config::ROOT))
+            .hint(format!("configured tops: {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") }))
     })?;
     let target = Target::resolve(host_arg, Some(config))?;
     if let Some(name) = &target.name {
@@ -191,9 +170,7 @@ fn select<'a>(
                 config::ROOT,
                 config::attr(top_name)
             ))
-            .hint(format!(
-                "add \"{name}\" to that list, or deploy to `user@hostname` to bypass the assignment"
-            )));
+            .hint(format!("add \"{name}\" to that list, or deploy to `user@hostname` to bypass the assignment")));
         }
     }
     Ok((top, target))
@@ -209,18 +186,9 @@ fn build(flake: &str, top: &str) -> Result<Utf8PathBuf> {
 
 /// Every enabled IOC's working directory and startup script must be in the
 /// build, or procServ would fail on the host after the switch.
-pub fn check_top_contents(
-    top_name: &str,
-    top: &Top,
-    store_path: &Utf8Path,
-) -> Result<(), BadInput> {
+pub fn check_top_contents(top_name: &str, top: &Top, store_path: &Utf8Path) -> Result<(), BadInput> {
     for (name, ioc) in top.iocs.iter().filter(|(_, ioc)| ioc.enable) {
-        let path = format!(
-            "{}.tops.{}.iocs.{}",
-            config::ROOT,
-            config::attr(top_name),
-            config::attr(name)
-        );
+        let path = format!("{}.tops.{}.iocs.{}", config::ROOT, config::attr(top_name), config::attr(name));
         let dir = store_path.join(&ioc.working_directory);
         if !dir.is_dir() {
             return Err(BadInput::new(format!(
@@ -234,12 +202,16 @@ pub fn check_top_contents(
         match mode {
             Ok(mode) if script.is_file() && mode & 0o111 != 0 => {}
             Ok(_) if script.is_file() => {
-                return Err(BadInput::new(format!("{path}.startupScript: `{script}` is not executable"))
-                    .hint("procServ runs the script directly: make it executable in the top's build, with a `#!` line"));
+                return Err(BadInput::new(format!("{path}.startupScript: `{script}` is not executable")).hint(
+                    "procServ runs the script directly: make it executable in the top's build, with a `#!` line",
+                ));
             }
             _ => {
-                return Err(BadInput::new(format!("{path}.startupScript: `{}` is not in the built top (looked for `{script}`)", ioc.startup_script))
-                    .hint("check the path (it is relative to `workingDirectory`), and that the top's build installs it"));
+                return Err(BadInput::new(format!(
+                    "{path}.startupScript: `{}` is not in the built top (looked for `{script}`)",
+                    ioc.startup_script
+                ))
+                .hint("check the path (it is relative to `workingDirectory`), and that the top's build installs it"));
             }
         }
     }
@@ -257,12 +229,10 @@ fn apply(remote: &Remote, plan: &Plan) -> Result<Option<u32>> {
     let mut generation = None;
     for action in plan.actions() {
         let stdout = remote.run(&plan::remote_cmd(plan, &action))?;
-        if action == Action::SetProfile {
+        if matches!(action, Action::SetProfile | Action::SwitchGeneration(_)) {
             let link = stdout.trim();
-            generation = Some(
-                host::parse_generation(link)
-                    .with_context(|| format!("`nix-env --set` left the profile at `{link}`"))?,
-            );
+            generation =
+                Some(host::parse_generation(link).with_context(|| format!("`nix-env` left the profile at `{link}`"))?);
         }
     }
     Ok(generation)
@@ -270,66 +240,38 @@ fn apply(remote: &Remote, plan: &Plan) -> Result<Option<u32>> {
 
 /// Waits until every unit is active. A unit that fails or keeps restarting
 /// is reported with the end of its journal.
-fn wait_active(
-    remote: &Remote,
-    iocs: &[String],
-    timeout: Duration,
-    step: &crate::progress::Step,
-) -> Result<()> {
+fn wait_active(remote: &Remote, iocs: &[String], timeout: Duration, step: &crate::progress::Step) -> Result<()> {
     if iocs.is_empty() {
         return Ok(());
     }
     let units: Vec<String> = iocs.iter().map(|n| layout::unit_name(n)).collect();
     let show = RemoteCmd::new(
-        [
-            "systemctl",
-            "show",
-            "--property=Id,ActiveState,SubState,NRestarts",
-        ]
-        .into_iter()
-        .map(String::from)
-        .chain(units.iter().cloned()),
+        ["systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts"]
+            .into_iter()
+            .map(String::from)
+            .chain(units.iter().cloned()),
     );
     let started = Instant::now();
     let first = parse_show(&remote.run(&show)?);
     loop {
         let states = parse_show(&remote.run(&show)?);
-        let waiting: Vec<&String> = units
-            .iter()
-            .filter(|u| states.get(*u).is_none_or(|s| s.active != "active"))
-            .collect();
+        let waiting: Vec<&String> =
+            units.iter().filter(|u| states.get(*u).is_none_or(|s| s.active != "active")).collect();
         if waiting.is_empty() {
             return Ok(());
         }
-        step.update(&format!(
-            "waiting for {}",
-            waiting
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        step.update(&format!("waiting for {}", waiting.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
         // A unit that failed, or that systemd restarted while we waited, is
         // crashing: waiting longer only hides it.
         let crashing = waiting.iter().find(|u| {
-            states.get(**u).is_some_and(|s| {
-                s.active == "failed" || first.get(**u).is_some_and(|f| s.restarts > f.restarts)
-            })
+            states
+                .get(**u)
+                .is_some_and(|s| s.active == "failed" || first.get(**u).is_some_and(|f| s.restarts > f.restarts))
         });
-        if let Some(unit) = crashing.or(if started.elapsed() > timeout {
-            waiting.first()
-        } else {
-            None
-        }) {
+        if let Some(unit) = crashing.or(if started.elapsed() > timeout { waiting.first() } else { None }) {
             let UnitState { active, sub, .. } = states.get(*unit).cloned().unwrap_or_default();
             let journal = remote
-                .run(&RemoteCmd::new([
-                    "journalctl",
-                    "--no-pager",
-                    "--lines=20",
-                    "--unit",
-                    unit.as_str(),
-                ]))
+                .run(&RemoteCmd::new(["journalctl", "--no-pager", "--lines=20", "--unit", unit.as_str()]))
                 .unwrap_or_default();
             bail!(
                 "`{unit}` is {active} ({sub}) after {:.0}s; the new version stays installed\nlast lines of its journal:\n{}\nhint: look on the host with `systemctl status {unit}`",
@@ -353,13 +295,8 @@ struct UnitState {
 fn parse_show(output: &str) -> BTreeMap<String, UnitState> {
     let mut states = BTreeMap::new();
     for block in output.split("\n\n") {
-        let field = |key: &str| {
-            block
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                .unwrap_or("")
-                .to_owned()
-        };
+        let field =
+            |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned();
         let id = field("Id");
         if !id.is_empty() {
             let state = UnitState {
@@ -373,46 +310,25 @@ fn parse_show(output: &str) -> BTreeMap<String, UnitState> {
     states
 }
 
-fn print_dry_run(
-    plan: &Plan,
-    state: &HostState,
-    target: &Target,
-    remote: &Remote,
-    substitute: bool,
-) {
+fn print_dry_run(plan: &Plan, state: &HostState, target: &Target, remote: &Remote, substitute: bool) {
     let profile = layout::profile(&plan.top);
-    println!(
-        "Plan for top `{}` on `{}` (dry run: nothing changes)",
-        plan.top, target.label
-    );
-    match (&state.profile, plan.set_profile) {
-        (Some(p), true) => println!(
+    println!("Plan for top `{}` on `{}` (dry run: nothing changes)", plan.top, target.label);
+    match (&state.profile, &plan.switch) {
+        (Some(p), Switch::Stay) => {
+            println!("  profile {profile}: stays at generation {} ({})", p.generation, p.store_path)
+        }
+        (Some(p), _) => println!(
             "  profile {profile}: generation {} ({}) -> new generation ({})",
             p.generation, p.store_path, plan.store_path
         ),
-        (Some(p), false) => println!(
-            "  profile {profile}: stays at generation {} ({})",
-            p.generation, p.store_path
-        ),
-        (None, _) => println!(
-            "  profile {profile}: new, generation 1 ({})",
-            plan.store_path
-        ),
+        (None, _) => println!("  profile {profile}: new, generation 1 ({})", plan.store_path),
     }
     for (name, change) in &plan.iocs {
-        println!(
-            "  {} ({}): {}",
-            name,
-            layout::unit_name(name),
-            change.as_str()
-        );
+        println!("  {} ({}): {}", name, layout::unit_name(name), change.as_str());
     }
     println!("Commands:");
-    if plan.set_profile {
-        println!(
-            "  local: {}",
-            copy_cmd(target, remote, state, plan, substitute)
-        );
+    if plan.top_changed {
+        println!("  local: {}", copy_cmd(target, remote, state, plan, substitute));
     }
     for action in plan.actions() {
         println!("  on {}: {}", target.label, plan::remote_cmd(plan, &action));
@@ -420,38 +336,23 @@ fn print_dry_run(
     if !plan.running().is_empty() {
         println!(
             "  then wait until {} is active",
-            plan.running()
-                .iter()
-                .map(|n| layout::unit_name(n))
-                .collect::<Vec<_>>()
-                .join(", ")
+            plan.running().iter().map(|n| layout::unit_name(n)).collect::<Vec<_>>().join(", ")
         );
     }
 }
 
 /// Prints the summary table on stdout.
 pub fn print_summary(report: &Report) {
-    let generation = match (report.generation, report.new_generation, report.dry_run) {
-        (_, _, true) => "dry run".to_owned(),
-        (Some(g), true, _) => format!("{g} (new)"),
-        (Some(g), false, _) => format!("{g} (unchanged)"),
-        (None, _, _) => "-".to_owned(),
+    let generation = match (report.generation, report.previous_generation) {
+        (_, _) if report.dry_run => "dry run".to_owned(),
+        (Some(g), _) if report.new_generation => format!("{g} (new)"),
+        (Some(g), Some(p)) if g != p => format!("{g} (was {p})"),
+        (Some(g), _) => format!("{g} (unchanged)"),
+        (None, _) => "-".to_owned(),
     };
-    let mut rows = vec![[
-        "HOST".to_owned(),
-        "TOP".into(),
-        "GENERATION".into(),
-        "IOC".into(),
-        "STATUS".into(),
-    ]];
+    let mut rows = vec![["HOST".to_owned(), "TOP".into(), "GENERATION".into(), "IOC".into(), "STATUS".into()]];
     for (ioc, status) in &report.iocs {
-        rows.push([
-            report.host.clone(),
-            report.top.clone(),
-            generation.clone(),
-            ioc.clone(),
-            (*status).to_owned(),
-        ]);
+        rows.push([report.host.clone(), report.top.clone(), generation.clone(), ioc.clone(), (*status).to_owned()]);
     }
     print!("{}", crate::table::render(&rows));
 }
@@ -467,11 +368,7 @@ mod tests {
         let states = parse_show(out);
         assert_eq!(
             states["epnix-a.service"],
-            UnitState {
-                active: "active".into(),
-                sub: "running".into(),
-                restarts: 0
-            }
+            UnitState { active: "active".into(), sub: "running".into(), restarts: 0 }
         );
         assert_eq!(states["epnix-b.service"].restarts, 3);
     }

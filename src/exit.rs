@@ -25,10 +25,7 @@ pub struct BadInput {
 
 impl BadInput {
     pub fn new(message: impl Into<String>) -> BadInput {
-        BadInput {
-            message: message.into(),
-            hint: None,
-        }
+        BadInput { message: message.into(), hint: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> BadInput {
@@ -51,9 +48,5 @@ impl std::error::Error for BadInput {}
 
 /// The exit code for an error that ended the program.
 pub fn code_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|cause| cause.is::<BadInput>()) {
-        BAD_INPUT
-    } else {
-        FAILED
-    }
+    if err.chain().any(|cause| cause.is::<BadInput>()) { BAD_INPUT } else { FAILED }
 }

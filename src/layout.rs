@@ -29,3 +29,23 @@ pub fn unit_path(ioc: &str) -> Utf8PathBuf {
 pub fn ioc_of_unit(unit: &str) -> Option<&str> {
     unit.strip_prefix("epnix-")?.strip_suffix(".service")
 }
+
+/// Where epnix-deploy records what each generation installed. The Nix
+/// profile and the unit files stay the truth; a record only adds what they
+/// cannot say (the units of older generations, who deployed, from where).
+pub const RECORDS_DIR: &str = "/var/lib/epnix-deploy";
+
+/// The records of `top`, one directory per generation number.
+pub fn records(top: &str) -> Utf8PathBuf {
+    Utf8PathBuf::from(RECORDS_DIR).join(top)
+}
+
+/// The record of generation `generation` of `top`.
+pub fn record(top: &str, generation: u32) -> Utf8PathBuf {
+    records(top).join(generation.to_string())
+}
+
+/// Where a deploy assembles its record before it knows the generation number.
+pub fn staging_record(top: &str) -> Utf8PathBuf {
+    records(top).join("staging")
+}

@@ -17,16 +17,30 @@ fn nix() -> Cmd {
 
 /// Evaluates the whole `epnixDeploy` output; packages become store paths.
 pub fn eval_config(flake: &str) -> Cmd {
-    nix()
-        .args(["eval", "--json"])
-        .arg(format!("{flake}#epnixDeploy"))
+    nix().args(["eval", "--json"]).arg(format!("{flake}#epnixDeploy"))
 }
 
 /// Builds the top's package without a GC root in the working directory.
 pub fn build_top(flake: &str, top: &str) -> Cmd {
-    nix()
-        .args(["build", "--no-link", "--json"])
-        .arg(format!("{flake}#epnixDeploy.tops.{top}.package"))
+    nix().args(["build", "--no-link", "--json"]).arg(format!("{flake}#epnixDeploy.tops.{top}.package"))
+}
+
+/// Reads where the flake comes from, for the generation's record.
+pub fn flake_metadata(flake: &str) -> Cmd {
+    nix().args(["flake", "metadata", "--json"]).arg(flake)
+}
+
+/// The flake's git revision from `nix flake metadata --json`: the commit,
+/// `dirty` for a git tree with uncommitted changes, or empty when the flake
+/// is not in git.
+pub fn parse_revision(stdout: &str) -> Result<String> {
+    let meta: serde_json::Value = serde_json::from_str(stdout).context("reading the JSON of `nix flake metadata`")?;
+    if let Some(rev) = meta["revision"].as_str() {
+        return Ok(rev.to_owned());
+    }
+    // Current Nix reports `dirtyRevision`; Nix 2.8 only leaves `revision` out.
+    let git = meta["locked"]["type"].as_str() == Some("git") || meta["dirtyRevision"].is_string();
+    Ok(if git { "dirty".to_owned() } else { String::new() })
 }
 
 #[derive(Deserialize)]
@@ -36,8 +50,7 @@ struct BuildResult {
 
 /// The `out` path from `nix build --json`.
 pub fn parse_build_output(stdout: &str) -> Result<Utf8PathBuf> {
-    let results: Vec<BuildResult> =
-        serde_json::from_str(stdout).context("reading the JSON of `nix build --json`")?;
+    let results: Vec<BuildResult> = serde_json::from_str(stdout).context("reading the JSON of `nix build --json`")?;
     results
         .into_iter()
         .next()
@@ -56,12 +69,7 @@ pub fn copy_to(
     remote_nix_store: Option<&str>,
     substitute_on_destination: bool,
 ) -> Cmd {
-    let mut cmd = nix()
-        .env(
-            "NIX_SSHOPTS",
-            format!("-o ControlMaster=no -o ControlPath={control_socket}"),
-        )
-        .arg("copy");
+    let mut cmd = nix().env("NIX_SSHOPTS", format!("-o ControlMaster=no -o ControlPath={control_socket}")).arg("copy");
     if substitute_on_destination {
         cmd = cmd.arg("--substitute-on-destination");
     }
@@ -83,6 +91,14 @@ mod tests {
     }
 
     #[test]
+    fn revisions_of_clean_dirty_and_plain_flakes() {
+        assert_eq!(parse_revision(r#"{"revision":"226d58f","locked":{"type":"git"}}"#).unwrap(), "226d58f");
+        assert_eq!(parse_revision(r#"{"locked":{"type":"git","url":"file:///x"}}"#).unwrap(), "dirty");
+        assert_eq!(parse_revision(r#"{"dirtyRevision":"226d58f-dirty","locked":{"type":"git"}}"#).unwrap(), "dirty");
+        assert_eq!(parse_revision(r#"{"locked":{"type":"path","path":"/x"}}"#).unwrap(), "");
+    }
+
+    #[test]
     fn copy_rides_the_master_connection() {
         let target = Target::resolve("root@10.0.0.5:2201", None).unwrap();
         let cmd = copy_to(&target, "/tmp/e/master", "/nix/store/abc-top", None, true);
@@ -95,13 +111,12 @@ mod tests {
     #[test]
     fn copy_names_the_remote_nix_store_when_it_is_off_the_path() {
         let target = Target::resolve("root@h", None).unwrap();
-        let cmd = copy_to(
-            &target,
-            "/s",
-            "/nix/store/abc",
-            Some("/nix/var/nix/profiles/default/bin/nix-store"),
-            false,
+        let cmd = copy_to(&target, "/s", "/nix/store/abc", Some("/nix/var/nix/profiles/default/bin/nix-store"), false);
+        assert!(
+            cmd.to_string().ends_with(
+                "--to 'ssh://root@h?remote-program=/nix/var/nix/profiles/default/bin/nix-store' /nix/store/abc"
+            ),
+            "{cmd}"
         );
-        assert!(cmd.to_string().ends_with("--to 'ssh://root@h?remote-program=/nix/var/nix/profiles/default/bin/nix-store' /nix/store/abc"), "{cmd}");
     }
 }

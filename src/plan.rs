@@ -1,6 +1,7 @@
-//! The deploy plan: what must change on one host to run one top, computed
-//! from the configuration and the host's state alone. Pure, so `--dry-run`,
-//! the real deploy and the tests all see the same plan.
+//! The plan: what must change on one host to run one top at a given build
+//! with given units, computed from those and the host's state alone. Pure,
+//! so `--dry-run`, the real run and the tests all see the same plan. Deploys
+//! and rollbacks share it; they differ only in how the profile moves.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,10 +18,11 @@ use crate::unit::{self, HostFacts};
 pub struct Plan {
     pub top: String,
     pub store_path: Utf8PathBuf,
-    /// False when the profile already points at this build: a redeploy of the
-    /// same build makes no new generation.
-    pub set_profile: bool,
-    /// The rendered unit of every enabled IOC.
+    /// How the profile moves.
+    pub switch: Switch,
+    /// Whether the profile pointed at another build (or nowhere) before.
+    pub top_changed: bool,
+    /// The unit of every IOC that runs afterwards.
     pub units: BTreeMap<String, String>,
     /// The units whose text is new or differs from the host's.
     pub rewrite: BTreeSet<String>,
@@ -51,11 +53,29 @@ impl Change {
     }
 }
 
+/// How a plan moves the top's profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// The profile stays: same build, same units.
+    Stay,
+    /// A new generation, recorded with this `meta` text.
+    NewGeneration { meta: String },
+    /// Back (or forth) to an existing generation.
+    To(u32),
+}
+
 /// One step that changes the host, in the order they run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Point the top's profile at the new build (a new generation).
+    /// Start the record of the coming generation, with its `meta` file.
+    StageRecord,
+    /// Add a unit to the staged record.
+    StageUnit(String),
+    /// Point the profile at the new build (a new generation) and file the
+    /// staged record under its number.
     SetProfile,
+    /// Point the profile at an existing generation.
+    SwitchGeneration(u32),
     WriteUnit(String),
     RemoveUnit(String),
     DaemonReload,
@@ -67,52 +87,79 @@ pub enum Action {
 /// Checks that the host can take a deploy at all, before anything is copied.
 pub fn host_facts(host: &HostState, label: &str) -> Result<HostFacts, BadInput> {
     if !host.is_root {
-        return Err(BadInput::new(format!(
-            "on `{label}`: the SSH user is not root, and installing units needs root"
-        ))
-        .hint("set `sshUser = \"root\"` for this host (or deploy as `root@host`)"));
+        return Err(BadInput::new(format!("on `{label}`: the SSH user is not root, and installing units needs root"))
+            .hint("set `sshUser = \"root\"` for this host (or deploy as `root@host`)"));
     }
     if !host.has_systemctl {
-        return Err(BadInput::new(format!(
-            "on `{label}`: `systemctl` was not found; the IOCs run as systemd units"
-        )));
+        return Err(BadInput::new(format!("on `{label}`: `systemctl` was not found; the IOCs run as systemd units")));
     }
     if host.nix_env.is_none() {
-        return Err(
-            BadInput::new(format!("on `{label}`: Nix was not found (`nix-env`)"))
-                .hint("install Nix on the host (on Debian: `apt install nix-bin`)"),
-        );
+        return Err(BadInput::new(format!("on `{label}`: Nix was not found (`nix-env`)"))
+            .hint("install Nix on the host (on Debian: `apt install nix-bin`)"));
     }
     host.procserv.clone().ok_or_else(|| {
-        BadInput::new(format!(
-            "on `{label}`: `procServ` was not found on the PATH"
-        ))
-        .hint("install it on the host (on Debian: `apt install procserv`)")
+        BadInput::new(format!("on `{label}`: `procServ` was not found on the PATH"))
+            .hint("install it on the host (on Debian: `apt install procserv`)")
     })
 }
 
-/// Plans the deploy of `top` (built at `store_path`) to a host in `state`.
-pub fn plan(
+/// Renders the units of `top`'s enabled IOCs for a host with `facts`.
+pub fn render_units(top_name: &str, top: &Top, facts: &HostFacts) -> BTreeMap<String, String> {
+    top.iocs
+        .iter()
+        .filter(|(_, ioc)| ioc.enable)
+        .map(|(name, ioc)| (name.clone(), unit::render(top_name, name, ioc, facts)))
+        .collect()
+}
+
+/// Plans a deploy of `top_name` built at `store_path` with `wanted` units.
+/// A new generation is made when the build or any unit changes; `meta` is
+/// what its record will say.
+pub fn deploy(
     top_name: &str,
-    top: &Top,
     store_path: &Utf8PathBuf,
+    wanted: BTreeMap<String, String>,
+    meta: String,
     state: &HostState,
-    facts: &HostFacts,
     label: &str,
 ) -> Result<Plan, BadInput> {
-    let set_profile = state
-        .profile
-        .as_ref()
-        .is_none_or(|p| &p.store_path != store_path);
-    let mut units = BTreeMap::new();
+    let mut plan = plan(top_name, store_path, wanted, state, label)?;
+    if plan.top_changed || plan.iocs.values().any(|c| *c != Change::Unchanged) {
+        plan.switch = Switch::NewGeneration { meta };
+    }
+    Ok(plan)
+}
+
+/// Plans a switch to the existing `generation`, built at `store_path`, with
+/// `wanted` units.
+pub fn switch_to(
+    top_name: &str,
+    generation: u32,
+    store_path: &Utf8PathBuf,
+    wanted: BTreeMap<String, String>,
+    state: &HostState,
+    label: &str,
+) -> Result<Plan, BadInput> {
+    let mut plan = plan(top_name, store_path, wanted, state, label)?;
+    plan.switch = Switch::To(generation);
+    Ok(plan)
+}
+
+fn plan(
+    top_name: &str,
+    store_path: &Utf8PathBuf,
+    wanted: BTreeMap<String, String>,
+    state: &HostState,
+    label: &str,
+) -> Result<Plan, BadInput> {
+    let top_changed = state.profile.as_ref().is_none_or(|p| &p.store_path != store_path);
     let mut rewrite = BTreeSet::new();
     let mut iocs = BTreeMap::new();
-    for (name, ioc) in top.iocs.iter().filter(|(_, ioc)| ioc.enable) {
-        let text = unit::render(top_name, name, ioc, facts);
+    for (name, text) in &wanted {
         let change = match state.units.get(name) {
             None => Change::New,
             Some(existing) => match unit::owner(existing) {
-                Some(owner) if owner == top_name => match (existing != &text, set_profile) {
+                Some(owner) if owner == top_name => match (existing != text, top_changed) {
                     (false, false) => Change::Unchanged,
                     (differs, _) => {
                         if differs {
@@ -126,33 +173,37 @@ pub fn plan(
                         "on `{label}`: IOC `{name}` of top `{other}` already runs as `{}`",
                         layout::unit_name(name)
                     ))
-                    .hint(format!("rename one of the IOCs, or remove it from top `{other}` and deploy that top first")));
+                    .hint(format!(
+                        "rename one of the IOCs, or remove it from top `{other}` and deploy that top first"
+                    )));
                 }
                 None => {
                     return Err(BadInput::new(format!(
                         "on `{label}`: `{}` exists and was not written by epnix-deploy; it is left alone",
                         layout::unit_path(name)
                     ))
-                    .hint(format!("rename IOC `{name}`, or remove that unit from the host by hand if it is obsolete")));
+                    .hint(format!(
+                        "rename IOC `{name}`, or remove that unit from the host by hand if it is obsolete"
+                    )));
                 }
             },
         };
         if change == Change::New {
             rewrite.insert(name.clone());
         }
-        units.insert(name.clone(), text);
         iocs.insert(name.clone(), change);
     }
     for (name, existing) in &state.units {
-        if unit::owner(existing) == Some(top_name) && !units.contains_key(name) {
+        if unit::owner(existing) == Some(top_name) && !wanted.contains_key(name) {
             iocs.insert(name.clone(), Change::Removed);
         }
     }
     Ok(Plan {
         top: top_name.to_owned(),
         store_path: store_path.clone(),
-        set_profile,
-        units,
+        switch: Switch::Stay,
+        top_changed,
+        units: wanted,
         rewrite,
         iocs,
     })
@@ -160,11 +211,7 @@ pub fn plan(
 
 impl Plan {
     fn with(&self, wanted: &[Change]) -> Vec<String> {
-        self.iocs
-            .iter()
-            .filter(|(_, c)| wanted.contains(c))
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.iocs.iter().filter(|(_, c)| wanted.contains(c)).map(|(n, _)| n.clone()).collect()
     }
 
     /// The IOCs whose units run after the deploy.
@@ -176,8 +223,14 @@ impl Plan {
     /// reload, removals stop their IOC before the file goes.
     pub fn actions(&self) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.set_profile {
-            actions.push(Action::SetProfile);
+        match self.switch {
+            Switch::Stay => {}
+            Switch::NewGeneration { .. } => {
+                actions.push(Action::StageRecord);
+                actions.extend(self.units.keys().map(|name| Action::StageUnit(name.clone())));
+                actions.push(Action::SetProfile);
+            }
+            Switch::To(generation) => actions.push(Action::SwitchGeneration(generation)),
         }
         let removes = self.with(&[Change::Removed]);
         for name in &removes {
@@ -186,10 +239,7 @@ impl Plan {
         for name in &self.rewrite {
             actions.push(Action::WriteUnit(name.clone()));
         }
-        if actions
-            .iter()
-            .any(|a| matches!(a, Action::WriteUnit(_) | Action::RemoveUnit(_)))
-        {
+        if actions.iter().any(|a| matches!(a, Action::WriteUnit(_) | Action::RemoveUnit(_))) {
             actions.push(Action::DaemonReload);
         }
         let running = self.running();
@@ -210,55 +260,70 @@ impl Plan {
 
 /// The command that carries out `action` on the host.
 pub fn remote_cmd(plan: &Plan, action: &Action) -> RemoteCmd {
-    let units = |names: &[String]| {
-        names
-            .iter()
-            .map(|n| layout::unit_name(n))
-            .collect::<Vec<_>>()
-    };
+    let units = |names: &[String]| names.iter().map(|n| layout::unit_name(n)).collect::<Vec<_>>();
     match action {
+        Action::StageRecord => {
+            let meta = match &plan.switch {
+                Switch::NewGeneration { meta } => meta.clone(),
+                _ => String::new(),
+            };
+            RemoteCmd::script(STAGE_RECORD, &[layout::staging_record(&plan.top).as_str()]).with_stdin(meta)
+        }
+        Action::StageUnit(name) => {
+            let path = layout::staging_record(&plan.top).join("units").join(layout::unit_name(name));
+            RemoteCmd::script(WRITE_FILE, &[path.as_str()]).with_stdin(plan.units[name].clone())
+        }
         Action::SetProfile => RemoteCmd::script(
             SET_PROFILE,
-            &[
-                layout::profile(&plan.top).as_str(),
-                plan.store_path.as_str(),
-            ],
+            &[layout::profile(&plan.top).as_str(), plan.store_path.as_str(), layout::records(&plan.top).as_str()],
         ),
-        Action::WriteUnit(name) => {
-            RemoteCmd::script(WRITE_FILE, &[layout::unit_path(name).as_str()])
-                .with_stdin(plan.units[name].clone())
+        Action::SwitchGeneration(generation) => {
+            RemoteCmd::script(SWITCH_GENERATION, &[layout::profile(&plan.top).as_str(), &generation.to_string()])
         }
-        Action::RemoveUnit(name) => RemoteCmd::script(
-            REMOVE_UNIT,
-            &[&layout::unit_name(name), layout::unit_path(name).as_str()],
-        ),
+        Action::WriteUnit(name) => {
+            RemoteCmd::script(WRITE_FILE, &[layout::unit_path(name).as_str()]).with_stdin(plan.units[name].clone())
+        }
+        Action::RemoveUnit(name) => {
+            RemoteCmd::script(REMOVE_UNIT, &[&layout::unit_name(name), layout::unit_path(name).as_str()])
+        }
         Action::DaemonReload => RemoteCmd::new(["systemctl", "daemon-reload"]),
-        Action::Enable(names) => RemoteCmd::new(
-            ["systemctl", "enable", "--quiet"]
-                .into_iter()
-                .map(String::from)
-                .chain(units(names)),
-        ),
-        Action::Restart(names) => RemoteCmd::new(
-            ["systemctl", "restart"]
-                .into_iter()
-                .map(String::from)
-                .chain(units(names)),
-        ),
-        Action::Start(names) => RemoteCmd::new(
-            ["systemctl", "start"]
-                .into_iter()
-                .map(String::from)
-                .chain(units(names)),
-        ),
+        Action::Enable(names) => {
+            RemoteCmd::new(["systemctl", "enable", "--quiet"].into_iter().map(String::from).chain(units(names)))
+        }
+        Action::Restart(names) => {
+            RemoteCmd::new(["systemctl", "restart"].into_iter().map(String::from).chain(units(names)))
+        }
+        Action::Start(names) => {
+            RemoteCmd::new(["systemctl", "start"].into_iter().map(String::from).chain(units(names)))
+        }
     }
 }
 
-/// `$1` profile, `$2` store path. Prints the new generation link.
+/// `$1` the staging directory; the `meta` text on stdin.
+const STAGE_RECORD: &str = r#"set -eu
+rm -rf "$1"
+mkdir -p "$1/units"
+cat > "$1/meta"
+"#;
+
+/// `$1` profile, `$2` store path, `$3` records directory. Files the staged
+/// record under the new generation's number (replacing a stale record of a
+/// deleted generation with that number) and prints the generation link.
 const SET_PROFILE: &str = r#"set -eu
 PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
 mkdir -p "${1%/*}"
 nix-env --profile "$1" --set "$2"
+link=$(readlink "$1")
+n=${link%-link}; n=${n##*-}
+rm -rf "$3/$n"
+mv "$3/staging" "$3/$n"
+echo "$link"
+"#;
+
+/// `$1` profile, `$2` generation. Prints the generation link.
+const SWITCH_GENERATION: &str = r#"set -eu
+PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
+nix-env --profile "$1" --switch-generation "$2"
 readlink "$1"
 "#;
 
@@ -285,10 +350,7 @@ mod tests {
     use crate::host::Profile;
 
     fn facts() -> HostFacts {
-        HostFacts {
-            procserv: "/usr/bin/procServ".into(),
-            procserv_oneshot: true,
-        }
+        HostFacts { procserv: "/usr/bin/procServ".into(), procserv_oneshot: true }
     }
 
     fn top(iocs: serde_json::Value) -> Top {
@@ -304,19 +366,22 @@ mod tests {
             nix_env: Some("/usr/bin/nix-env".into()),
             has_systemctl: true,
             nix_store_on_ssh_path: true,
-            profile: profile.map(|p| Profile {
-                generation: 1,
-                store_path: p.into(),
-            }),
-            units: units
-                .iter()
-                .map(|(n, t)| ((*n).to_owned(), t.clone()))
-                .collect(),
+            profile: profile.map(|p| Profile { generation: 1, store_path: p.into() }),
+            units: units.iter().map(|(n, t)| ((*n).to_owned(), t.clone())).collect(),
+            generations: Vec::new(),
+            records: BTreeMap::new(),
         }
     }
 
     fn plan_for(top: &Top, state: &HostState) -> Result<Plan, BadInput> {
-        plan("t", top, &"/nix/store/new-t".into(), state, &facts(), "h")
+        deploy("t", &"/nix/store/new-t".into(), render_units("t", top, &facts()), "meta".into(), state, "h")
+    }
+
+    fn new_generation(units: &[&str]) -> Vec<Action> {
+        let mut actions = vec![Action::StageRecord];
+        actions.extend(units.iter().map(|u| Action::StageUnit((*u).to_owned())));
+        actions.push(Action::SetProfile);
+        actions
     }
 
     #[test]
@@ -324,16 +389,14 @@ mod tests {
         let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
         let plan = plan_for(&top, &host(None, &[])).unwrap();
         let names = vec!["a".to_owned()];
-        assert_eq!(
-            plan.actions(),
-            [
-                Action::SetProfile,
-                Action::WriteUnit("a".into()),
-                Action::DaemonReload,
-                Action::Enable(names.clone()),
-                Action::Start(names)
-            ]
-        );
+        let mut expected = new_generation(&["a"]);
+        expected.extend([
+            Action::WriteUnit("a".into()),
+            Action::DaemonReload,
+            Action::Enable(names.clone()),
+            Action::Start(names),
+        ]);
+        assert_eq!(plan.actions(), expected);
     }
 
     #[test]
@@ -341,15 +404,9 @@ mod tests {
         let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
         let unit = unit::render("t", "a", &top.iocs["a"], &facts());
         let plan = plan_for(&top, &host(Some("/nix/store/new-t"), &[("a", unit)])).unwrap();
-        assert!(!plan.set_profile);
+        assert_eq!(plan.switch, Switch::Stay);
         assert_eq!(plan.iocs["a"], Change::Unchanged);
-        assert_eq!(
-            plan.actions(),
-            [
-                Action::Enable(vec!["a".into()]),
-                Action::Start(vec!["a".into()])
-            ]
-        );
+        assert_eq!(plan.actions(), [Action::Enable(vec!["a".into()]), Action::Start(vec!["a".into()])]);
     }
 
     #[test]
@@ -358,14 +415,9 @@ mod tests {
         let unit = unit::render("t", "a", &top.iocs["a"], &facts());
         let plan = plan_for(&top, &host(Some("/nix/store/old-t"), &[("a", unit)])).unwrap();
         let a = vec!["a".to_owned()];
-        assert_eq!(
-            plan.actions(),
-            [
-                Action::SetProfile,
-                Action::Enable(a.clone()),
-                Action::Restart(a)
-            ]
-        );
+        let mut expected = new_generation(&["a"]);
+        expected.extend([Action::Enable(a.clone()), Action::Restart(a)]);
+        assert_eq!(plan.actions(), expected);
     }
 
     #[test]
@@ -386,52 +438,39 @@ mod tests {
         assert_eq!(plan.iocs["b"], Change::Removed);
         assert_eq!(plan.iocs["c"], Change::Removed);
         let a = vec!["a".to_owned()];
-        assert_eq!(
-            plan.actions(),
-            [
-                Action::RemoveUnit("b".into()),
-                Action::RemoveUnit("c".into()),
-                Action::WriteUnit("a".into()),
-                Action::DaemonReload,
-                Action::Enable(a.clone()),
-                Action::Restart(a)
-            ]
-        );
+        // Same build, other units: still a new generation, so that a
+        // rollback can bring the old units back.
+        let mut expected = new_generation(&["a"]);
+        expected.extend([
+            Action::RemoveUnit("b".into()),
+            Action::RemoveUnit("c".into()),
+            Action::WriteUnit("a".into()),
+            Action::DaemonReload,
+            Action::Enable(a.clone()),
+            Action::Restart(a),
+        ]);
+        assert_eq!(plan.actions(), expected);
     }
 
     #[test]
     fn units_of_others_are_never_taken_over() {
         let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
-        let foreign = host(
-            None,
-            &[("a", "[Service]\nExecStart=/bin/true\n".to_owned())],
-        );
+        let foreign = host(None, &[("a", "[Service]\nExecStart=/bin/true\n".to_owned())]);
         let err = plan_for(&top, &foreign).unwrap_err().to_string();
         assert!(
-            err.contains(
-                "/etc/systemd/system/epnix-a.service` exists and was not written by epnix-deploy"
-            ),
+            err.contains("/etc/systemd/system/epnix-a.service` exists and was not written by epnix-deploy"),
             "{err}"
         );
 
-        let other_top = host(
-            None,
-            &[("a", unit::render("other", "a", &top.iocs["a"], &facts()))],
-        );
+        let other_top = host(None, &[("a", unit::render("other", "a", &top.iocs["a"], &facts()))]);
         let err = plan_for(&top, &other_top).unwrap_err().to_string();
-        assert!(
-            err.contains("IOC `a` of top `other` already runs as `epnix-a.service`"),
-            "{err}"
-        );
+        assert!(err.contains("IOC `a` of top `other` already runs as `epnix-a.service`"), "{err}");
     }
 
     #[test]
     fn units_of_another_top_are_not_removed() {
         let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
-        let state = host(
-            None,
-            &[("z", unit::render("other", "z", &top.iocs["a"], &facts()))],
-        );
+        let state = host(None, &[("z", unit::render("other", "z", &top.iocs["a"], &facts()))]);
         let plan = plan_for(&top, &state).unwrap();
         assert!(!plan.iocs.contains_key("z"));
     }
@@ -446,21 +485,36 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_to_an_older_generation_restores_its_units() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let units = render_units("t", &top, &facts());
+        let mut current = top.iocs["a"].clone();
+        current.environment.insert("X".into(), "new".into());
+        let state = host(
+            Some("/nix/store/new-t"),
+            &[("a", unit::render("t", "a", &current, &facts())), ("b", unit::render("t", "b", &current, &facts()))],
+        );
+        let plan = switch_to("t", 3, &"/nix/store/old-t".into(), units, &state, "h").unwrap();
+        let a = vec!["a".to_owned()];
+        assert_eq!(
+            plan.actions(),
+            [
+                Action::SwitchGeneration(3),
+                Action::RemoveUnit("b".into()),
+                Action::WriteUnit("a".into()),
+                Action::DaemonReload,
+                Action::Enable(a.clone()),
+                Action::Restart(a),
+            ]
+        );
+    }
+
+    #[test]
     fn refuses_a_host_without_procserv_or_root() {
         let mut state = host(None, &[]);
         state.procserv = None;
-        assert!(
-            host_facts(&state, "h")
-                .unwrap_err()
-                .to_string()
-                .contains("apt install procserv")
-        );
+        assert!(host_facts(&state, "h").unwrap_err().to_string().contains("apt install procserv"));
         state.is_root = false;
-        assert!(
-            host_facts(&state, "h")
-                .unwrap_err()
-                .to_string()
-                .contains("sshUser = \"root\"")
-        );
+        assert!(host_facts(&state, "h").unwrap_err().to_string().contains("sshUser = \"root\""));
     }
 }

@@ -19,11 +19,7 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: &str) -> Cmd {
-        Cmd {
-            program: program.to_owned(),
-            args: Vec::new(),
-            env: Vec::new(),
-        }
+        Cmd { program: program.to_owned(), args: Vec::new(), env: Vec::new() }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
@@ -53,10 +49,7 @@ impl Cmd {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let output = command.output().map_err(|source| CmdError::Spawn {
-            cmd: self.to_string(),
-            source,
-        })?;
+        let output = command.output().map_err(|source| CmdError::Spawn { cmd: self.to_string(), source })?;
         if !output.status.success() {
             return Err(CmdError::Failed {
                 cmd: self.to_string(),
@@ -91,22 +84,14 @@ pub enum CmdError {
     /// The program could not be started at all (usually: not installed).
     Spawn { cmd: String, source: std::io::Error },
     /// The program ran and reported failure.
-    Failed {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { cmd: String, status: String, stderr: String },
 }
 
 impl fmt::Display for CmdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CmdError::Spawn { cmd, source } => write!(f, "could not start `{cmd}`: {source}"),
-            CmdError::Failed {
-                cmd,
-                status,
-                stderr,
-            } => {
+            CmdError::Failed { cmd, status, stderr } => {
                 write!(f, "`{cmd}` failed ({status})")?;
                 if !stderr.is_empty() {
                     write!(f, ":\n{stderr}")?;
@@ -130,24 +115,13 @@ impl std::error::Error for CmdError {
 pub fn tail(stderr: &str) -> String {
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
-    lines[start..]
-        .iter()
-        .map(|line| format!("  {line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    lines[start..].iter().map(|line| format!("  {line}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Quotes a word for a POSIX shell, leaving plain words as they are.
 pub fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%^".contains(&b));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
+    let plain = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%^".contains(&b));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
 #[cfg(test)]
@@ -165,28 +139,15 @@ mod tests {
 
     #[test]
     fn display_is_a_pasteable_shell_line() {
-        let cmd = Cmd::new("nix")
-            .arg("copy")
-            .arg("--to")
-            .arg("ssh://root@h")
-            .env("NIX_SSHOPTS", "-p 22");
-        assert_eq!(
-            cmd.to_string(),
-            "NIX_SSHOPTS='-p 22' nix copy --to ssh://root@h"
-        );
+        let cmd = Cmd::new("nix").arg("copy").arg("--to").arg("ssh://root@h").env("NIX_SSHOPTS", "-p 22");
+        assert_eq!(cmd.to_string(), "NIX_SSHOPTS='-p 22' nix copy --to ssh://root@h");
     }
 
     #[test]
     fn failure_carries_the_command_and_stderr() {
-        let err = Cmd::new("sh")
-            .args(["-c", "echo boom >&2; exit 3"])
-            .output()
-            .unwrap_err();
+        let err = Cmd::new("sh").args(["-c", "echo boom >&2; exit 3"]).output().unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("`sh -c 'echo boom >&2; exit 3'` failed"),
-            "{text}"
-        );
+        assert!(text.contains("`sh -c 'echo boom >&2; exit 3'` failed"), "{text}");
         assert!(text.contains("boom"), "{text}");
     }
 }

@@ -17,9 +17,7 @@ impl Progress {
     /// Spinners when stderr is a terminal, plain lines otherwise.
     pub fn new() -> Progress {
         let tty = std::io::stderr().is_terminal();
-        Progress {
-            bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
-        }
+        Progress { bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())) }
     }
 
     /// Starts a step; finish it with [`Step::done`]. A step dropped unfinished
@@ -30,8 +28,7 @@ impl Progress {
             Some(bars) => {
                 let bar = bars.add(ProgressBar::new_spinner());
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed:>4}")
-                        .expect("valid template"),
+                    ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed:>4}").expect("valid template"),
                 );
                 bar.set_prefix(label.clone());
                 bar.enable_steady_tick(Duration::from_millis(100));
@@ -42,12 +39,7 @@ impl Progress {
                 None
             }
         };
-        Step {
-            bar,
-            label,
-            started: Instant::now(),
-            finished: false,
-        }
+        Step { bar, label, started: Instant::now(), finished: false }
     }
 
     /// A message that is not a step, kept clear of the spinners.
@@ -94,10 +86,7 @@ impl Step {
         match &self.bar {
             Some(bar) => {
                 bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
-                bar.finish_with_message(format!(
-                    "{} {line}",
-                    if outcome == "done" { "✓" } else { "✗" }
-                ));
+                bar.finish_with_message(format!("{} {line}", if outcome == "done" { "✓" } else { "✗" }));
             }
             None => eprintln!("{line}"),
         }

@@ -34,21 +34,13 @@ impl RemoteCmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        RemoteCmd {
-            argv: argv.into_iter().map(Into::into).collect(),
-            stdin: None,
-        }
+        RemoteCmd { argv: argv.into_iter().map(Into::into).collect(), stdin: None }
     }
 
     /// Runs a fixed `sh` script with positional arguments. The script is a
     /// constant of ours; only `args` vary, and they arrive as `$1`, `$2`, ...
     pub fn script(script: &str, args: &[&str]) -> RemoteCmd {
-        let mut argv = vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            script.to_owned(),
-            "epnix-deploy".to_owned(),
-        ];
+        let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "epnix-deploy".to_owned()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         RemoteCmd { argv, stdin: None }
     }
@@ -91,9 +83,7 @@ fn parse_ssh_opts(opts: &[String]) -> Result<SshOptions, BadInput> {
     let mut words = opts.iter();
     while let Some(word) = words.next() {
         let (flag, inline) = match word.as_str() {
-            w if w.len() > 2 && w.starts_with('-') && !w.starts_with("--") => {
-                (&w[..2], Some(w[2..].to_owned()))
-            }
+            w if w.len() > 2 && w.starts_with('-') && !w.starts_with("--") => (&w[..2], Some(w[2..].to_owned())),
             w => (w, None),
         };
         let mut value = || {
@@ -109,40 +99,36 @@ fn parse_ssh_opts(opts: &[String]) -> Result<SshOptions, BadInput> {
             "-l" => parsed.user = Some(value()?),
             "-p" => {
                 let v = value()?;
-                parsed.port = Some(v.parse().map_err(|_| {
-                    BadInput::new(format!("sshOpts: `-p {v}` is not a port number"))
-                })?);
+                parsed.port =
+                    Some(v.parse().map_err(|_| BadInput::new(format!("sshOpts: `-p {v}` is not a port number")))?);
             }
             "-o" => {
                 let v = value()?;
                 let (key, val) = v
                     .split_once(['=', ' '])
                     .map(|(k, v)| (k.trim(), v.trim()))
-                    .ok_or_else(|| {
-                        BadInput::new(format!("sshOpts: `-o {v}` is not of the form `Key=Value`"))
-                    })?;
+                    .ok_or_else(|| BadInput::new(format!("sshOpts: `-o {v}` is not of the form `Key=Value`")))?;
                 match key.to_ascii_lowercase().as_str() {
                     "stricthostkeychecking" => {
-                        parsed.strict_host_key_checking = Some(
-                            match val.to_ascii_lowercase().as_str() {
-                                "yes" | "ask" => KnownHosts::Strict,
-                                "accept-new" => KnownHosts::Add,
-                                "no" | "off" => KnownHosts::Accept,
-                                _ => {
-                                    return Err(BadInput::new(format!(
-                                        "sshOpts: `StrictHostKeyChecking={val}` is not a value ssh knows"
-                                    )));
-                                }
-                            },
-                        )
+                        parsed.strict_host_key_checking = Some(match val.to_ascii_lowercase().as_str() {
+                            "yes" | "ask" => KnownHosts::Strict,
+                            "accept-new" => KnownHosts::Add,
+                            "no" | "off" => KnownHosts::Accept,
+                            _ => {
+                                return Err(BadInput::new(format!(
+                                    "sshOpts: `StrictHostKeyChecking={val}` is not a value ssh knows"
+                                )));
+                            }
+                        })
                     }
                     "userknownhostsfile" => parsed.known_hosts_file = Some(val.to_owned()),
                     _ => parsed.extra.push((key.to_owned(), val.to_owned())),
                 }
             }
             _ => {
-                return Err(BadInput::new(format!("sshOpts: `{word}` is not supported"))
-                    .hint("use `-o Key=Value`, `-i`, `-J`, `-F`, `-l` or `-p`, or put the setting in `~/.ssh/config`"));
+                return Err(BadInput::new(format!("sshOpts: `{word}` is not supported")).hint(
+                    "use `-o Key=Value`, `-i`, `-J`, `-F`, `-l` or `-p`, or put the setting in `~/.ssh/config`",
+                ));
             }
         }
     }
@@ -170,11 +156,7 @@ impl Remote {
         let mut builder = SessionBuilder::default();
         builder
             .control_directory(dir.path())
-            .known_hosts_check(
-                opts.strict_host_key_checking
-                    .clone()
-                    .unwrap_or(KnownHosts::Strict),
-            )
+            .known_hosts_check(opts.strict_host_key_checking.clone().unwrap_or(KnownHosts::Strict))
             .connect_timeout(Duration::from_secs(15))
             .server_alive_interval(Duration::from_secs(10));
         if let Some(user) = target.user.clone().or_else(|| opts.user.clone()) {
@@ -198,30 +180,17 @@ impl Remote {
             builder.config_file(file);
         }
 
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let session = runtime
-            .block_on(builder.connect(target.destination()))
-            .map_err(|err| {
-                anyhow::Error::new(err).context(format!(
-                    "could not open an SSH connection to `{target}` ({})",
-                    describe_endpoint(target)
-                ))
-            })?;
-        Ok(Remote {
-            runtime,
-            session: Some(session),
-            target: target.clone(),
-            _dir: dir,
-        })
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+        let session = runtime.block_on(builder.connect(target.destination())).map_err(|err| {
+            anyhow::Error::new(err)
+                .context(format!("could not open an SSH connection to `{target}` ({})", describe_endpoint(target)))
+        })?;
+        Ok(Remote { runtime, session: Some(session), target: target.clone(), _dir: dir })
     }
 
     fn session(&self) -> &Session {
-        self.session
-            .as_ref()
-            .expect("the session lives until close")
+        self.session.as_ref().expect("the session lives until close")
     }
 
     /// Runs `cmd` and returns its stdout; a non-zero exit is an error that
@@ -244,22 +213,12 @@ impl Remote {
         let session = self.session();
         let result = self.runtime.block_on(async {
             let mut command = session.command(&cmd.argv[0]);
-            command
-                .args(&cmd.argv[1..])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            command.stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
+            command.args(&cmd.argv[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
+            command.stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
             let mut child = command.spawn().await?;
             if let Some(text) = &cmd.stdin {
                 let mut stdin = child.stdin().take().expect("stdin was piped");
-                stdin
-                    .write_all(text.as_bytes())
-                    .await
-                    .map_err(openssh::Error::ChildIo)?;
+                stdin.write_all(text.as_bytes()).await.map_err(openssh::Error::ChildIo)?;
                 stdin.shutdown().await.map_err(openssh::Error::ChildIo)?;
             }
             child.wait_with_output().await
@@ -294,8 +253,7 @@ fn describe_endpoint(target: &Target) -> String {
 /// first and then includes those files.
 fn write_ssh_config(dir: &Path, opts: &SshOptions) -> Result<PathBuf> {
     let path = dir.join("ssh_config");
-    let mut file =
-        std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+    let mut file = std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
     let mut text = String::new();
     for (key, value) in &opts.extra {
         text.push_str(&format!("{key} {value}\n"));
@@ -305,8 +263,7 @@ fn write_ssh_config(dir: &Path, opts: &SshOptions) -> Result<PathBuf> {
         None => text.push_str("Include ~/.ssh/config\n"),
     }
     text.push_str("Include /etc/ssh/ssh_config\n");
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
@@ -333,39 +290,22 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.keyfile.as_deref(), Some("/k"));
         assert_eq!(parsed.known_hosts_file.as_deref(), Some("/kh"));
-        assert!(matches!(
-            parsed.strict_host_key_checking,
-            Some(KnownHosts::Accept)
-        ));
+        assert!(matches!(parsed.strict_host_key_checking, Some(KnownHosts::Accept)));
         assert_eq!(parsed.port, Some(2201));
-        assert_eq!(
-            parsed.extra,
-            vec![("ConnectTimeout".to_owned(), "5".to_owned())]
-        );
+        assert_eq!(parsed.extra, vec![("ConnectTimeout".to_owned(), "5".to_owned())]);
     }
 
     #[test]
     fn unsupported_ssh_opts_are_refused() {
         let err = opts(&["-v"]).unwrap_err().to_string();
         assert!(err.contains("sshOpts: `-v` is not supported"), "{err}");
-        assert!(
-            opts(&["-i"])
-                .unwrap_err()
-                .to_string()
-                .contains("`-i` needs a value")
-        );
+        assert!(opts(&["-i"]).unwrap_err().to_string().contains("`-i` needs a value"));
     }
 
     #[test]
     fn scripts_take_their_values_as_arguments() {
         let cmd = RemoteCmd::script("echo \"$1\"", &["$(reboot)"]);
-        assert_eq!(
-            cmd.argv,
-            ["sh", "-c", "echo \"$1\"", "epnix-deploy", "$(reboot)"]
-        );
-        assert_eq!(
-            cmd.to_string(),
-            "sh -c 'echo \"$1\"' epnix-deploy '$(reboot)'"
-        );
+        assert_eq!(cmd.argv, ["sh", "-c", "echo \"$1\"", "epnix-deploy", "$(reboot)"]);
+        assert_eq!(cmd.to_string(), "sh -c 'echo \"$1\"' epnix-deploy '$(reboot)'");
     }
 }

@@ -28,20 +28,12 @@ impl Target {
         if arg.contains('@') {
             return Target::parse_bare(arg);
         }
-        let known: Vec<&str> = config
-            .map(|c| c.hosts.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+        let known: Vec<&str> = config.map(|c| c.hosts.keys().map(String::as_str).collect()).unwrap_or_default();
         let err = BadInput::new(format!("unknown host `{arg}`"));
         Err(if known.is_empty() {
-            err.hint(format!(
-                "add it to `{}.hosts`, or give it as `user@hostname[:port]`",
-                config::ROOT
-            ))
+            err.hint(format!("add it to `{}.hosts`, or give it as `user@hostname[:port]`", config::ROOT))
         } else {
-            err.hint(format!(
-                "configured hosts are: {}; or give it as `user@hostname[:port]`",
-                known.join(", ")
-            ))
+            err.hint(format!("configured hosts are: {}; or give it as `user@hostname[:port]`", known.join(", ")))
         })
     }
 
@@ -59,8 +51,10 @@ impl Target {
     /// Parses `user@hostname[:port]`; IPv6 addresses go in brackets.
     fn parse_bare(arg: &str) -> Result<Target, BadInput> {
         let bad = || {
-            BadInput::new(format!("`{arg}` is not a host name from the configuration nor of the form `user@hostname[:port]`"))
-                .hint("for IPv6, write `user@[2001:db8::1]:22`")
+            BadInput::new(format!(
+                "`{arg}` is not a host name from the configuration nor of the form `user@hostname[:port]`"
+            ))
+            .hint("for IPv6, write `user@[2001:db8::1]:22`")
         };
         let (user, rest) = arg.rsplit_once('@').ok_or_else(bad)?;
         let (hostname, port) = if let Some(rest) = rest.strip_prefix('[') {
@@ -83,11 +77,8 @@ impl Target {
                     .ok_or_else(|| BadInput::new(format!("`{p}` in `{arg}` is not a port number")))
             })
             .transpose()?;
-        let valid = |s: &str| {
-            !s.is_empty()
-                && !s.starts_with('-')
-                && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-        };
+        let valid =
+            |s: &str| !s.is_empty() && !s.starts_with('-') && !s.chars().any(|c| c.is_whitespace() || c.is_control());
         if !valid(user) || !valid(hostname) {
             return Err(bad());
         }
@@ -123,15 +114,9 @@ mod tests {
     #[test]
     fn bare_forms() {
         let t = Target::resolve("root@10.0.0.5", None).unwrap();
-        assert_eq!(
-            (t.user.as_deref(), t.hostname.as_str(), t.port),
-            (Some("root"), "10.0.0.5", None)
-        );
+        assert_eq!((t.user.as_deref(), t.hostname.as_str(), t.port), (Some("root"), "10.0.0.5", None));
         let t = Target::resolve("ops@ioc1.example.org:2222", None).unwrap();
-        assert_eq!(
-            (t.hostname.as_str(), t.port),
-            ("ioc1.example.org", Some(2222))
-        );
+        assert_eq!((t.hostname.as_str(), t.port), ("ioc1.example.org", Some(2222)));
         let t = Target::resolve("root@[::1]:22", None).unwrap();
         assert_eq!((t.hostname.as_str(), t.port), ("::1", Some(22)));
         assert_eq!(t.destination(), "root@::1");
@@ -147,9 +132,7 @@ mod tests {
         );
         assert!(Target::resolve("root@-oProxyCommand=x", None).is_err());
         assert!(Target::resolve("@host", None).is_err());
-        let err = Target::resolve("ioc-server-9", None)
-            .unwrap_err()
-            .to_string();
+        let err = Target::resolve("ioc-server-9", None).unwrap_err().to_string();
         assert!(err.starts_with("unknown host `ioc-server-9`"), "{err}");
         assert!(err.contains("user@hostname[:port]"), "{err}");
     }

@@ -27,11 +27,7 @@ pub struct HostFacts {
 pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
     let state_dir = format!("/var/lib/epics/{name}");
     let chdir = layout::profile(top).join(&ioc.working_directory);
-    let chdir = if ioc.working_directory == "." {
-        layout::profile(top)
-    } else {
-        chdir
-    };
+    let chdir = if ioc.working_directory == "." { layout::profile(top) } else { chdir };
     let console = match ioc.console {
         Console::Unix => format!("unix:{}", console_socket(name)),
         Console::Tcp(port) => port.to_string(),
@@ -59,10 +55,7 @@ pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
     let mut unit = String::new();
     let w = &mut unit;
     // `writeln!` into a String cannot fail.
-    let _ = writeln!(
-        w,
-        "# Written by epnix-deploy for top `{top}`. Do not edit: the next deploy replaces it."
-    );
+    let _ = writeln!(w, "# Written by epnix-deploy for top `{top}`. Do not edit: the next deploy replaces it.");
     let _ = writeln!(w, "[Unit]");
     let _ = writeln!(w, "Description={}", escape_specifiers(&description));
     let _ = writeln!(w, "Wants=network-online.target");
@@ -83,14 +76,7 @@ pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
     // directory's mode is what keeps other users out.
     let _ = writeln!(w, "RuntimeDirectory=epics/{name}");
     let _ = writeln!(w, "RuntimeDirectoryMode=0700");
-    let _ = writeln!(
-        w,
-        "{}",
-        env_assignment(
-            "EPICS_IOCSH_HISTFILE",
-            &format!("{state_dir}/iocsh_history")
-        )
-    );
+    let _ = writeln!(w, "{}", env_assignment("EPICS_IOCSH_HISTFILE", &format!("{state_dir}/iocsh_history")));
     for (key, value) in &ioc.environment {
         let _ = writeln!(w, "{}", env_assignment(key, value));
     }
@@ -136,18 +122,13 @@ pub fn console_socket(name: &str) -> String {
 
 /// The top a unit file belongs to, if epnix-deploy wrote it.
 pub fn owner(unit_text: &str) -> Option<&str> {
-    unit_text
-        .lines()
-        .find_map(|line| line.strip_prefix(OWNER_KEY)?.strip_prefix('='))
+    unit_text.lines().find_map(|line| line.strip_prefix(OWNER_KEY)?.strip_prefix('='))
 }
 
 /// Quotes one `ExecStart=` word. systemd splits on white space, expands `$`
 /// and `%`, and unquotes C-style; plain words pass through.
 fn exec_arg(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@+,-".contains(&b));
+    let plain = !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"_./:=@+,-".contains(&b));
     if plain {
         return arg.to_owned();
     }
@@ -191,10 +172,7 @@ mod tests {
     use super::*;
 
     fn facts(oneshot: bool) -> HostFacts {
-        HostFacts {
-            procserv: "/usr/bin/procServ".into(),
-            procserv_oneshot: oneshot,
-        }
+        HostFacts { procserv: "/usr/bin/procServ".into(), procserv_oneshot: oneshot }
     }
 
     fn ioc() -> Ioc {
