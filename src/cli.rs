@@ -4,11 +4,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::deploy::{self, DeployOptions};
-use crate::exit;
+use crate::exit::{self, BadInput};
+use crate::generations::{self, DeleteOptions, Doomed, RollbackOptions};
 use crate::progress::Progress;
+use crate::target::Selection;
 
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
@@ -27,10 +30,17 @@ struct Cli {
 enum Command {
     /// Deploy a top to a host (the default command).
     Deploy(DeployArgs),
+    /// List the generations of a top on a host.
+    List(ListArgs),
+    /// Switch a top back to its previous generation (or `--to N`), units included.
+    Rollback(RollbackArgs),
+    /// Delete generations of a top on a host.
+    DeleteGeneration(DeleteArgs),
 }
 
+/// The host and top every command acts on.
 #[derive(Args, Debug)]
-struct DeployArgs {
+struct HostTop {
     /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
     #[arg(required = true)]
     host: Option<String>,
@@ -40,48 +50,92 @@ struct DeployArgs {
     /// The flake that defines `epnixDeploy`.
     #[arg(long, default_value = ".")]
     flake: String,
+    /// Extra ssh options for this run, e.g. `--ssh-opts "-i ~/.ssh/ioc -o ConnectTimeout=5"`;
+    /// they come after the host's `sshOpts`.
+    #[arg(long, value_name = "OPTS", allow_hyphen_values = true)]
+    ssh_opts: Option<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl HostTop {
+    fn selection(&self) -> Selection {
+        Selection {
+            flake: self.flake.clone(),
+            host: self.host.clone().expect("clap requires it"),
+            top: self.top.clone().expect("clap requires it"),
+            ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct DeployArgs {
+    #[command(flatten)]
+    target: HostTop,
     /// Print the plan and the exact commands; change nothing on the host.
     #[arg(long)]
     dry_run: bool,
     /// Let the host fetch what it can from its own substituters.
     #[arg(short = 's', long)]
     substitute_on_destination: bool,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    json: bool,
     /// Seconds the IOC units may take to become active.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     activation_timeout: u64,
 }
 
+#[derive(Args, Debug)]
+struct ListArgs {
+    #[command(flatten)]
+    target: HostTop,
+    /// Show whole store paths, also on a terminal.
+    #[arg(long)]
+    wide: bool,
+}
+
+#[derive(Args, Debug)]
+struct RollbackArgs {
+    #[command(flatten)]
+    target: HostTop,
+    /// The generation to switch to (default: the one before the current).
+    #[arg(long, value_name = "N")]
+    to: Option<u32>,
+    /// Seconds the IOC units may take to become active.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    activation_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct DeleteArgs {
+    #[command(flatten)]
+    target: HostTop,
+    /// Generation numbers to delete.
+    #[arg(value_name = "N")]
+    generations: Vec<u32>,
+    /// Delete generations older than this many days, e.g. `30d`.
+    #[arg(long, value_name = "DAYS", conflicts_with_all = ["generations", "keep"])]
+    older_than: Option<String>,
+    /// Keep the newest N generations, delete the others.
+    #[arg(long, value_name = "N", conflicts_with = "generations")]
+    keep: Option<u32>,
+    /// Run the host's garbage collector afterwards and report what it freed.
+    #[arg(long)]
+    gc: bool,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Deploy(args)) => args,
-        None => cli.deploy,
-    };
-    let (Some(host), Some(top)) = (args.host, args.top) else {
-        unreachable!("clap requires both positionals");
-    };
-    let opts = DeployOptions {
-        flake: args.flake,
-        host,
-        top,
-        dry_run: args.dry_run,
-        substitute_on_destination: args.substitute_on_destination,
-        activation_timeout: Duration::from_secs(args.activation_timeout),
-    };
     let progress = Progress::new();
-    match deploy::run(&opts, &progress) {
-        Ok(report) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
-            } else if !report.dry_run {
-                // A dry run already printed its plan.
-                deploy::print_summary(&report);
-            }
-            ExitCode::from(exit::SUCCESS)
-        }
+    let result = match cli.command {
+        Some(Command::Deploy(args)) => run_deploy(args, &progress),
+        None => run_deploy(cli.deploy, &progress),
+        Some(Command::List(args)) => run_list(args, &progress),
+        Some(Command::Rollback(args)) => run_rollback(args, &progress),
+        Some(Command::DeleteGeneration(args)) => run_delete(args, &progress),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
@@ -90,4 +144,74 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit::code_for(&err))
         }
     }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("reports serialize"));
+}
+
+fn run_deploy(args: DeployArgs, progress: &Progress) -> Result<()> {
+    let opts = DeployOptions {
+        selection: args.target.selection(),
+        dry_run: args.dry_run,
+        substitute_on_destination: args.substitute_on_destination,
+        activation_timeout: Duration::from_secs(args.activation_timeout),
+    };
+    let report = deploy::run(&opts, progress)?;
+    if args.target.json {
+        print_json(&report);
+    } else if !report.dry_run {
+        // A dry run already printed its plan.
+        deploy::print_summary(&report);
+    }
+    Ok(())
+}
+
+fn run_list(args: ListArgs, progress: &Progress) -> Result<()> {
+    let rows = generations::list(&args.target.selection(), progress)?;
+    if args.target.json {
+        print_json(&rows);
+    } else {
+        generations::print_list(&rows, args.wide);
+    }
+    Ok(())
+}
+
+fn run_rollback(args: RollbackArgs, progress: &Progress) -> Result<()> {
+    let opts = RollbackOptions {
+        selection: args.target.selection(),
+        to: args.to,
+        activation_timeout: Duration::from_secs(args.activation_timeout),
+    };
+    let report = generations::rollback(&opts, progress)?;
+    if args.target.json {
+        print_json(&report);
+    } else {
+        deploy::print_summary(&report);
+    }
+    Ok(())
+}
+
+fn run_delete(args: DeleteArgs, progress: &Progress) -> Result<()> {
+    let doomed = match (args.older_than, args.keep) {
+        (Some(days), _) => Doomed::OlderThanDays(generations::parse_days(&days)?),
+        (None, Some(0)) => {
+            return Err(BadInput::new("`--keep 0` would delete the current generation").hint("keep at least 1").into());
+        }
+        (None, Some(n)) => Doomed::KeepNewest(n),
+        (None, None) if args.generations.is_empty() => {
+            return Err(BadInput::new("say which generations to delete")
+                .hint("give their numbers, or `--older-than 30d`, or `--keep N`")
+                .into());
+        }
+        (None, None) => Doomed::Numbers(args.generations),
+    };
+    let opts = DeleteOptions { selection: args.target.selection(), doomed, gc: args.gc };
+    let report = generations::delete(&opts, progress)?;
+    if args.target.json {
+        print_json(&report);
+    } else {
+        generations::print_delete(&report);
+    }
+    Ok(())
 }

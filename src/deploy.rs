@@ -22,14 +22,13 @@ use crate::plan::{self, Action, Plan, Switch};
 use crate::process::{Cmd, tail};
 use crate::progress::Progress;
 use crate::ssh::{Remote, RemoteCmd};
+use crate::target::Selection;
 use crate::target::Target;
 
 /// What the user asked for, checked by the CLI layer.
 #[derive(Clone, Debug)]
 pub struct DeployOptions {
-    pub flake: String,
-    pub host: String,
-    pub top: String,
+    pub selection: Selection,
     pub dry_run: bool,
     pub substitute_on_destination: bool,
     /// How long IOC units may take to become active.
@@ -54,24 +53,25 @@ pub struct Report {
 }
 
 pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
-    let step = progress.step(&opts.host, "evaluate");
-    let config = evaluate(&opts.flake)?;
-    let (top, target) = select(&config, &opts.top, &opts.host)?;
-    let revision = nix::parse_revision(&nix::flake_metadata(&opts.flake).output()?)?;
-    step.done(&format!("top `{}`, {} IOC(s)", opts.top, top.iocs.values().filter(|i| i.enable).count()));
+    let sel = &opts.selection;
+    let step = progress.step(&sel.host, "evaluate");
+    let config = evaluate(&sel.flake)?;
+    let (top, target) = select(&config, sel)?;
+    let revision = nix::parse_revision(&nix::flake_metadata(&sel.flake).output()?)?;
+    step.done(&format!("top `{}`, {} IOC(s)", sel.top, top.iocs.values().filter(|i| i.enable).count()));
 
-    let step = progress.step(&opts.host, "build");
-    let store_path = build(&opts.flake, &opts.top)?;
-    check_top_contents(&opts.top, top, &store_path)?;
+    let step = progress.step(&sel.host, "build");
+    let store_path = build(&sel.flake, &sel.top)?;
+    check_top_contents(&sel.top, top, &store_path)?;
     step.done(store_path.as_str());
 
-    let step = progress.step(&opts.host, "connect");
+    let step = progress.step(&sel.host, "connect");
     let remote = Remote::connect(&target)?;
-    let state = inspect(&remote, &opts.top)?;
+    let state = inspect(&remote, &sel.top)?;
     let facts = plan::host_facts(&state, &target.label)?;
-    let units = plan::render_units(&opts.top, top, &facts);
+    let units = plan::render_units(&sel.top, top, &facts);
     let meta = Record::meta(store_path.as_str(), &deployer(), &revision);
-    let plan = plan::deploy(&opts.top, &store_path, units, meta, &state, &target.label)?;
+    let plan = plan::deploy(&sel.top, &store_path, units, meta, &state, &target.label)?;
     step.done(&format!("hostname `{}`", state.hostname));
 
     let current = state.profile.as_ref().map(|p| p.generation);
@@ -82,7 +82,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     }
 
     if plan.top_changed {
-        let step = progress.step(&opts.host, "copy");
+        let step = progress.step(&sel.host, "copy");
         copy_cmd(&target, &remote, &state, &plan, opts.substitute_on_destination).output()?;
         step.done("");
     }
@@ -156,13 +156,14 @@ pub fn evaluate(flake: &str) -> Result<Config> {
 }
 
 /// Picks the top and the host, and checks that they belong together.
-fn select<'a>(config: &'a Config, top_name: &str, host_arg: &str) -> Result<(&'a Top, Target), BadInput> {
+fn select<'a>(config: &'a Config, sel: &Selection) -> Result<(&'a Top, Target), BadInput> {
+    let top_name = sel.top.as_str();
     let top = config.tops.get(top_name).ok_or_else(|| {
         let known: Vec<&str> = config.tops.keys().map(String::as_str).collect();
         BadInput::new(format!("there is no top `{top_name}` in `{}.tops`", config::ROOT))
             .hint(format!("configured tops: {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") }))
     })?;
-    let target = Target::resolve(host_arg, Some(config))?;
+    let target = sel.target(Some(config))?;
     if let Some(name) = &target.name {
         if !top.hosts.contains(name) {
             return Err(BadInput::new(format!(

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod exit;
+pub mod generations;
 pub mod host;
 pub mod layout;
 pub mod nix;

@@ -84,11 +84,11 @@ pub enum Action {
     Start(Vec<String>),
 }
 
-/// Checks that the host can take a deploy at all, before anything is copied.
-pub fn host_facts(host: &HostState, label: &str) -> Result<HostFacts, BadInput> {
+/// Checks that epnix-deploy can manage the host's profiles and units.
+pub fn check_manageable(host: &HostState, label: &str) -> Result<(), BadInput> {
     if !host.is_root {
-        return Err(BadInput::new(format!("on `{label}`: the SSH user is not root, and installing units needs root"))
-            .hint("set `sshUser = \"root\"` for this host (or deploy as `root@host`)"));
+        return Err(BadInput::new(format!("on `{label}`: the SSH user is not root, and managing units needs root"))
+            .hint("set `sshUser = \"root\"` for this host (or give it as `root@host`)"));
     }
     if !host.has_systemctl {
         return Err(BadInput::new(format!("on `{label}`: `systemctl` was not found; the IOCs run as systemd units")));
@@ -97,6 +97,12 @@ pub fn host_facts(host: &HostState, label: &str) -> Result<HostFacts, BadInput> 
         return Err(BadInput::new(format!("on `{label}`: Nix was not found (`nix-env`)"))
             .hint("install Nix on the host (on Debian: `apt install nix-bin`)"));
     }
+    Ok(())
+}
+
+/// Checks that the host can take a deploy at all, before anything is copied.
+pub fn host_facts(host: &HostState, label: &str) -> Result<HostFacts, BadInput> {
+    check_manageable(host, label)?;
     host.procserv.clone().ok_or_else(|| {
         BadInput::new(format!("on `{label}`: `procServ` was not found on the PATH"))
             .hint("install it on the host (on Debian: `apt install procserv`)")

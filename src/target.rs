@@ -107,6 +107,25 @@ impl fmt::Display for Target {
     }
 }
 
+/// Where to find the host and which top to act on.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub flake: String,
+    pub host: String,
+    pub top: String,
+    /// `--ssh-opts`, added after the host's own `sshOpts`.
+    pub ssh_opts: Vec<String>,
+}
+
+impl Selection {
+    /// Resolves the host argument, with `--ssh-opts` applied.
+    pub fn target(&self, config: Option<&Config>) -> Result<Target, BadInput> {
+        let mut target = Target::resolve(&self.host, config)?;
+        target.ssh_opts.extend(self.ssh_opts.iter().cloned());
+        Ok(target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,69 +1,11 @@
 //! `epnix-deploy <host> <top>` against real test hosts: real sshd, Nix,
 //! systemd, procServ and an EPICS IOC answering over Channel Access.
 
-use std::time::{Duration, Instant};
-
-use crate::flake::{TestFlake, TestIoc, epnix_deploy};
+use crate::support::{
+    TestFlake, TestIoc, assert_exit, assert_untouched, caget_eventually, demo_top, epnix_deploy, profile_link,
+    start_marks, stderr,
+};
 use crate::testbed::TestHost;
-
-/// The top `demo` at `version`, with the given IOCs.
-fn demo_top(version: &str, iocs: &[&TestIoc]) -> String {
-    let names: Vec<String> = iocs.iter().map(|i| format!("\"{}\"", i.name)).collect();
-    let entries: Vec<String> = iocs.iter().map(|i| i.nix("")).collect();
-    format!(
-        "demo = {{ package = top {{ version = \"{version}\"; iocs = [ {} ]; }}; hosts = [ \"test\" ]; iocs = {{ {} }}; }};",
-        names.join(" "),
-        entries.join(" ")
-    )
-}
-
-/// Reads a PV, waiting for the IOC to come up and serve it.
-fn caget_eventually(host: &TestHost, pv: &str, ioc: &TestIoc, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = host.caget(pv, ioc.ca_port);
-        if last.as_deref() == Some(want) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    panic!("{pv} never read {want:?}; last read {last:?}");
-}
-
-fn profile_link(host: &TestHost) -> String {
-    host.ssh_ok("readlink /nix/var/nix/profiles/epnix/demo")
-        .trim()
-        .to_owned()
-}
-
-/// The properties that change when a unit (re)starts.
-fn start_marks(host: &TestHost, unit: &str) -> String {
-    host.ssh_ok(&format!(
-        "systemctl show --property=MainPID,ActiveEnterTimestamp,NRestarts {unit}"
-    ))
-}
-
-fn assert_exit(output: &std::process::Output, code: i32) {
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Nothing of ours on the host: no profile, no unit.
-fn assert_untouched(host: &TestHost) {
-    let found = host.ssh_ok(
-        "ls -d /nix/var/nix/profiles/epnix /etc/systemd/system/epnix-* 2>/dev/null || true",
-    );
-    assert_eq!(found.trim(), "", "the host was changed");
-}
 
 #[test]
 fn deploy_update_and_redeploy() {
@@ -77,26 +19,18 @@ fn deploy_update_and_redeploy() {
     assert_eq!(profile_link(&host), "demo-1-link");
     caget_eventually(&host, "iocDemo:version", &ioc, "v1");
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        summary.contains("1 (new)") && summary.contains("iocDemo") && summary.contains("new"),
-        "{summary}"
-    );
+    assert!(summary.contains("1 (new)") && summary.contains("iocDemo") && summary.contains("new"), "{summary}");
 
     flake.write(&host, &demo_top("v2", &[&ioc]));
     let before = start_marks(&host, "epnix-iocDemo.service");
     let out = epnix_deploy(&flake, &["test", "demo", "--json"]);
     assert_exit(&out, 0);
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(report["generation"], 2);
     assert_eq!(report["newGeneration"], true);
     assert_eq!(report["iocs"]["iocDemo"], "restarted");
     assert_eq!(profile_link(&host), "demo-2-link");
-    assert_ne!(
-        start_marks(&host, "epnix-iocDemo.service"),
-        before,
-        "the IOC was not restarted"
-    );
+    assert_ne!(start_marks(&host, "epnix-iocDemo.service"), before, "the IOC was not restarted");
     caget_eventually(&host, "iocDemo:version", &ioc, "v2");
 
     // The same build again: no generation, no restart.
@@ -107,13 +41,8 @@ fn deploy_update_and_redeploy() {
     assert_eq!(report["newGeneration"], false);
     assert_eq!(report["iocs"]["iocDemo"], "unchanged");
     assert_eq!(profile_link(&host), "demo-2-link");
-    assert_eq!(
-        start_marks(&host, "epnix-iocDemo.service"),
-        before,
-        "the IOC was restarted"
-    );
-    let generations = host
-        .ssh_ok("nix-env --profile /nix/var/nix/profiles/epnix/demo --list-generations | wc -l");
+    assert_eq!(start_marks(&host, "epnix-iocDemo.service"), before, "the IOC was restarted");
+    let generations = host.ssh_ok("nix-env --profile /nix/var/nix/profiles/epnix/demo --list-generations | wc -l");
     assert_eq!(generations.trim(), "2");
 }
 
@@ -134,10 +63,7 @@ fn an_ioc_removed_from_the_config_is_stopped_and_its_unit_removed() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["iocs"]["iocSecond"], "removed");
     assert_eq!(
-        host.ssh_ok(
-            "test -e /etc/systemd/system/epnix-iocSecond.service && echo present || echo gone"
-        )
-        .trim(),
+        host.ssh_ok("test -e /etc/systemd/system/epnix-iocSecond.service && echo present || echo gone").trim(),
         "gone"
     );
     let state = host.ssh("systemctl is-active epnix-iocSecond.service");
@@ -163,11 +89,7 @@ fn bad_configs_are_refused_before_the_host_is_touched() {
             "startupScript: `../../../etc/st.cmd` leads outside the top",
             "hint:",
         ),
-        (
-            ioc.nix("procServ.console = \"tcp\";"),
-            "procServ.console: must be \"unix\" or a TCP port number",
-            "",
-        ),
+        (ioc.nix("procServ.console = \"tcp\";"), "procServ.console: must be \"unix\" or a TCP port number", ""),
         (
             ioc.nix("startupScript = \"./missing.cmd\";"),
             "startupScript: `./missing.cmd` is not in the built top",
@@ -175,24 +97,11 @@ fn bad_configs_are_refused_before_the_host_is_touched() {
         ),
     ];
     for (entry, message, hint) in cases {
-        flake.write(
-            &host,
-            &format!(
-                "demo = {{ package = top {{ }}; hosts = [ \"test\" ]; iocs = {{ {entry} }}; }};"
-            ),
-        );
+        flake.write(&host, &format!("demo = {{ package = top {{ }}; hosts = [ \"test\" ]; iocs = {{ {entry} }}; }};"));
         let out = epnix_deploy(&flake, &["test", "demo"]);
         assert_exit(&out, 2);
-        assert!(
-            stderr(&out).contains(message),
-            "expected {message:?} in:\n{}",
-            stderr(&out)
-        );
-        assert!(
-            stderr(&out).contains(hint),
-            "expected {hint:?} in:\n{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains(message), "expected {message:?} in:\n{}", stderr(&out));
+        assert!(stderr(&out).contains(hint), "expected {hint:?} in:\n{}", stderr(&out));
         assert_untouched(&host);
     }
 
@@ -200,18 +109,10 @@ fn bad_configs_are_refused_before_the_host_is_touched() {
     flake.write(&host, &demo_top("v1", &[&ioc]));
     let out = epnix_deploy(&flake, &["test", "demoo"]);
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("there is no top `demoo`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("there is no top `demoo`"), "{}", stderr(&out));
     let out = epnix_deploy(&flake, &["nohost", "demo"]);
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("unknown host `nohost`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("unknown host `nohost`"), "{}", stderr(&out));
     assert_untouched(&host);
 }
 
@@ -221,28 +122,14 @@ fn a_unit_the_tool_did_not_write_is_left_alone() {
     let flake = TestFlake::new();
     let ioc = TestIoc::new("iocDemo");
     let foreign = "[Service]\nExecStart=/bin/sleep infinity\n";
-    host.ssh_ok(&format!(
-        "printf '{}' > /etc/systemd/system/epnix-iocDemo.service",
-        foreign.replace('\n', "\\n")
-    ));
+    host.ssh_ok(&format!("printf '{}' > /etc/systemd/system/epnix-iocDemo.service", foreign.replace('\n', "\\n")));
 
     flake.write(&host, &demo_top("v1", &[&ioc]));
     let out = epnix_deploy(&flake, &["test", "demo"]);
     assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("was not written by epnix-deploy"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(
-        host.ssh_ok("cat /etc/systemd/system/epnix-iocDemo.service"),
-        foreign
-    );
-    assert_eq!(
-        host.ssh_ok("ls -d /nix/var/nix/profiles/epnix 2>/dev/null || true")
-            .trim(),
-        ""
-    );
+    assert!(stderr(&out).contains("was not written by epnix-deploy"), "{}", stderr(&out));
+    assert_eq!(host.ssh_ok("cat /etc/systemd/system/epnix-iocDemo.service"), foreign);
+    assert_eq!(host.ssh_ok("ls -d /nix/var/nix/profiles/epnix 2>/dev/null || true").trim(), "");
 }
 
 #[test]
@@ -255,18 +142,9 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let out = epnix_deploy(&flake, &["test", "demo", "--dry-run"]);
     assert_exit(&out, 0);
     let plan = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        plan.contains("profile /nix/var/nix/profiles/epnix/demo: new, generation 1"),
-        "{plan}"
-    );
-    assert!(
-        plan.contains("iocDemo (epnix-iocDemo.service): new"),
-        "{plan}"
-    );
+    assert!(plan.contains("profile /nix/var/nix/profiles/epnix/demo: new, generation 1"), "{plan}");
+    assert!(plan.contains("iocDemo (epnix-iocDemo.service): new"), "{plan}");
     assert!(plan.contains("copy --to ssh://root@127.0.0.1"), "{plan}");
-    assert!(
-        plan.contains("systemctl restart") || plan.contains("systemctl start"),
-        "{plan}"
-    );
+    assert!(plan.contains("systemctl restart") || plan.contains("systemctl start"), "{plan}");
     assert_untouched(&host);
 }

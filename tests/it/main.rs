@@ -1,7 +1,8 @@
 //! Integration tests of epnix-deploy against real hosts (see testbed.rs).
 
 mod deploy;
-mod flake;
+mod generations;
+mod support;
 mod testbed;
 
 use testbed::TestHost;

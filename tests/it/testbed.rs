@@ -76,10 +76,8 @@ pub fn free_port() -> u16 {
     }
     // Everything we tried was taken: fall back to the kernel's choice.
     loop {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
+        let port =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
         let mut given = given.lock().unwrap_or_else(|e| e.into_inner());
         if !given.contains(&port) && port_is_free(port) {
             given.insert(port);
@@ -94,16 +92,11 @@ fn port_range() -> (u16, u16) {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    if ephemeral_start > 21000 {
-        (20000, ephemeral_start)
-    } else {
-        (1025, ephemeral_start.max(1100))
-    }
+    if ephemeral_start > 21000 { (20000, ephemeral_start) } else { (1025, ephemeral_start.max(1100)) }
 }
 
 fn port_is_free(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-        && UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() && UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
 /// xorshift64*, seeded from the clock, the PID and a counter: enough to spread ports,
@@ -115,12 +108,8 @@ impl Rng {
         static COUNTER: Mutex<u64> = Mutex::new(0);
         let mut c = COUNTER.lock().unwrap_or_else(|e| e.into_inner());
         *c += 1;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let seed =
-            nanos ^ (u64::from(std::process::id()) << 32) ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Rng(seed | 1)
     }
 
@@ -184,10 +173,7 @@ impl TestHost {
         // Under /tmp whatever TMPDIR says, and short (/tmp/tbXXXXXX/h): the tool puts ssh
         // ControlPath sockets near the host's files and a UNIX socket path must fit in
         // 108 bytes.
-        let tmp = tempfile::Builder::new()
-            .prefix("tb")
-            .tempdir_in("/tmp")
-            .expect("create host directory in /tmp");
+        let tmp = tempfile::Builder::new().prefix("tb").tempdir_in("/tmp").expect("create host directory in /tmp");
         let dir = tmp.path().join("h");
         let out = Command::new(script())
             .arg("up")
@@ -198,12 +184,7 @@ impl TestHost {
             .output()
             .expect("run testbed up");
         // From here on, Drop cleans up (`down` is safe after a failed `up`).
-        let host = TestHost {
-            name,
-            port,
-            dir,
-            tmp: Some(tmp),
-        };
+        let host = TestHost { name, port, dir, tmp: Some(tmp) };
         if out.status.success() {
             Ok(host)
         } else {
@@ -270,10 +251,7 @@ impl TestHost {
     /// An ssh command running `cmd` on the host (stdin null; change it if needed).
     pub fn ssh_command(&self, cmd: &str) -> Command {
         let mut c = Command::new("ssh");
-        c.args(self.ssh_args())
-            .arg(self.ssh_target())
-            .arg(cmd)
-            .stdin(Stdio::null());
+        c.args(self.ssh_args()).arg(self.ssh_target()).arg(cmd).stdin(Stdio::null());
         c
     }
 
@@ -300,23 +278,12 @@ impl TestHost {
     /// Read a PV from the IOC serving Channel Access on `ca_port` (on this host's side of
     /// the loopback, which all hosts share). None if it does not connect within ~5 s.
     pub fn caget(&self, pv: &str, ca_port: u16) -> Option<String> {
-        let out = self.ssh(&format!(
-            "EPICS_CA_ADDR_LIST=127.0.0.1:{ca_port} caget {}",
-            shell_quote(pv)
-        ));
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        let out = self.ssh(&format!("EPICS_CA_ADDR_LIST=127.0.0.1:{ca_port} caget {}", shell_quote(pv)));
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// Poll [`Self::caget`] until the PV reads `want` or `timeout` passes; the last value.
-    pub fn wait_for_pv(
-        &self,
-        pv: &str,
-        ca_port: u16,
-        want: &str,
-        timeout: Duration,
-    ) -> Result<(), Option<String>> {
+    pub fn wait_for_pv(&self, pv: &str, ca_port: u16, want: &str, timeout: Duration) -> Result<(), Option<String>> {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.caget(pv, ca_port);
@@ -356,12 +323,7 @@ impl TestHost {
 impl Drop for TestHost {
     fn drop(&mut self) {
         // Runs during unwinding too: never panic here (that would abort the test binary).
-        let ok = match Command::new(script())
-            .arg("down")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-        {
+        let ok = match Command::new(script()).arg("down").arg(&self.dir).stdin(Stdio::null()).output() {
             Ok(out) if out.status.success() => true,
             Ok(out) => {
                 eprintln!(
@@ -396,16 +358,7 @@ pub fn build_top(args: &str) -> PathBuf {
     let expr = format!("(import {} {{ {args} }})", fixture.display());
     let out = Command::new("nix")
         .args(["--extra-experimental-features", "nix-command flakes"])
-        .args([
-            "build",
-            "--option",
-            "substituters",
-            "",
-            "--impure",
-            "--no-link",
-            "--json",
-            "--expr",
-        ])
+        .args(["build", "--option", "substituters", "", "--impure", "--no-link", "--json", "--expr"])
         .arg(&expr)
         .stdin(Stdio::null())
         .output()
@@ -416,11 +369,8 @@ pub fn build_top(args: &str) -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("nix build --json output");
-    let path = json[0]["outputs"]["out"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no out path in {json}"));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nix build --json output");
+    let path = json[0]["outputs"]["out"].as_str().unwrap_or_else(|| panic!("no out path in {json}"));
     PathBuf::from(path)
 }
 
@@ -441,11 +391,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let joined = std::thread::spawn(move || {
             let host = TestHost::boot();
-            tx.send((
-                host.dir.clone(),
-                std::fs::read_to_string(host.dir.join("pid")).unwrap(),
-            ))
-            .unwrap();
+            tx.send((host.dir.clone(), std::fs::read_to_string(host.dir.join("pid")).unwrap())).unwrap();
             panic!("deliberate panic with a host up");
         })
         .join();
@@ -453,19 +399,10 @@ mod tests {
         let (dir, pid) = rx.recv().unwrap();
         assert!(!dir.exists(), "{} still exists", dir.display());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.contains(dir.to_str().unwrap()),
-            "still mounted: {}",
-            dir.display()
-        );
+        assert!(!mounts.contains(dir.to_str().unwrap()), "still mounted: {}", dir.display());
         // The nspawn process is gone (or a zombie its new parent has yet to reap).
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
-        assert!(
-            status.is_empty() || status.contains("State:\tZ"),
-            "systemd-nspawn {} still runs",
-            pid.trim()
-        );
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+        assert!(status.is_empty() || status.contains("State:\tZ"), "systemd-nspawn {} still runs", pid.trim());
     }
 
     /// The whole chain the tool relies on, by hand: the fixture builds, its closure copies

@@ -1,0 +1,175 @@
+//! Test support. Test flakes: a git repository holding the fixture top and a generated
+//! `flake.nix` whose `epnixDeploy` points at test hosts. Tests rewrite (and
+//! commit) the flake between deploys to move from one version of a top to
+//! the next; each commit is the revision a generation records.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::testbed::TestHost;
+
+pub struct TestFlake {
+    dir: tempfile::TempDir,
+}
+
+/// One IOC of a test top: its name and its own Channel Access port, so that
+/// IOCs of tests running side by side never answer each other.
+pub struct TestIoc {
+    pub name: &'static str,
+    pub ca_port: u16,
+}
+
+impl TestIoc {
+    pub fn new(name: &'static str) -> TestIoc {
+        TestIoc { name, ca_port: crate::testbed::free_port() }
+    }
+
+    /// The IOC's entry in `iocs`, with extra Nix attributes.
+    pub fn nix(&self, extra: &str) -> String {
+        format!(
+            "{name} = {{ workingDirectory = \"iocBoot/{name}\"; environment.EPICS_CA_SERVER_PORT = \"{port}\"; {extra} }};",
+            name = self.name,
+            port = self.ca_port
+        )
+    }
+}
+
+impl TestFlake {
+    pub fn new() -> TestFlake {
+        let dir = tempfile::Builder::new().prefix("epnix-flake-").tempdir().expect("temp dir");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/top.nix");
+        std::fs::copy(fixture, dir.path().join("top.nix")).expect("copying the fixture top");
+        let flake = TestFlake { dir };
+        flake.git(&["init", "--quiet"]);
+        flake
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=epnix-deploy tests", "-c", "user.email=tests@localhost"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("running git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The flake reference to pass with `--flake`.
+    pub fn reference(&self) -> String {
+        format!("git+file://{}", self.dir.path().display())
+    }
+
+    /// The commit the flake is at.
+    pub fn revision(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Writes `flake.nix` with host `test` (the given test host) and the
+    /// `tops` attribute set body given as Nix text. `top` is the fixture's
+    /// builder function.
+    pub fn write(&self, host: &TestHost, tops: &str) {
+        let text = format!(
+            r#"{{
+  outputs = {{ self }}:
+    let top = import ./top.nix;
+    in {{
+      epnixDeploy = {{
+        hosts.test = {{
+          hostname = "127.0.0.1";
+          sshUser = "root";
+          sshPort = {port};
+          sshOpts = [ "-i" "{key}" "-o" "UserKnownHostsFile={known_hosts}" ];
+        }};
+        tops = {{
+{tops}
+        }};
+      }};
+    }};
+}}
+"#,
+            port = host.port,
+            key = host.key_path().display(),
+            known_hosts = host.known_hosts_path().display(),
+        );
+        std::fs::write(self.dir.path().join("flake.nix"), text).expect("writing flake.nix");
+        // A flake without inputs needs no lock; one Nix wrote would be stale.
+        let _ = std::fs::remove_file(self.dir.path().join("flake.lock"));
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--allow-empty", "--message", "deploy"]);
+    }
+}
+
+/// Runs the tool with `args` and the test flake; nothing is mocked.
+pub fn epnix_deploy(flake: &TestFlake, args: &[&str]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(["--flake".to_owned(), flake.reference()]);
+    run(&all)
+}
+
+/// Runs the tool with exactly `args`, e.g. with no flake at all.
+pub fn run(args: &[String]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_epnix-deploy"))
+        .args(args)
+        // No binary cache is reachable from the test machines; asking one
+        // only costs retries.
+        .env("NIX_CONFIG", "substituters =")
+        .output()
+        .expect("running epnix-deploy");
+    eprintln!(
+        "epnix-deploy {args:?} exited {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The top `demo` at `version`, with the given IOCs.
+pub fn demo_top(version: &str, iocs: &[&TestIoc]) -> String {
+    let names: Vec<String> = iocs.iter().map(|i| format!("\"{}\"", i.name)).collect();
+    let entries: Vec<String> = iocs.iter().map(|i| i.nix("")).collect();
+    format!(
+        "demo = {{ package = top {{ version = \"{version}\"; iocs = [ {} ]; }}; hosts = [ \"test\" ]; iocs = {{ {} }}; }};",
+        names.join(" "),
+        entries.join(" ")
+    )
+}
+
+/// Reads a PV, waiting for the IOC to come up and serve it.
+pub fn caget_eventually(host: &TestHost, pv: &str, ioc: &TestIoc, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = host.caget(pv, ioc.ca_port);
+        if last.as_deref() == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{pv} never read {want:?}; last read {last:?}");
+}
+
+pub fn profile_link(host: &TestHost) -> String {
+    host.ssh_ok("readlink /nix/var/nix/profiles/epnix/demo").trim().to_owned()
+}
+
+/// The properties that change when a unit (re)starts.
+pub fn start_marks(host: &TestHost, unit: &str) -> String {
+    host.ssh_ok(&format!("systemctl show --property=MainPID,ActiveEnterTimestamp,NRestarts {unit}"))
+}
+
+pub fn assert_exit(output: &std::process::Output, code: i32) {
+    assert_eq!(output.status.code(), Some(code), "stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+}
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Nothing of ours on the host: no profile, no unit.
+pub fn assert_untouched(host: &TestHost) {
+    let found = host.ssh_ok("ls -d /nix/var/nix/profiles/epnix /etc/systemd/system/epnix-* 2>/dev/null || true");
+    assert_eq!(found.trim(), "", "the host was changed");
+}
