@@ -32,8 +32,11 @@ pub struct Host {
     pub ssh_user: Option<String>,
     /// `sshPort`: defaults to ssh's choice (its config, then 22).
     pub ssh_port: Option<u16>,
-    /// `sshOpts`: extra ssh options, e.g. `[ "-i" "/path/key" "-o" "Foo=bar" ]`.
+        /// `sshOpts`: extra ssh options, e.g. `[ "-i" "/path/key" "-o" "Foo=bar" ]`.
     pub ssh_opts: Vec<String>,
+    /// `magicRollback`: arm the host-side rollback for deploys to this host
+    /// (default true).
+    pub magic_rollback: bool,
 }
 
 /// `epnixDeploy.tops.<name>`: an EPICS top and the IOCs it runs.
@@ -43,8 +46,16 @@ pub struct Top {
     pub package: Utf8PathBuf,
     /// `hosts`: names from `epnixDeploy.hosts` this top is deployed to.
     pub hosts: Vec<String>,
-    /// `iocs.<name>`: one procServ unit each.
+        /// `iocs.<name>`: one procServ unit each.
     pub iocs: BTreeMap<String, Ioc>,
+    /// `activationTimeout`: seconds all IOCs together may take to pass their
+    /// checks (default 60).
+    pub activation_timeout: u64,
+    /// `magicRollback`: arm the host-side rollback for this top (default true).
+    pub magic_rollback: bool,
+    /// `confirmTimeout`: seconds after the switch until the host rolls back by
+    /// itself, unless the deployer confirms over a new SSH login (default 30).
+    pub confirm_timeout: u64,
 }
 
 /// `epnixDeploy.tops.<top>.iocs.<name>`, named as in EPNix's `services.iocs`.
@@ -61,8 +72,35 @@ pub struct Ioc {
     pub console: Console,
     /// `description`: shown by `systemctl status`.
     pub description: Option<String>,
-    /// `enable`: a disabled IOC gets no unit; a deployed one is removed.
+        /// `enable`: a disabled IOC gets no unit; a deployed one is removed.
     pub enable: bool,
+    /// `healthCheck`: what proves the IOC came up.
+    pub health_check: HealthCheck,
+}
+
+/// `epnixDeploy.tops.<top>.iocs.<name>.healthCheck`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `settleTime`: seconds the unit must stay up without a restart (default 5).
+    pub settle_time: u64,
+    /// `readyLine`: text the IOC prints once it runs, looked for in its output
+    /// since this start; `null` turns the check off. Default: EPICS's
+    /// `iocRun: All initialization complete`.
+    pub ready_line: Option<String>,
+    /// `command`: a shell command run on the host after the IOC settled,
+    /// e.g. a `caget` of a heartbeat PV; it passes on exit 0.
+    pub command: Option<String>,
+    /// `commandTimeout`: seconds the command may take (default 10).
+    pub command_timeout: u64,
+}
+
+/// What EPICS base prints at the end of `iocInit`.
+pub const EPICS_READY_LINE: &str = "iocRun: All initialization complete";
+
+impl Default for HealthCheck {
+    fn default() -> HealthCheck {
+        HealthCheck { settle_time: 5, ready_line: Some(EPICS_READY_LINE.to_owned()), command: None, command_timeout: 10 }
+    }
 }
 
 /// Where procServ offers the IOC's console.
@@ -149,7 +187,7 @@ pub fn check_iocs_share_host<'a>(
 }
 
 fn parse_host(node: &Node) -> Result<Host, BadInput> {
-    let map = node.object(&["hostname", "sshUser", "sshPort", "sshOpts", "tags"])?;
+        let map = node.object(&["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback"])?;
     let hostname = node.require(map, "hostname")?.string()?.to_owned();
     if hostname.is_empty() || hostname.starts_with('-') || hostname.chars().any(char::is_whitespace) {
         return Err(node.field("hostname").error("is not a valid host name or address"));
@@ -165,11 +203,13 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
     if let Some(tags) = node.get(map, "tags") {
         tags.strings()?;
     }
-    Ok(Host { hostname, ssh_user, ssh_port, ssh_opts })
+        let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
+    Ok(Host { hostname, ssh_user, ssh_port, ssh_opts, magic_rollback })
 }
 
 fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInput> {
-    let map = node.object(&["package", "hosts", "iocs"])?;
+        let map =
+        node.object(&["package", "hosts", "iocs", "activationTimeout", "magicRollback", "confirmTimeout"])?;
     let package_node = node.require(map, "package")?;
     let package = package_node.string().map_err(|_| {
         package_node
@@ -203,12 +243,29 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
             .error("defines no IOC")
             .hint("add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"));
     }
-    Ok(Top { package: Utf8PathBuf::from(package), hosts: top_hosts, iocs })
+        let seconds = |key: &str, default: u64| -> Result<u64, BadInput> {
+        node.get(map, key).map(|n| n.seconds()).transpose().map(|s| s.unwrap_or(default))
+    };
+    Ok(Top {
+        package: Utf8PathBuf::from(package),
+        hosts: top_hosts,
+        iocs,
+        activation_timeout: seconds("activationTimeout", 60)?,
+        magic_rollback: node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true),
+        confirm_timeout: seconds("confirmTimeout", 30)?,
+    })
 }
 
 fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
-    let map =
-        node.object(&["workingDirectory", "startupScript", "environment", "procServ", "description", "enable"])?;
+        let map = node.object(&[
+        "workingDirectory",
+        "startupScript",
+        "environment",
+        "procServ",
+        "description",
+        "enable",
+        "healthCheck",
+    ])?;
 
     let wd_node = node.require(map, "workingDirectory")?;
     let working_directory = relative_inside_top(&wd_node, wd_node.string()?, Utf8Path::new(""))?;
@@ -259,11 +316,39 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
     };
 
     let description = node.get(map, "description").map(|n| n.one_line()).transpose()?;
-    let enable = match node.get(map, "enable") {
-        Some(n) => n.value.as_bool().ok_or_else(|| n.error(format!("must be true or false, not {}", n.kind())))?,
-        None => true,
+        let enable = node.get(map, "enable").map(|n| n.boolean()).transpose()?.unwrap_or(true);
+    let health_check = match node.get(map, "healthCheck") {
+        Some(n) => parse_health_check(&n)?,
+        None => HealthCheck::default(),
     };
-    Ok(Ioc { working_directory, startup_script, environment, console, description, enable })
+    Ok(Ioc { working_directory, startup_script, environment, console, description, enable, health_check })
+}
+
+fn parse_health_check(node: &Node) -> Result<HealthCheck, BadInput> {
+    let map = node.object(&["settleTime", "readyLine", "command", "commandTimeout"])?;
+    let mut check = HealthCheck::default();
+    if let Some(n) = node.get(map, "settleTime") {
+        check.settle_time = n.seconds()?;
+    }
+    if let Some(n) = node.get(map, "readyLine") {
+        check.ready_line = match n.value {
+            Value::Null => None,
+            _ => Some(n.one_line()?).filter(|line| !line.is_empty()),
+        };
+    }
+    if let Some(n) = node.get(map, "command") {
+        check.command = match n.value {
+            Value::Null => None,
+            _ => Some(n.string()?.to_owned()),
+        };
+    }
+    if let Some(n) = node.get(map, "commandTimeout") {
+        check.command_timeout = n.seconds()?;
+        if check.command_timeout == 0 {
+            return Err(n.error("must be at least 1 second"));
+        }
+    }
+    Ok(check)
 }
 
 fn parse_console(node: &Node) -> Result<Console, BadInput> {
@@ -436,6 +521,15 @@ impl<'a> Node<'a> {
                 item.as_str().map(str::to_owned).ok_or_else(|| self.error(format!("item {i} must be a string")))
             })
             .collect()
+    }
+
+        fn boolean(&self) -> Result<bool, BadInput> {
+        self.value.as_bool().ok_or_else(|| self.error(format!("must be true or false, not {}", self.kind())))
+    }
+
+    /// A whole number of seconds.
+    fn seconds(&self) -> Result<u64, BadInput> {
+        self.value.as_u64().ok_or_else(|| self.error(format!("must be a whole number of seconds, not {}", self.value)))
     }
 
     fn port(&self) -> Result<u16, BadInput> {
@@ -615,6 +709,34 @@ mod tests {
         let mut json = example();
         json["tops"]["myTop"]["iocs"]["myIoc"]["environment"] = json!({ "A": "x\ny" });
         assert!(error_of(json).contains("environment.A: contains a line break"));
+    }
+
+        #[test]
+    fn health_checks_default_to_the_epics_ready_line_and_can_be_changed() {
+        let ioc = &Config::parse(&example()).unwrap().tops["myTop"].iocs["myIoc"];
+        assert_eq!(ioc.health_check.ready_line.as_deref(), Some(EPICS_READY_LINE));
+        let mut json = example();
+        json["tops"]["myTop"]["iocs"]["myIoc"]["healthCheck"] =
+            json!({ "readyLine": null, "settleTime": 0, "command": "caget hb", "commandTimeout": 3 });
+        let ioc = Config::parse(&json).unwrap().tops["myTop"].iocs["myIoc"].clone();
+        assert_eq!(
+            ioc.health_check,
+            HealthCheck { settle_time: 0, ready_line: None, command: Some("caget hb".into()), command_timeout: 3 }
+        );
+        json["tops"]["myTop"]["iocs"]["myIoc"]["healthCheck"] = json!({ "settleTime": -1 });
+        assert!(error_of(json).contains("healthCheck.settleTime: must be a whole number of seconds, not -1"));
+    }
+
+    #[test]
+    fn activation_settings_of_a_top() {
+        let top = &Config::parse(&example()).unwrap().tops["myTop"];
+        assert_eq!((top.activation_timeout, top.magic_rollback, top.confirm_timeout), (60, true, 30));
+        let mut json = example();
+        json["tops"]["myTop"]["confirmTimeout"] = json!(5);
+        json["hosts"]["ioc-server-1"]["magicRollback"] = json!(false);
+        let config = Config::parse(&json).unwrap();
+        assert_eq!(config.tops["myTop"].confirm_timeout, 5);
+        assert!(!config.hosts["ioc-server-1"].magic_rollback);
     }
 
     #[test]
