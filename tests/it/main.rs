@@ -2,6 +2,7 @@
 
 mod deploy;
 mod generations;
+mod parity;
 mod support;
 mod testbed;
 

@@ -1,0 +1,472 @@
+# The `epnixDeploy` schema at evaluation time: the Nix twin of the checks in
+# `src/config.rs`, which stays the source of truth.
+#
+# The tool checks the configuration before it touches a host; these checks
+# let a top's flake fail earlier, in `nix flake check` or in an editor, and
+# give the NixOS module the same rules for the IOC options the two share.
+# Errors name the attribute path, as the tool's do. tests/it/parity.rs
+# checks that both sides refuse the same configurations at the same path.
+#
+# Builtins only, no nixpkgs `lib`: it is evaluated where nixpkgs is absent,
+# and a top's flake need not pull nixpkgs for it.
+let
+  inherit (builtins)
+    attrNames
+    concatLists
+    concatMap
+    concatStringsSep
+    elem
+    elemAt
+    filter
+    foldl'
+    genList
+    head
+    isAttrs
+    isBool
+    isInt
+    isList
+    isPath
+    isString
+    length
+    map
+    match
+    split
+    substring
+    toJSON
+    typeOf
+    ;
+
+  root = "epnixDeploy";
+
+  # Host, top and IOC names become unit names, paths and profile names.
+  isSafeName = name: match "[A-Za-z0-9_][A-Za-z0-9_-]{0,63}" name != null;
+
+  # An attribute name as Nix needs it in a path.
+  attr = name: if match "[A-Za-z_][A-Za-z0-9_'-]*" name != null then name else toJSON name;
+
+  # What a value is, in the words of the tool's messages.
+  kind =
+    value:
+    {
+      null = "null";
+      bool = "a boolean";
+      int = "a number";
+      float = "a number";
+      string = "a string";
+      path = "a path";
+      list = "a list";
+      set = "an attribute set";
+      lambda = "a function";
+    }
+    .${typeOf value};
+
+  # Values that `nix eval --json` turns into strings: the tool sees a store
+  # path for a path or a derivation.
+  stringLike = value: isString value || isPath value || (isAttrs value && value ? outPath);
+
+  isPort = value: isInt value && value >= 1 && value <= 65535;
+
+  # The errors of optional settings, each checked when present.
+  optional =
+    path: set: checks:
+    concatMap (key: if set ? ${key} then checks.${key} "${path}.${key}" set.${key} else [ ]) (
+      attrNames checks
+    );
+
+  boolean =
+    path: value: if isBool value then [ ] else err path "must be true or false, not ${kind value}";
+
+  # A whole number of seconds, at least `min`.
+  seconds =
+    min: path: value:
+    if !(isInt value && value >= 0) then
+      err path "must be a whole number of seconds, not ${toJSON value}"
+    else if value < min then
+      err path "must be at least ${toString min} second"
+    else
+      [ ];
+
+  string = path: value: if isString value then [ ] else err path "must be a string, not ${kind value}";
+
+  singleLine =
+    path: value:
+    if !isString value then
+      err path "must be a string, not ${kind value}"
+    else if !oneLine value then
+      err path "must be a single line"
+    else
+      [ ];
+
+  # `null` switches a setting off.
+  orNull = check: path: value: if value == null then [ ] else check path value;
+
+  # Resolves `.` and `..` lexically; `null` if the path climbs above its start.
+  normalize =
+    path:
+    let
+      step =
+        acc: part:
+        if acc == null then
+          null
+        else if part == "" || part == "." then
+          acc
+        else if part == ".." then
+          (if acc == [ ] then null else genList (elemAt acc) (length acc - 1))
+        else
+          acc ++ [ part ];
+      parts = foldl' step [ ] (filter isString (split "/" path));
+    in
+    if parts == null then
+      null
+    else if parts == [ ] then
+      "."
+    else
+      concatStringsSep "/" parts;
+
+  # `path` relative to `base` (both inside the top), normalized, or `null`.
+  inside = base: path: normalize (if base == "." then path else "${base}/${path}");
+
+  oneLine = value: match "[^\n\r]*" value != null;
+
+  err = path: message: [ "${path}: ${message}" ];
+
+  # The errors of `value`, an attribute set with only `known` keys, or else
+  # `rest`: the errors of its values.
+  object =
+    path: known: value: rest:
+    if !isAttrs value then
+      err path "must be an attribute set, not ${kind value}"
+    else
+      let
+        unknown = filter (key: !elem key known) (attrNames value);
+      in
+      if unknown != [ ] then
+        err "${path}.${attr (head unknown)}" "is not a known option (known options here: ${concatStringsSep ", " known})"
+      else
+        rest;
+
+  strings =
+    path: value:
+    if !isList value then
+      err path "must be a list of strings, not ${kind value}"
+    else
+      concatLists (
+        genList (
+          i: if isString (elemAt value i) then [ ] else err path "item ${toString i} must be a string"
+        ) (length value)
+      );
+
+  named =
+    path: what: set: check:
+    if !isAttrs set then
+      err path "must be an attribute set, not ${kind set}"
+    else
+      concatMap (
+        name:
+        let
+          p = "${path}.${attr name}";
+        in
+        if isSafeName name then
+          check p set.${name}
+        else
+          err p "`${name}` is not a valid ${what} name (letters, digits, `_` and `-`, not starting with `-`, at most 64 characters)"
+      ) (attrNames set);
+
+  hostErrors =
+    path: host:
+    object path [ "hostname" "sshUser" "sshPort" "sshOpts" "tags" "magicRollback" ] host (
+      (
+        if !(host ? hostname) then
+          err "${path}.hostname" "is required but not set"
+        else if !isString host.hostname then
+          err "${path}.hostname" "must be a string, not ${kind host.hostname}"
+        else if match "[^-[:space:]][^[:space:]]*" host.hostname == null then
+          err "${path}.hostname" "is not a valid host name or address"
+        else
+          [ ]
+      )
+      ++ optional path host {
+        sshUser = string;
+        sshPort =
+          p: value:
+          if isPort value then [ ] else err p "must be a port number from 1 to 65535, not ${toJSON value}";
+        sshOpts = strings;
+        tags = strings;
+        magicRollback = boolean;
+      }
+    );
+
+  # Errors of a path option that must stay inside the top.
+  pathErrors =
+    path: base: value:
+    if !isString value then
+      err path "must be a string, not ${kind value}"
+    else if substring 0 1 value == "/" then
+      err path "`${value}` is absolute; give a path relative to the top, e.g. `iocBoot/iocMyIoc`"
+    else if match ".*[[:cntrl:]].*" value != null then
+      err path "contains a control character"
+    else if inside base value == null then
+      err path "`${value}` leads outside the top"
+    else
+      [ ];
+
+  iocErrors =
+    path: ioc:
+    object path [
+      "workingDirectory"
+      "startupScript"
+      "environment"
+      "procServ"
+      "description"
+      "enable"
+      "healthCheck"
+    ] ioc (
+      if !(ioc ? workingDirectory) then
+        err "${path}.workingDirectory" "is required but not set"
+      else
+        let
+          wdErrors = pathErrors "${path}.workingDirectory" "" ioc.workingDirectory;
+          wd = normalize ioc.workingDirectory;
+        in
+        if wdErrors != [ ] then
+          wdErrors
+        else
+          (
+            if !(ioc ? startupScript) then
+              [ ]
+            else
+              let
+                scriptErrors = pathErrors "${path}.startupScript" wd ioc.startupScript;
+              in
+              if scriptErrors != [ ] then
+                scriptErrors
+              else if inside wd ioc.startupScript == wd then
+                err "${path}.startupScript" "must name a file (the EPNix default is `./st.cmd`)"
+              else
+                [ ]
+          )
+          ++ (
+            if !(ioc ? environment) then
+              [ ]
+            else if !isAttrs ioc.environment then
+              err "${path}.environment" "must be an attribute set, not ${kind ioc.environment}"
+            else
+              concatMap (
+                key:
+                let
+                  p = "${path}.environment.${attr key}";
+                  value = ioc.environment.${key};
+                in
+                if match "[A-Za-z_][A-Za-z0-9_]*" key == null then
+                  err p "is not a valid environment variable name"
+                else if !stringLike value then
+                  err p "must be a string, not ${kind value}"
+                else if isString value && !oneLine value then
+                  err p "contains a line break, which a unit's `Environment=` cannot carry"
+                else
+                  [ ]
+              ) (attrNames ioc.environment)
+          )
+          ++ (
+            if !(ioc ? procServ) then
+              [ ]
+            else
+              object "${path}.procServ" [ "console" ] ioc.procServ (
+                if !(ioc.procServ ? console) then
+                  [ ]
+                else if ioc.procServ.console == "unix" then
+                  [ ]
+                else if isInt ioc.procServ.console then
+                  (
+                    if isPort ioc.procServ.console then
+                      [ ]
+                    else
+                      err "${path}.procServ.console" "must be a port number from 1 to 65535, not ${toJSON ioc.procServ.console}"
+                  )
+                else
+                  err "${path}.procServ.console" "must be \"unix\" or a TCP port number, not ${kind ioc.procServ.console}"
+              )
+          )
+          ++ optional path ioc {
+            description = singleLine;
+            enable = boolean;
+            # What the tool waits for after a deploy, before it calls the
+            # IOC up.
+            healthCheck =
+              p: check:
+              object p [ "settleTime" "readyLine" "command" "commandTimeout" ] check (
+                optional p check {
+                  settleTime = seconds 0;
+                  readyLine = orNull singleLine;
+                  command = orNull string;
+                  commandTimeout = seconds 1;
+                }
+              );
+          }
+    );
+
+  # A checked IOC with its defaults filled in and its paths normalized, as
+  # `src/config.rs` makes it: what ./unit.nix renders.
+  ioc = raw: {
+    workingDirectory = normalize raw.workingDirectory;
+    startupScript =
+      let
+        script = raw.startupScript or "./st.cmd";
+      in
+      if match "\\.\\.?/.*" script != null then script else "./${script}";
+    # As `nix eval --json` does: a path is copied to the store, a derivation
+    # becomes its output path.
+    environment = builtins.mapAttrs (_: value: "${value}") (raw.environment or { });
+    console = raw.procServ.console or "unix";
+    description = raw.description or null;
+    enable = raw.enable or true;
+  };
+
+  # Enabled IOCs that run on one host must differ in name (it names the
+  # unit) and in TCP console port. `entries` lists them in order, each
+  # `{ path; name; port; top; }`. A host's check compares IOCs of different
+  # tops only: each top's own check has reported the clashes within it.
+  clashErrors =
+    where: acrossTopsOnly: entries:
+    concatLists (
+      genList (
+        i:
+        let
+          e = elemAt entries i;
+          earlier = filter (o: !acrossTopsOnly || o.top != e.top) (genList (elemAt entries) i);
+          sameName = filter (o: o.name == e.name) earlier;
+          samePort = filter (o: e.port != null && o.port == e.port) earlier;
+        in
+        (
+          if sameName != [ ] then
+            err e.path "IOC name `${e.name}` is also used by ${(head sameName).path}, and both run on ${where}; IOC names must be unique per host: they name the unit `epnix-<ioc>.service`"
+          else
+            [ ]
+        )
+        ++ (
+          if samePort != [ ] then
+            err "${e.path}.procServ.console" "TCP port ${toString e.port} is also used by ${(head samePort).path}.procServ.console, and both run on ${where}"
+          else
+            [ ]
+        )
+      ) (length entries)
+    );
+
+  # The enabled IOCs of top `name`, for `clashErrors`.
+  entriesOf =
+    name: top:
+    map (
+      iocName:
+      let
+        c = top.iocs.${iocName};
+      in
+      {
+        path = "${root}.tops.${attr name}.iocs.${attr iocName}";
+        name = iocName;
+        port = if isInt (c.procServ.console or null) then c.procServ.console else null;
+        top = name;
+      }
+    ) (filter (iocName: top.iocs.${iocName}.enable or true == true) (attrNames top.iocs));
+
+  topErrors =
+    hosts: path: top:
+    object path [
+      "package"
+      "hosts"
+      "iocs"
+      "activationTimeout"
+      "magicRollback"
+      "confirmTimeout"
+    ] top (
+      (
+        if !(top ? package) then
+          err "${path}.package" "is required but not set"
+        else if !stringLike top.package then
+          err "${path}.package" "must be a derivation or a store path, e.g. `self.packages.x86_64-linux.myTop`"
+        else if isString top.package && substring 0 1 top.package != "/" then
+          err "${path}.package" "`${top.package}` is not a store path"
+        else
+          [ ]
+      )
+      ++ (
+        if !(top ? hosts) then
+          [ ]
+        else
+          let
+            listErrors = strings "${path}.hosts" top.hosts;
+          in
+          if listErrors != [ ] then
+            listErrors
+          else
+            concatMap (
+              host:
+              if isAttrs hosts && hosts ? ${host} then
+                [ ]
+              else
+                err "${path}.hosts" "names host `${host}`, which is not in `${root}.hosts`"
+            ) top.hosts
+      )
+      ++ (
+        if !(top ? iocs) then
+          err "${path}.iocs" "is required but not set"
+        else if isAttrs top.iocs && top.iocs == { } then
+          err "${path}.iocs" "defines no IOC; add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"
+        else
+          named "${path}.iocs" "IOC" top.iocs iocErrors
+      )
+      # How the tool activates a deploy of this top.
+      ++ optional path top {
+        activationTimeout = seconds 0;
+        magicRollback = boolean;
+        confirmTimeout = seconds 0;
+      }
+    );
+
+  # Every error in `config`, an `epnixDeploy` attribute set; `[ ]` if it is
+  # valid.
+  errors =
+    config:
+    object root [ "hosts" "tops" ] config (
+      let
+        hosts = config.hosts or { };
+        tops = config.tops or { };
+        shapeErrors =
+          (if config ? hosts then named "${root}.hosts" "host" hosts hostErrors else [ ])
+          ++ (if config ? tops then named "${root}.tops" "top" tops (topErrors hosts) else [ ]);
+        topNames = attrNames tops;
+      in
+      # Clashes are only looked for in a configuration of the right shape.
+      if shapeErrors != [ ] then
+        shapeErrors
+      else
+        concatMap (name: clashErrors "one host" false (entriesOf name tops.${name})) topNames
+        ++ concatMap (
+          host:
+          clashErrors "host `${host}`" true (
+            concatMap (name: entriesOf name tops.${name}) (
+              filter (name: elem host (tops.${name}.hosts or [ ])) topNames
+            )
+          )
+        ) (attrNames hosts)
+    );
+in
+{
+  inherit
+    errors
+    ioc
+    iocErrors
+    isSafeName
+    ;
+
+  # `config` itself if it is a valid `epnixDeploy`, or an evaluation error
+  # that lists every problem, each with its attribute path.
+  check =
+    config:
+    let
+      found = errors config;
+    in
+    if found == [ ] then
+      config
+    else
+      throw ("${root} is not valid:\n" + concatStringsSep "\n" (map (e: "- ${e}") found));
+}
