@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::activation;
 use crate::deploy::{self, DeployOptions};
 use crate::exit::{self, BadInput};
 use crate::generations::{self, DeleteOptions, Doomed, RollbackOptions};
@@ -16,9 +17,10 @@ use crate::target::Selection;
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
 #[command(name = "epnix-deploy", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-#[command(
-    after_help = "Exit codes: 0 success; 1 failed after changing the host (the message says its state); 2 bad input, nothing changed."
-)]
+#[command(after_help = "Exit codes: 0 deployed and healthy; 1 failed, the host is on the previous generation \
+(never switched, or rolled back); 2 bad input, nothing changed; 3 the rollback failed too, the host needs attention; \
+4 outcome unknown (connection lost or interrupted after the switch); 5 busy: another deploy holds the lock; \
+130 interrupted before the switch, nothing changed.")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,6 +34,8 @@ enum Command {
     Deploy(DeployArgs),
     /// List the generations of a top on a host.
     List(ListArgs),
+    /// Show a top's generation, IOC units and last rollback on a host.
+    Status(HostTop),
     /// Switch a top back to its previous generation (or `--to N`), units included.
     Rollback(RollbackArgs),
     /// Delete generations of a top on a host.
@@ -80,9 +84,20 @@ struct DeployArgs {
     /// Let the host fetch what it can from its own substituters.
     #[arg(short = 's', long)]
     substitute_on_destination: bool,
-    /// Seconds the IOC units may take to become active.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    activation_timeout: u64,
+    /// Seconds all IOCs together may take to pass their health checks
+    /// (overrides the top's `activationTimeout`).
+    #[arg(long, value_name = "SECONDS")]
+    activation_timeout: Option<u64>,
+    /// Do not arm the host-side rollback that fires when the deploy is not
+    /// confirmed; a failed health check still rolls back.
+    #[arg(long)]
+    no_magic_rollback: bool,
+    /// End the deploy lock of a deploy that is gone, and take it.
+    #[arg(long)]
+    break_lock: bool,
+    /// Deploy even if the host's name is not the configured one.
+    #[arg(long)]
+    skip_hostname_check: bool,
 }
 
 #[derive(Args, Debug)]
@@ -127,10 +142,18 @@ struct DeleteArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let progress = Progress::new();
+    // Ctrl-C must not kill the tool between a switch and its outcome: the
+    // steps stop at the next safe point and say what the host will do.
+    // Failing to install the handler only leaves the default behaviour.
+    let _ = ctrlc::set_handler(|| {
+        activation::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("interrupted: stopping at the next safe point");
+    });
     let result = match cli.command {
         Some(Command::Deploy(args)) => run_deploy(args, &progress),
         None => run_deploy(cli.deploy, &progress),
         Some(Command::List(args)) => run_list(args, &progress),
+        Some(Command::Status(args)) => run_status(args, &progress),
         Some(Command::Rollback(args)) => run_rollback(args, &progress),
         Some(Command::DeleteGeneration(args)) => run_delete(args, &progress),
     };
@@ -155,7 +178,10 @@ fn run_deploy(args: DeployArgs, progress: &Progress) -> Result<()> {
         selection: args.target.selection(),
         dry_run: args.dry_run,
         substitute_on_destination: args.substitute_on_destination,
-        activation_timeout: Duration::from_secs(args.activation_timeout),
+        activation_timeout: args.activation_timeout.map(Duration::from_secs),
+        no_magic_rollback: args.no_magic_rollback,
+        break_lock: args.break_lock,
+        skip_hostname_check: args.skip_hostname_check,
     };
     let report = deploy::run(&opts, progress)?;
     if args.target.json {
@@ -173,6 +199,16 @@ fn run_list(args: ListArgs, progress: &Progress) -> Result<()> {
         print_json(&rows);
     } else {
         generations::print_list(&rows, args.wide);
+    }
+    Ok(())
+}
+
+fn run_status(args: HostTop, progress: &Progress) -> Result<()> {
+    let status = generations::status(&args.selection(), progress)?;
+    if args.json {
+        print_json(&status);
+    } else {
+        generations::print_status(&status);
     }
     Ok(())
 }

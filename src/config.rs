@@ -32,7 +32,7 @@ pub struct Host {
     pub ssh_user: Option<String>,
     /// `sshPort`: defaults to ssh's choice (its config, then 22).
     pub ssh_port: Option<u16>,
-        /// `sshOpts`: extra ssh options, e.g. `[ "-i" "/path/key" "-o" "Foo=bar" ]`.
+    /// `sshOpts`: extra ssh options, e.g. `[ "-i" "/path/key" "-o" "Foo=bar" ]`.
     pub ssh_opts: Vec<String>,
     /// `magicRollback`: arm the host-side rollback for deploys to this host
     /// (default true).
@@ -46,7 +46,7 @@ pub struct Top {
     pub package: Utf8PathBuf,
     /// `hosts`: names from `epnixDeploy.hosts` this top is deployed to.
     pub hosts: Vec<String>,
-        /// `iocs.<name>`: one procServ unit each.
+    /// `iocs.<name>`: one procServ unit each.
     pub iocs: BTreeMap<String, Ioc>,
     /// `activationTimeout`: seconds all IOCs together may take to pass their
     /// checks (default 60).
@@ -72,7 +72,7 @@ pub struct Ioc {
     pub console: Console,
     /// `description`: shown by `systemctl status`.
     pub description: Option<String>,
-        /// `enable`: a disabled IOC gets no unit; a deployed one is removed.
+    /// `enable`: a disabled IOC gets no unit; a deployed one is removed.
     pub enable: bool,
     /// `healthCheck`: what proves the IOC came up.
     pub health_check: HealthCheck,
@@ -97,9 +97,22 @@ pub struct HealthCheck {
 /// What EPICS base prints at the end of `iocInit`.
 pub const EPICS_READY_LINE: &str = "iocRun: All initialization complete";
 
+impl HealthCheck {
+    /// Only "the unit runs and does not restart": for IOCs whose own checks
+    /// are not at hand (a rollback, or IOCs a deploy did not change).
+    pub fn running() -> HealthCheck {
+        HealthCheck { settle_time: 2, ready_line: None, command: None, command_timeout: 1 }
+    }
+}
+
 impl Default for HealthCheck {
     fn default() -> HealthCheck {
-        HealthCheck { settle_time: 5, ready_line: Some(EPICS_READY_LINE.to_owned()), command: None, command_timeout: 10 }
+        HealthCheck {
+            settle_time: 5,
+            ready_line: Some(EPICS_READY_LINE.to_owned()),
+            command: None,
+            command_timeout: 10,
+        }
     }
 }
 
@@ -187,7 +200,7 @@ pub fn check_iocs_share_host<'a>(
 }
 
 fn parse_host(node: &Node) -> Result<Host, BadInput> {
-        let map = node.object(&["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback"])?;
+    let map = node.object(&["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback"])?;
     let hostname = node.require(map, "hostname")?.string()?.to_owned();
     if hostname.is_empty() || hostname.starts_with('-') || hostname.chars().any(char::is_whitespace) {
         return Err(node.field("hostname").error("is not a valid host name or address"));
@@ -203,13 +216,12 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
     if let Some(tags) = node.get(map, "tags") {
         tags.strings()?;
     }
-        let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
+    let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
     Ok(Host { hostname, ssh_user, ssh_port, ssh_opts, magic_rollback })
 }
 
 fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInput> {
-        let map =
-        node.object(&["package", "hosts", "iocs", "activationTimeout", "magicRollback", "confirmTimeout"])?;
+    let map = node.object(&["package", "hosts", "iocs", "activationTimeout", "magicRollback", "confirmTimeout"])?;
     let package_node = node.require(map, "package")?;
     let package = package_node.string().map_err(|_| {
         package_node
@@ -243,7 +255,7 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
             .error("defines no IOC")
             .hint("add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"));
     }
-        let seconds = |key: &str, default: u64| -> Result<u64, BadInput> {
+    let seconds = |key: &str, default: u64| -> Result<u64, BadInput> {
         node.get(map, key).map(|n| n.seconds()).transpose().map(|s| s.unwrap_or(default))
     };
     Ok(Top {
@@ -257,7 +269,7 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
 }
 
 fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
-        let map = node.object(&[
+    let map = node.object(&[
         "workingDirectory",
         "startupScript",
         "environment",
@@ -316,7 +328,7 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
     };
 
     let description = node.get(map, "description").map(|n| n.one_line()).transpose()?;
-        let enable = node.get(map, "enable").map(|n| n.boolean()).transpose()?.unwrap_or(true);
+    let enable = node.get(map, "enable").map(|n| n.boolean()).transpose()?.unwrap_or(true);
     let health_check = match node.get(map, "healthCheck") {
         Some(n) => parse_health_check(&n)?,
         None => HealthCheck::default(),
@@ -523,7 +535,7 @@ impl<'a> Node<'a> {
             .collect()
     }
 
-        fn boolean(&self) -> Result<bool, BadInput> {
+    fn boolean(&self) -> Result<bool, BadInput> {
         self.value.as_bool().ok_or_else(|| self.error(format!("must be true or false, not {}", self.kind())))
     }
 
@@ -711,7 +723,7 @@ mod tests {
         assert!(error_of(json).contains("environment.A: contains a line break"));
     }
 
-        #[test]
+    #[test]
     fn health_checks_default_to_the_epics_ready_line_and_can_be_changed() {
         let ioc = &Config::parse(&example()).unwrap().tops["myTop"].iocs["myIoc"];
         assert_eq!(ioc.health_check.ready_line.as_deref(), Some(EPICS_READY_LINE));

@@ -1,27 +1,28 @@
-//! `epnix-deploy <host> <top>`: evaluate, build, copy, switch, start.
+//! `epnix-deploy <host> <top>`: evaluate, build, copy, switch, check.
 //!
 //! The pipeline reads the configuration and the host before it changes
 //! anything, so every error found up to the plan leaves the host as it was.
-//! Each stage is a function; the activation check is one stage, so health
-//! checks and rollback replace it without touching the rest.
+//! From the switch on, `activation` keeps the promise: healthy IOCs on the
+//! new generation, or the host back on the previous one.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 
-use crate::config::{self, Config, Top};
-use crate::exit::BadInput;
+use crate::activation::{self, Safety};
+use crate::config::{self, Config, HealthCheck, Top};
+use crate::exit::{BUSY, BadInput, FAILED, Failure, INTERRUPTED, NEEDS_ATTENTION, UNKNOWN};
 use crate::host::{self, HostState, Record};
 use crate::layout;
 use crate::nix;
-use crate::plan::{self, Action, Plan, Switch};
-use crate::process::{Cmd, tail};
+use crate::plan::{self, Action, Change, Plan, Switch};
+use crate::process::Cmd;
 use crate::progress::Progress;
-use crate::ssh::{Remote, RemoteCmd};
+use crate::ssh::{self, Remote};
 use crate::target::Selection;
 use crate::target::Target;
 
@@ -31,8 +32,14 @@ pub struct DeployOptions {
     pub selection: Selection,
     pub dry_run: bool,
     pub substitute_on_destination: bool,
-    /// How long IOC units may take to become active.
-    pub activation_timeout: Duration,
+    /// Overrides the top's `activationTimeout`.
+    pub activation_timeout: Option<Duration>,
+    /// `--no-magic-rollback`: never arm the host-side rollback.
+    pub no_magic_rollback: bool,
+    /// `--break-lock`: end a lock left by a deploy that is gone.
+    pub break_lock: bool,
+    /// `--skip-hostname-check`.
+    pub skip_hostname_check: bool,
 }
 
 /// The outcome of a deploy, printed as the summary or as `--json`.
@@ -66,8 +73,28 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     step.done(store_path.as_str());
 
     let step = progress.step(&sel.host, "connect");
-    let remote = Remote::connect(&target)?;
-    let state = inspect(&remote, &sel.top)?;
+    let mut remote = Remote::connect(&target)?;
+    let state = if opts.dry_run {
+        inspect(&remote, &sel.top)?
+    } else {
+        activation::take_lock(&mut remote, &target, &sel.top, &deployer(), opts.break_lock)?;
+        let state = inspect(&remote, &sel.top)?;
+        if state.rollback_pending {
+            return Err(Failure::new(
+                BUSY,
+                format!(
+                    "on `{target}`: a rollback of an earlier deploy of `{}` is armed or running (that deploy was not confirmed)\n\
+                     hint: it fires within that deploy's `confirmTimeout`; wait for it, then check with `epnix-deploy list {target} {}`",
+                    sel.top, sel.top
+                ),
+            )
+            .into());
+        }
+        state
+    };
+    if !opts.skip_hostname_check {
+        check_hostname(&target, &state.hostname)?;
+    }
     let facts = plan::host_facts(&state, &target.label)?;
     let units = plan::render_units(&sel.top, top, &facts);
     let meta = Record::meta(store_path.as_str(), &deployer(), &revision);
@@ -81,15 +108,170 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
         return Ok(report(&target, &plan, current, current, true));
     }
 
+    let unchanged =
+        || Failure::new(INTERRUPTED, format!("interrupted before the switch: nothing changed on `{target}`"));
     if plan.top_changed {
         let step = progress.step(&sel.host, "copy");
-        copy_cmd(&target, &remote, &state, &plan, opts.substitute_on_destination).output()?;
+        let copied = copy_cmd(&target, &remote, &state, &plan, opts.substitute_on_destination).output();
+        if activation::interrupted() {
+            return Err(unchanged().into());
+        }
+        copied?;
         step.done("");
     }
+    if activation::interrupted() {
+        return Err(unchanged().into());
+    }
 
-    let generation = activate(&remote, &plan, current, progress, &target, opts.activation_timeout)?;
+    let timeout = opts.activation_timeout.unwrap_or(Duration::from_secs(top.activation_timeout));
+    let generation = if plan.switch == Switch::Stay {
+        activate(&remote, &plan, current, progress, &target, timeout)?
+    } else {
+        let host_magic = target.name.as_ref().and_then(|n| config.hosts.get(n)).is_none_or(|h| h.magic_rollback);
+        let safety = Safety {
+            magic_rollback: !opts.no_magic_rollback && top.magic_rollback && host_magic,
+            confirm_timeout: Duration::from_secs(top.confirm_timeout),
+            activation_timeout: timeout,
+        };
+        let checks = plan
+            .iocs
+            .iter()
+            .filter(|(_, change)| matches!(change, Change::New | Change::Changed))
+            .map(|(name, _)| (name.clone(), top.iocs[name].health_check.clone()))
+            .collect();
+        activate_safely(&remote, &plan, &state, &target, &safety, &checks, progress)?
+    };
     remote.close();
     Ok(report(&target, &plan, generation, current, false))
+}
+
+/// Refuses a host whose name is not the configured one, as microvm.nix's
+/// `sshSwitch` does: a wrong address in the config must not replace another
+/// host's IOCs.
+fn check_hostname(target: &Target, hostname: &str) -> Result<(), BadInput> {
+    let Some(name) = &target.name else { return Ok(()) };
+    let short = hostname.split('.').next().unwrap_or(hostname);
+    if hostname == name || short == name {
+        return Ok(());
+    }
+    Err(BadInput::new(format!(
+        "`{}` answers as host `{hostname}`, not `{name}`: refusing to deploy there",
+        target.hostname
+    ))
+    .hint("fix `hostname` in the host's configuration, or pass `--skip-hostname-check` if the names differ on purpose"))
+}
+
+/// The switch under protection: a restore point and (with magic rollback) an
+/// armed timer first; then the changes, the health checks, and either the
+/// confirmation over a new login or the rollback.
+fn activate_safely(
+    remote: &Remote,
+    plan: &Plan,
+    state: &HostState,
+    target: &Target,
+    safety: &Safety,
+    checks: &BTreeMap<String, HealthCheck>,
+    progress: &Progress,
+) -> Result<Option<u32>> {
+    let top = plan.top.as_str();
+    let previous = state.profile.as_ref().map(|p| p.generation);
+    let step = progress.step(&target.label, "arm rollback");
+    activation::prepare(remote, top)?;
+    if safety.magic_rollback {
+        activation::arm(remote, top, safety.confirm_timeout)?;
+        step.done(&format!(
+            "the host rolls back by itself unless confirmed within {}s",
+            safety.confirm_timeout.as_secs()
+        ));
+    } else {
+        step.done("restore point saved (magic rollback off)");
+    }
+
+    let mut switched = None;
+    let outcome = (|| -> Result<Option<u32>> {
+        let step = progress.step(&target.label, "switch");
+        let generation = apply(remote, plan)?;
+        switched = generation;
+        step.done(&generation.map(|g| format!("generation {g}")).unwrap_or_default());
+        let step = progress.step(&target.label, "check");
+        let keepalive = || if safety.magic_rollback { activation::heartbeat(remote, top) } else { Ok(()) };
+        activation::check_health(remote, checks, safety.activation_timeout, &keepalive, &step)?;
+        step.done(&format!("{} IOC(s) healthy", checks.len()));
+        Ok(generation)
+    })();
+
+    let back_to = match previous {
+        Some(g) => format!("generation {g}"),
+        None => format!("no deployment of `{top}` (this was its first deploy)"),
+    };
+    match outcome {
+        Ok(generation) => {
+            let step = progress.step(&target.label, "confirm");
+            let confirmed =
+                if safety.magic_rollback { activation::confirm(target, top) } else { activation::release(remote, top) };
+            if let Err(err) = confirmed {
+                return Err(Failure::new(
+                    UNKNOWN,
+                    format!(
+                        "the IOCs are healthy on generation {}, but the deploy could not be confirmed: {err:#}\n\
+                         the host rolls back by itself to {back_to} unless confirmed within {}s of the last contact\n\
+                         hint: check where it ended with `epnix-deploy list {target} {top}`",
+                        generation.map_or("?".to_owned(), |g| g.to_string()),
+                        safety.confirm_timeout.as_secs()
+                    ),
+                )
+                .into());
+            }
+            step.done(if safety.magic_rollback { "over a new SSH login; rollback disarmed" } else { "" });
+            Ok(generation)
+        }
+        Err(err) if ssh::is_connection_lost(&err) || activation::interrupted() => {
+            let now_on = switched.map_or("the new generation".to_owned(), |g| format!("generation {g}"));
+            let fate = if safety.magic_rollback {
+                format!(
+                    "the armed rollback is in charge: unless confirmed, the host goes back to {back_to} by itself within {}s",
+                    safety.confirm_timeout.as_secs()
+                )
+            } else {
+                format!("magic rollback is off: the host may stay on {now_on}, unchecked")
+            };
+            Err(Failure::new(
+                UNKNOWN,
+                format!(
+                    "{err:#}
+the outcome on `{target}` is unknown: {fate}\n\
+                     hint: see where it ended with `epnix-deploy list {target} {top}`; `epnix-deploy rollback {target} {top}` goes back by hand"
+                ),
+            )
+            .into())
+        }
+        Err(err) => {
+            let step = progress.step(&target.label, "roll back");
+            let rolled = activation::roll_back(remote, top, "failed-checks").and_then(|rb| {
+                let restored = rb.iocs.iter().map(|ioc| (ioc.clone(), HealthCheck::running())).collect();
+                activation::check_health(remote, &restored, safety.activation_timeout, &|| Ok(()), &step)?;
+                Ok(rb)
+            });
+            match rolled {
+                Ok(_) => {
+                    step.done(&format!("back to {back_to}"));
+                    Err(Failure::new(FAILED, format!("{err:#}
+rolled back: `{target}` is back to {back_to}, and its IOCs are active")).into())
+                }
+                Err(rollback_err) => Err(Failure::new(
+                    NEEDS_ATTENTION,
+                    format!(
+                        "{err:#}
+the rollback to {back_to} failed too: {rollback_err:#}\n\
+                         the host needs attention: the profile `{}` may be on either generation, and some units of `{top}` may be stopped\n\
+                         hint: look with `epnix-deploy list {target} {top}` and `systemctl status 'epnix-*'` on the host",
+                        layout::profile(top)
+                    ),
+                )
+                .into()),
+            }
+        }
+    }
 }
 
 /// Carries out a plan's changes and waits until its IOCs run: the stage
@@ -111,13 +293,14 @@ pub fn activate(
     });
 
     let step = progress.step(&target.label, "activate");
-    wait_active(remote, &plan.running(), timeout, &step)?;
+    let running = plan.running().into_iter().map(|ioc| (ioc, HealthCheck::running())).collect();
+    activation::check_health(remote, &running, timeout, &|| Ok(()), &step)?;
     step.done(&format!("{} IOC(s) active", plan.running().len()));
     Ok(generation)
 }
 
-/// Who deploys, as `user@machine`, for the record.
-fn deployer() -> String {
+/// Who deploys, as `user@machine`, for the record and the lock.
+pub fn deployer() -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned());
     let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
     format!("{user}@{}", machine.unwrap_or_else(|_| "unknown".to_owned()))
@@ -239,78 +422,6 @@ fn apply(remote: &Remote, plan: &Plan) -> Result<Option<u32>> {
     Ok(generation)
 }
 
-/// Waits until every unit is active. A unit that fails or keeps restarting
-/// is reported with the end of its journal.
-fn wait_active(remote: &Remote, iocs: &[String], timeout: Duration, step: &crate::progress::Step) -> Result<()> {
-    if iocs.is_empty() {
-        return Ok(());
-    }
-    let units: Vec<String> = iocs.iter().map(|n| layout::unit_name(n)).collect();
-    let show = RemoteCmd::new(
-        ["systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts"]
-            .into_iter()
-            .map(String::from)
-            .chain(units.iter().cloned()),
-    );
-    let started = Instant::now();
-    let first = parse_show(&remote.run(&show)?);
-    loop {
-        let states = parse_show(&remote.run(&show)?);
-        let waiting: Vec<&String> =
-            units.iter().filter(|u| states.get(*u).is_none_or(|s| s.active != "active")).collect();
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        step.update(&format!("waiting for {}", waiting.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
-        // A unit that failed, or that systemd restarted while we waited, is
-        // crashing: waiting longer only hides it.
-        let crashing = waiting.iter().find(|u| {
-            states
-                .get(**u)
-                .is_some_and(|s| s.active == "failed" || first.get(**u).is_some_and(|f| s.restarts > f.restarts))
-        });
-        if let Some(unit) = crashing.or(if started.elapsed() > timeout { waiting.first() } else { None }) {
-            let UnitState { active, sub, .. } = states.get(*unit).cloned().unwrap_or_default();
-            let journal = remote
-                .run(&RemoteCmd::new(["journalctl", "--no-pager", "--lines=20", "--unit", unit.as_str()]))
-                .unwrap_or_default();
-            bail!(
-                "`{unit}` is {active} ({sub}) after {:.0}s; the new version stays installed\nlast lines of its journal:\n{}\nhint: look on the host with `systemctl status {unit}`",
-                started.elapsed().as_secs_f64(),
-                tail(&journal)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct UnitState {
-    active: String,
-    sub: String,
-    restarts: u64,
-}
-
-/// Reads `systemctl show --property=Id,ActiveState,SubState,NRestarts` for
-/// several units.
-fn parse_show(output: &str) -> BTreeMap<String, UnitState> {
-    let mut states = BTreeMap::new();
-    for block in output.split("\n\n") {
-        let field =
-            |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned();
-        let id = field("Id");
-        if !id.is_empty() {
-            let state = UnitState {
-                active: field("ActiveState"),
-                sub: field("SubState"),
-                restarts: field("NRestarts").parse().unwrap_or(0),
-            };
-            states.insert(id, state);
-        }
-    }
-    states
-}
-
 fn print_dry_run(plan: &Plan, state: &HostState, target: &Target, remote: &Remote, substitute: bool) {
     let profile = layout::profile(&plan.top);
     println!("Plan for top `{}` on `{}` (dry run: nothing changes)", plan.top, target.label);
@@ -361,21 +472,28 @@ pub fn print_summary(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Change;
+    use crate::config::Host;
 
-    #[test]
-    fn systemctl_show_for_several_units() {
-        let out = "Id=epnix-a.service\nActiveState=active\nSubState=running\nNRestarts=0\n\nId=epnix-b.service\nActiveState=failed\nSubState=failed\nNRestarts=3\n";
-        let states = parse_show(out);
-        assert_eq!(
-            states["epnix-a.service"],
-            UnitState { active: "active".into(), sub: "running".into(), restarts: 0 }
-        );
-        assert_eq!(states["epnix-b.service"].restarts, 3);
+    fn configured(name: &str) -> Target {
+        let host = Host {
+            hostname: "10.0.0.5".into(),
+            ssh_user: None,
+            ssh_port: None,
+            ssh_opts: vec![],
+            magic_rollback: true,
+        };
+        let config = Config { hosts: BTreeMap::from([(name.to_owned(), host)]), tops: BTreeMap::new() };
+        Target::resolve(name, Some(&config)).unwrap()
     }
 
     #[test]
-    fn changes_read_as_words() {
-        assert_eq!(Change::Changed.as_str(), "restarted");
+    fn the_hostname_must_be_the_configured_name() {
+        assert!(check_hostname(&configured("ioc1"), "ioc1").is_ok());
+        assert!(check_hostname(&configured("ioc1"), "ioc1.lab.example.org").is_ok());
+        let err = check_hostname(&configured("ioc1"), "ioc2").unwrap_err().to_string();
+        assert!(err.contains("`10.0.0.5` answers as host `ioc2`, not `ioc1`"), "{err}");
+        assert!(err.contains("--skip-hostname-check"), "{err}");
+        // A bare user@host target has no configured name to compare with.
+        assert!(check_hostname(&Target::resolve("root@10.0.0.5", None).unwrap(), "anything").is_ok());
     }
 }

@@ -5,14 +5,46 @@
 
 use std::fmt;
 
-/// Everything went as asked.
+/// Everything went as asked: the IOCs run healthy on the new generation.
 pub const SUCCESS: u8 = 0;
-/// The operation failed after it started changing a host; the message says
-/// what state the host was left in.
+/// It failed, and the host is on the previous generation, healthy: either
+/// the failure came before the switch, or the tool rolled back.
 pub const FAILED: u8 = 1;
 /// Bad input (flags, configuration, the top's contents, or a host that cannot
 /// take the deploy): nothing was changed on any host.
 pub const BAD_INPUT: u8 = 2;
+/// The rollback failed too: the host needs attention. The message says what
+/// state it is in.
+pub const NEEDS_ATTENTION: u8 = 3;
+/// The outcome is unknown: the connection was lost (or the tool was
+/// interrupted) after the switch. The message says how to find out.
+pub const UNKNOWN: u8 = 4;
+/// Another deploy holds the host's lock for this top, or its rollback is
+/// still pending: nothing was changed.
+pub const BUSY: u8 = 5;
+/// Interrupted (Ctrl-C) before the switch: nothing was changed.
+pub const INTERRUPTED: u8 = 130;
+
+/// An error whose exit code is decided where it arises, e.g. "rolled back".
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 /// An error caused by what the user asked for, detected before any host was
 /// changed. It maps to [`BAD_INPUT`].
@@ -48,5 +80,11 @@ impl std::error::Error for BadInput {}
 
 /// The exit code for an error that ended the program.
 pub fn code_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|cause| cause.is::<BadInput>()) { BAD_INPUT } else { FAILED }
+    if let Some(failure) = err.downcast_ref::<Failure>() {
+        failure.code
+    } else if err.downcast_ref::<BadInput>().is_some() {
+        BAD_INPUT
+    } else {
+        FAILED
+    }
 }

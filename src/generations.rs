@@ -11,10 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::activation;
 use crate::config::{self, Config};
 use crate::deploy::{self, Report};
 use crate::exit::BadInput;
-use crate::host::{self, Generation, HostState};
+use crate::host::{self, Generation, HostState, RollbackEvent};
 use crate::layout;
 use crate::plan;
 use crate::progress::Progress;
@@ -40,10 +41,15 @@ fn target(sel: &Selection) -> Result<Target> {
     Ok(sel.target(Some(&config))?)
 }
 
-fn connect(sel: &Selection, progress: &Progress) -> Result<(Target, Remote, HostState)> {
+/// Connects and reads the host; with `lock`, first takes the top's deploy
+/// lock, as every command that changes the host does.
+fn connect(sel: &Selection, progress: &Progress, lock: bool) -> Result<(Target, Remote, HostState)> {
     let target = target(sel)?;
     let step = progress.step(&target.label, "connect");
-    let remote = Remote::connect(&target)?;
+    let mut remote = Remote::connect(&target)?;
+    if lock {
+        activation::take_lock(&mut remote, &target, &sel.top, &deploy::deployer(), false)?;
+    }
     let state = deploy::inspect(&remote, &sel.top)?;
     step.done(&format!("hostname `{}`", state.hostname));
     Ok((target, remote, state))
@@ -77,10 +83,24 @@ pub struct GenerationInfo {
     pub revision: Option<String>,
     /// The IOCs the generation installed; `None` without a record.
     pub iocs: Option<Vec<String>>,
+    /// The latest time the host rolled back away from this generation.
+    pub rolled_back: Option<RolledBackFrom>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBackFrom {
+    pub at: i64,
+    pub date: String,
+    /// The generation it went back to; `None` when a first deploy was undone.
+    pub to: Option<u32>,
+    /// `unconfirmed` (the host did it by itself) or `failed-checks`.
+    pub reason: String,
+    pub ok: bool,
 }
 
 pub fn list(sel: &Selection, progress: &Progress) -> Result<Vec<GenerationInfo>> {
-    let (target, remote, state) = connect(sel, progress)?;
+    let (target, remote, state) = connect(sel, progress, false)?;
     remote.close();
     let current = current(&state, &target, &sel.top)?.number;
     Ok(state
@@ -88,6 +108,7 @@ pub fn list(sel: &Selection, progress: &Progress) -> Result<Vec<GenerationInfo>>
         .iter()
         .map(|g| {
             let record = state.record_of(g);
+            let rolled_back = state.rollbacks.iter().rev().find(|e| e.from == Some(g.number) && e.at >= g.created);
             GenerationInfo {
                 generation: g.number,
                 created: g.created,
@@ -97,6 +118,7 @@ pub fn list(sel: &Selection, progress: &Progress) -> Result<Vec<GenerationInfo>>
                 deployer: record.map(|r| r.deployer.clone()).filter(|d| !d.is_empty()),
                 revision: record.map(|r| r.revision.clone()).filter(|r| !r.is_empty()),
                 iocs: record.map(|r| r.iocs.clone()),
+                rolled_back: rolled_back.map(RolledBackFrom::from),
             }
         })
         .collect())
@@ -118,6 +140,128 @@ pub fn print_list(rows: &[GenerationInfo], wide: bool) {
         ]);
     }
     print!("{}", table::render(&table));
+    for row in rows {
+        if let Some(rb) = &row.rolled_back {
+            let why = match rb.reason.as_str() {
+                "unconfirmed" => "the deploy was not confirmed in time, so the host did it by itself",
+                "failed-checks" => "its IOCs failed their health checks",
+                other => other,
+            };
+            let failed = if rb.ok { "" } else { " (some steps of the rollback failed)" };
+            println!(
+                "note: generation {} was rolled back to {} at {} UTC: {why}{failed}",
+                row.generation,
+                rb.to.map_or("nothing".to_owned(), |t| t.to_string()),
+                rb.date
+            );
+        }
+    }
+}
+
+impl From<&RollbackEvent> for RolledBackFrom {
+    fn from(e: &RollbackEvent) -> RolledBackFrom {
+        RolledBackFrom { at: e.at, date: utc_date(e.at), to: e.to, reason: e.reason.clone(), ok: e.ok }
+    }
+}
+
+/// `status`: where a top stands on a host now.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub host: String,
+    pub top: String,
+    pub generation: Option<u32>,
+    pub store_path: Option<String>,
+    /// A deploy is unconfirmed and its rollback armed, or a rollback runs.
+    pub rollback_pending: bool,
+    pub iocs: Vec<IocStatus>,
+    pub last_rollback: Option<RolledBackFrom>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IocStatus {
+    pub ioc: String,
+    pub unit: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub since: String,
+    pub restarts: u64,
+}
+
+pub fn status(sel: &Selection, progress: &Progress) -> Result<Status> {
+    let (target, remote, state) = connect(sel, progress, false)?;
+    let iocs: Vec<String> = state
+        .units
+        .iter()
+        .filter(|(_, text)| crate::unit::owner(text) == Some(&sel.top))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut statuses = Vec::new();
+    if !iocs.is_empty() {
+        let show = RemoteCmd::new(
+            ["systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts,ActiveEnterTimestamp"]
+                .into_iter()
+                .map(String::from)
+                .chain(iocs.iter().map(|n| layout::unit_name(n))),
+        );
+        let output = remote.run(&show)?;
+        for block in output.split("\n\n") {
+            let field =
+                |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned();
+            let unit = field("Id");
+            if let Some(ioc) = layout::ioc_of_unit(&unit) {
+                statuses.push(IocStatus {
+                    ioc: ioc.to_owned(),
+                    unit: unit.clone(),
+                    active_state: field("ActiveState"),
+                    sub_state: field("SubState"),
+                    since: field("ActiveEnterTimestamp"),
+                    restarts: field("NRestarts").parse().unwrap_or(0),
+                });
+            }
+        }
+    }
+    remote.close();
+    let last_rollback = state.rollbacks.last().map(RolledBackFrom::from);
+    Ok(Status {
+        host: target.label.clone(),
+        top: sel.top.clone(),
+        generation: state.profile.as_ref().map(|p| p.generation),
+        store_path: state.profile.as_ref().map(|p| p.store_path.to_string()),
+        rollback_pending: state.rollback_pending,
+        iocs: statuses,
+        last_rollback,
+    })
+}
+
+pub fn print_status(status: &Status) {
+    match (status.generation, &status.store_path) {
+        (Some(g), Some(path)) => println!("{} on {}: generation {g} ({path})", status.top, status.host),
+        _ => println!("{} on {}: not deployed", status.top, status.host),
+    }
+    if status.rollback_pending {
+        println!("a rollback is armed: the last deploy is not confirmed yet");
+    }
+    if let Some(rb) = &status.last_rollback {
+        println!(
+            "last rollback: {} UTC, to generation {} ({})",
+            rb.date,
+            rb.to.map_or("none".to_owned(), |t| t.to_string()),
+            rb.reason
+        );
+    }
+    let mut rows = vec![["IOC", "UNIT", "STATE", "SINCE", "RESTARTS"].map(String::from)];
+    for ioc in &status.iocs {
+        rows.push([
+            ioc.ioc.clone(),
+            ioc.unit.clone(),
+            format!("{} ({})", ioc.active_state, ioc.sub_state),
+            ioc.since.clone(),
+            ioc.restarts.to_string(),
+        ]);
+    }
+    print!("{}", table::render(&rows));
 }
 
 /// `/nix/store/<hash>-name` as `<first 8 of hash>…-name`.
@@ -142,7 +286,7 @@ pub struct RollbackOptions {
 /// restores the units recorded with it.
 pub fn rollback(opts: &RollbackOptions, progress: &Progress) -> Result<Report> {
     let sel = &opts.selection;
-    let (target, remote, state) = connect(sel, progress)?;
+    let (target, remote, state) = connect(sel, progress, true)?;
     plan::check_manageable(&state, &target.label)?;
     let current = current(&state, &target, &sel.top)?;
     let numbers = || state.generations.iter().map(|g| g.number.to_string()).collect::<Vec<_>>().join(", ");
@@ -240,7 +384,7 @@ nix-store --gc 2>&1 | tail -n 1
 
 pub fn delete(opts: &DeleteOptions, progress: &Progress) -> Result<DeleteReport> {
     let sel = &opts.selection;
-    let (target, remote, state) = connect(sel, progress)?;
+    let (target, remote, state) = connect(sel, progress, true)?;
     plan::check_manageable(&state, &target.label)?;
     let current = current(&state, &target, &sel.top)?.number;
     let args: Vec<String> = match &opts.doomed {

@@ -35,6 +35,39 @@ pub struct HostState {
     /// What the deploys recorded, by generation number. A record is only
     /// trusted for a generation that still points at its store path.
     pub records: BTreeMap<u32, Record>,
+    /// A rollback is armed (an unconfirmed deploy) or running.
+    pub rollback_pending: bool,
+    /// The latest rollbacks, oldest first.
+    pub rollbacks: Vec<RollbackEvent>,
+}
+
+/// A rollback the host carried out, from its `events` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RollbackEvent {
+    /// Seconds since the epoch.
+    pub at: i64,
+    /// The generation rolled back from, if there was one.
+    pub from: Option<u32>,
+    /// The generation rolled back to; `None` when a first deploy was undone.
+    pub to: Option<u32>,
+    /// `unconfirmed` (the host did it by itself) or `failed-checks`.
+    pub reason: String,
+    /// Whether every step of it succeeded.
+    pub ok: bool,
+}
+
+impl RollbackEvent {
+    fn parse(line: &str) -> Option<RollbackEvent> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [at, from, to, reason, status] = words[..] else { return None };
+        Some(RollbackEvent {
+            at: at.parse().ok()?,
+            from: from.parse().ok(),
+            to: to.parse().ok(),
+            reason: reason.to_owned(),
+            ok: status == "0",
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +152,14 @@ for link in "$dir/$name"-*-link; do
   case $n in ''|*[!0-9]*) continue ;; esac
   say generation "$n $(stat -c %Y "$link") $(readlink "$link")"
 done
+# A rollback armed by a deploy that was not confirmed (yet), and what
+# rollbacks happened: "<time> <from> <to> <reason> <status>" lines.
+if systemctl is-active --quiet "epnix-rollback-${profile##*/}.timer" || [ -d "$records/restore.rolling" ]; then
+  say rollback-pending yes
+fi
+if [ -f "$records/events" ]; then
+  tail -n 20 "$records/events" | while read -r line; do say event "$line"; done
+fi
 for rec in "$records"/*/; do
   rec=${rec%/}; n=${rec##*/}
   case $n in ''|*[!0-9]*) continue ;; esac
@@ -166,14 +207,20 @@ pub fn nonce() -> String {
 /// A host report split by kind of record.
 struct Report<'a> {
     facts: BTreeMap<&'a str, &'a str>,
+    events: Vec<RollbackEvent>,
     units: BTreeMap<String, String>,
     generations: Vec<Generation>,
     records: BTreeMap<u32, Record>,
 }
 
 fn parse_report<'a>(nonce: &str, output: &'a str) -> Result<Report<'a>> {
-    let mut report =
-        Report { facts: BTreeMap::new(), units: BTreeMap::new(), generations: Vec::new(), records: BTreeMap::new() };
+    let mut report = Report {
+        facts: BTreeMap::new(),
+        events: Vec::new(),
+        units: BTreeMap::new(),
+        generations: Vec::new(),
+        records: BTreeMap::new(),
+    };
     for record in output.split(nonce).skip(1) {
         let record = record.strip_prefix(' ').context("malformed host report")?;
         let (head, rest) = record.split_once('\n').unwrap_or((record, ""));
@@ -184,6 +231,7 @@ fn parse_report<'a>(nonce: &str, output: &'a str) -> Result<Report<'a>> {
                 report.units.insert(ioc.to_owned(), rest.to_owned());
             }
             "generation" => report.generations.push(parse_generation_line(value.trim_end())?),
+            "event" => report.events.extend(RollbackEvent::parse(value)),
             "record" => {
                 let number = value.trim_end().parse().with_context(|| format!("bad record number `{value}`"))?;
                 report.records.insert(number, Record::parse(rest));
@@ -210,7 +258,7 @@ fn parse_generation_line(line: &str) -> Result<Generation> {
 }
 
 pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
-    let Report { facts, units, generations, records } = parse_report(nonce, output)?;
+    let Report { facts, events, units, generations, records } = parse_report(nonce, output)?;
     let fact = |key: &str| -> Result<&str> {
         facts.get(key).copied().with_context(|| format!("the host did not report `{key}`"))
     };
@@ -239,6 +287,8 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
         units,
         generations,
         records,
+        rollback_pending: facts.contains_key("rollback-pending"),
+        rollbacks: events,
     })
 }
 
@@ -286,7 +336,7 @@ mod tests {
                           {N} profile-target /nix/store/abc-top\n{N} unit epnix-a.service\n[Unit]\nX=1\n{N} unit epnix-b.service\nno newline\
              {N} generation 2 1700000100 /nix/store/abc-top\n{N} generation 1 1700000000 /nix/store/old-top\n\
              {N} record 2\nstorePath=/nix/store/abc-top\ndeployer=ops@laptop\nrevision=dirty\nunit=epnix-a.service\n\
-             {N} record 1\nstorePath=/nix/store/other\n"
+                          {N} record 1\nstorePath=/nix/store/other\n{N} event 1700000200 2 1 unconfirmed 0\n"
         );
         let state = parse_inspect(N, &output).unwrap();
         assert_eq!(state.hostname, "ioc1");
@@ -301,6 +351,11 @@ mod tests {
         let record = state.record_of(current).unwrap();
         assert_eq!((record.deployer.as_str(), record.revision.as_str()), ("ops@laptop", "dirty"));
         assert_eq!(record.iocs, ["a"]);
+        assert_eq!(
+            state.rollbacks,
+            [RollbackEvent { at: 1700000200, from: Some(2), to: Some(1), reason: "unconfirmed".into(), ok: true }]
+        );
+        assert!(!state.rollback_pending);
         // A record whose build is not the generation's is not trusted.
         assert_eq!(state.record_of(&state.generations[0]), None);
     }

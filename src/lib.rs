@@ -4,6 +4,7 @@
 //! The binary is a thin shell around [`cli::main`]; the pure parts (config
 //! checking, unit rendering, planning) are public so tests can reach them.
 
+pub mod activation;
 pub mod cli;
 pub mod config;
 pub mod deploy;

@@ -376,6 +376,8 @@ mod tests {
             units: units.iter().map(|(n, t)| ((*n).to_owned(), t.clone())).collect(),
             generations: Vec::new(),
             records: BTreeMap::new(),
+            rollback_pending: false,
+            rollbacks: Vec::new(),
         }
     }
 

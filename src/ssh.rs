@@ -12,8 +12,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
-use tokio::io::AsyncWriteExt;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::runtime::Runtime;
 
 use crate::exit::BadInput;
@@ -135,10 +138,41 @@ fn parse_ssh_opts(opts: &[String]) -> Result<SshOptions, BadInput> {
     Ok(parsed)
 }
 
+/// The connection to a host is gone (ssh exits 255 for that), as opposed to
+/// a remote command that ran and failed. After a switch this is the case
+/// that leaves the outcome to the host's armed rollback.
+#[derive(Debug)]
+pub struct ConnectionLost(pub String);
+
+impl fmt::Display for ConnectionLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnectionLost {}
+
+/// Whether `err` means the connection dropped.
+pub fn is_connection_lost(err: &anyhow::Error) -> bool {
+    // `downcast_ref` also finds it where it was attached as context.
+    err.downcast_ref::<ConnectionLost>().is_some()
+}
+
+/// What [`Remote::hold_lock`] found.
+pub enum Lock {
+    Held,
+    /// Another deploy holds it; its holder line says who, since when.
+    Busy(String),
+}
+
 /// An open master connection to one host.
 pub struct Remote {
     runtime: Runtime,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
+    /// The remote process that holds the deploy lock: it lives as long as its
+    /// stdin stays open, so the lock goes with this connection, even when
+    /// the deployer is killed.
+    lock: Option<openssh::Child<Arc<Session>>>,
     target: Target,
     /// Holds the generated ssh config (when `sshOpts` needs one) and the
     /// control socket directory for the life of the connection.
@@ -148,17 +182,20 @@ pub struct Remote {
 impl Remote {
     pub fn connect(target: &Target) -> Result<Remote> {
         let opts = parse_ssh_opts(&target.ssh_opts)?;
-        // A short path: the control socket must fit in a UNIX socket address.
+        // The control socket must fit in a UNIX socket address: keep the
+        // directory short (`TMPDIR`, usually /tmp).
         let dir = tempfile::Builder::new()
             .prefix("epnix-deploy-")
-            .tempdir_in("/tmp")
+            .tempdir_in(std::env::temp_dir())
             .context("creating a control directory")?;
         let mut builder = SessionBuilder::default();
         builder
             .control_directory(dir.path())
             .known_hosts_check(opts.strict_host_key_checking.clone().unwrap_or(KnownHosts::Strict))
             .connect_timeout(Duration::from_secs(15))
-            .server_alive_interval(Duration::from_secs(10));
+            .server_alive_interval(Duration::from_secs(10))
+            // A master left behind by a killed deployer ends by itself.
+            .control_persist(ControlPersist::IdleFor(NonZeroUsize::new(60).expect("non-zero")));
         if let Some(user) = target.user.clone().or_else(|| opts.user.clone()) {
             builder.user(user);
         }
@@ -186,17 +223,50 @@ impl Remote {
             anyhow::Error::new(err)
                 .context(format!("could not open an SSH connection to `{target}` ({})", describe_endpoint(target)))
         })?;
-        Ok(Remote { runtime, session: Some(session), target: target.clone(), _dir: dir })
+        Ok(Remote { runtime, session: Some(Arc::new(session)), lock: None, target: target.clone(), _dir: dir })
     }
 
-    fn session(&self) -> &Session {
+    fn session(&self) -> &Arc<Session> {
         self.session.as_ref().expect("the session lives until close")
+    }
+
+    /// Takes a lock on the host with `cmd`, a script that prints `locked`
+    /// and then holds the lock until its stdin closes, or prints `busy` and
+    /// a holder line and exits.
+    pub fn hold_lock(&mut self, cmd: &RemoteCmd) -> Result<Lock> {
+        let session = Arc::clone(self.session());
+        let (line, child) = self
+            .runtime
+            .block_on(async {
+                let mut command = session.arc_command(cmd.argv[0].as_str());
+                command.args(&cmd.argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+                let mut child = command.spawn().await?;
+                let stdout = child.stdout().take().expect("stdout was piped");
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line).await.map_err(openssh::Error::ChildIo)?;
+                Ok::<_, openssh::Error>((line, child))
+            })
+            .map_err(|err| lost(&self.target, err))?;
+        match line.trim_end().split_once(' ').unwrap_or((line.trim_end(), "")) {
+            ("locked", _) => {
+                self.lock = Some(child);
+                Ok(Lock::Held)
+            }
+            ("busy", holder) => Ok(Lock::Busy(holder.to_owned())),
+            _ => Err(ConnectionLost(format!("on `{}`: taking the deploy lock failed", self.target)).into()),
+        }
     }
 
     /// Runs `cmd` and returns its stdout; a non-zero exit is an error that
     /// carries the command, the status and the tail of stderr.
     pub fn run(&self, cmd: &RemoteCmd) -> Result<String> {
         let output = self.output(cmd)?;
+        // ssh reserves 255 for its own failures: the connection is gone.
+        if output.status.code() == Some(255) {
+            return Err(
+                ConnectionLost(format!("on `{}`: the SSH connection was lost running `{cmd}`", self.target)).into()
+            );
+        }
         if !output.status.success() {
             anyhow::bail!(
                 "on `{}`: `{cmd}` failed ({}):\n{}",
@@ -223,7 +293,7 @@ impl Remote {
             }
             child.wait_with_output().await
         });
-        result.with_context(|| format!("on `{}`: could not run `{cmd}` over SSH", self.target))
+        result.map_err(|err| lost(&self.target, err).context(format!("could not run `{cmd}`")))
     }
 
     /// The master's control socket, for programs that should ride the same
@@ -232,13 +302,24 @@ impl Remote {
         self.session().control_socket()
     }
 
-    /// Closes the master connection.
+    /// Releases the lock, if held, and closes the master connection.
     pub fn close(mut self) {
-        if let Some(session) = self.session.take() {
+        if let Some(mut lock) = self.lock.take() {
+            // Closing its stdin ends the lock holder; a lost connection has
+            // ended it already.
+            drop(lock.stdin().take());
+            let _ = self.runtime.block_on(lock.wait());
+        }
+        if let Some(session) = self.session.take().and_then(|s| Arc::try_unwrap(s).ok()) {
             // A master that is already gone has nothing left to close.
             let _ = self.runtime.block_on(session.close());
         }
     }
+}
+
+/// An `openssh` failure: the master or the transport is gone.
+fn lost(target: &Target, err: openssh::Error) -> anyhow::Error {
+    anyhow::Error::new(err).context(ConnectionLost(format!("on `{target}`: the SSH connection failed")))
 }
 
 fn describe_endpoint(target: &Target) -> String {

@@ -181,7 +181,7 @@ mod tests {
             startup_script: "./st.cmd".into(),
             environment: BTreeMap::from([("EPICS_CA_ADDR_LIST".into(), "10.0.0.255".into())]),
             console: Console::Unix,
-                        description: Some("My IOC".into()),
+            description: Some("My IOC".into()),
             enable: true,
             health_check: Default::default(),
         }

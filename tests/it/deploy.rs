@@ -14,7 +14,7 @@ fn deploy_update_and_redeploy() {
     let ioc = TestIoc::new("iocDemo");
 
     flake.write(&host, &demo_top("v1", &[&ioc]));
-    let out = epnix_deploy(&flake, &["test", "demo"]);
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
     assert_exit(&out, 0);
     assert_eq!(profile_link(&host), "demo-1-link");
     caget_eventually(&host, "iocDemo:version", &ioc, "v1");
@@ -23,7 +23,7 @@ fn deploy_update_and_redeploy() {
 
     flake.write(&host, &demo_top("v2", &[&ioc]));
     let before = start_marks(&host, "epnix-iocDemo.service");
-    let out = epnix_deploy(&flake, &["test", "demo", "--json"]);
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(report["generation"], 2);
@@ -35,7 +35,7 @@ fn deploy_update_and_redeploy() {
 
     // The same build again: no generation, no restart.
     let before = start_marks(&host, "epnix-iocDemo.service");
-    let out = epnix_deploy(&flake, &["test", "demo", "--json"]);
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["newGeneration"], false);
@@ -53,12 +53,12 @@ fn an_ioc_removed_from_the_config_is_stopped_and_its_unit_removed() {
     let (demo, second) = (TestIoc::new("iocDemo"), TestIoc::new("iocSecond"));
 
     flake.write(&host, &demo_top("v1", &[&demo, &second]));
-    assert_exit(&epnix_deploy(&flake, &["test", "demo"]), 0);
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
     caget_eventually(&host, "iocSecond:version", &second, "v1");
     caget_eventually(&host, "iocDemo:version", &demo, "v1");
 
     flake.write(&host, &demo_top("v1", &[&demo]));
-    let out = epnix_deploy(&flake, &["test", "demo", "--json"]);
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["iocs"]["iocSecond"], "removed");
@@ -98,7 +98,7 @@ fn bad_configs_are_refused_before_the_host_is_touched() {
     ];
     for (entry, message, hint) in cases {
         flake.write(&host, &format!("demo = {{ package = top {{ }}; hosts = [ \"test\" ]; iocs = {{ {entry} }}; }};"));
-        let out = epnix_deploy(&flake, &["test", "demo"]);
+        let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
         assert_exit(&out, 2);
         assert!(stderr(&out).contains(message), "expected {message:?} in:\n{}", stderr(&out));
         assert!(stderr(&out).contains(hint), "expected {hint:?} in:\n{}", stderr(&out));
@@ -107,7 +107,7 @@ fn bad_configs_are_refused_before_the_host_is_touched() {
 
     // Unknown top and unknown host.
     flake.write(&host, &demo_top("v1", &[&ioc]));
-    let out = epnix_deploy(&flake, &["test", "demoo"]);
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demoo"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("there is no top `demoo`"), "{}", stderr(&out));
     let out = epnix_deploy(&flake, &["nohost", "demo"]);
@@ -125,7 +125,7 @@ fn a_unit_the_tool_did_not_write_is_left_alone() {
     host.ssh_ok(&format!("printf '{}' > /etc/systemd/system/epnix-iocDemo.service", foreign.replace('\n', "\\n")));
 
     flake.write(&host, &demo_top("v1", &[&ioc]));
-    let out = epnix_deploy(&flake, &["test", "demo"]);
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("was not written by epnix-deploy"), "{}", stderr(&out));
     assert_eq!(host.ssh_ok("cat /etc/systemd/system/epnix-iocDemo.service"), foreign);
@@ -139,7 +139,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let ioc = TestIoc::new("iocDemo");
     flake.write(&host, &demo_top("v1", &[&ioc]));
 
-    let out = epnix_deploy(&flake, &["test", "demo", "--dry-run"]);
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--dry-run"]);
     assert_exit(&out, 0);
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(plan.contains("profile /nix/var/nix/profiles/epnix/demo: new, generation 1"), "{plan}");

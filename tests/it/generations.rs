@@ -11,8 +11,8 @@ fn json(output: &std::process::Output) -> Value {
     serde_json::from_slice(&output.stdout).expect("--json prints JSON")
 }
 
-fn list(flake: &TestFlake) -> Value {
-    let out = epnix_deploy(flake, &["list", "test", "demo", "--json"]);
+fn list(host: &TestHost, flake: &TestFlake) -> Value {
+    let out = epnix_deploy(flake, &["list", host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
     json(&out)
 }
@@ -30,7 +30,7 @@ fn deploy_three(host: &TestHost, flake: &TestFlake, ioc: &TestIoc) -> Vec<String
     let mut revisions = Vec::new();
     for version in ["v1", "v2", "v3"] {
         flake.write(host, &demo_top(version, &[ioc]));
-        assert_exit(&epnix_deploy(flake, &["test", "demo"]), 0);
+        assert_exit(&epnix_deploy(flake, &[host.name.as_str(), "demo"]), 0);
         revisions.push(flake.revision());
     }
     revisions
@@ -43,7 +43,7 @@ fn list_then_roll_back_twice() {
     let ioc = TestIoc::new("iocDemo");
     let revisions = deploy_three(&host, &flake, &ioc);
 
-    let generations = list(&flake);
+    let generations = list(&host, &flake);
     assert_eq!(numbers(&generations), [1, 2, 3]);
     assert_eq!(current(&generations), 3);
     for (g, revision) in generations.as_array().unwrap().iter().zip(&revisions) {
@@ -51,22 +51,22 @@ fn list_then_roll_back_twice() {
         assert_eq!(g["iocs"], serde_json::json!(["iocDemo"]));
         assert!(g["deployer"].as_str().unwrap().contains('@'));
     }
-    let table = epnix_deploy(&flake, &["list", "test", "demo"]);
+    let table = epnix_deploy(&flake, &["list", host.name.as_str(), "demo"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("(current)") && table.contains(&revisions[2][..12]), "{table}");
 
-    let out = epnix_deploy(&flake, &["rollback", "test", "demo", "--json"]);
+    let out = epnix_deploy(&flake, &["rollback", host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
     assert_eq!(json(&out)["generation"], 2);
     assert_eq!(json(&out)["previousGeneration"], 3);
     assert_eq!(profile_link(&host), "demo-2-link");
     caget_eventually(&host, "iocDemo:version", &ioc, "v2");
 
-    assert_exit(&epnix_deploy(&flake, &["rollback", "test", "demo", "--to", "1"]), 0);
+    assert_exit(&epnix_deploy(&flake, &["rollback", host.name.as_str(), "demo", "--to", "1"]), 0);
     assert_eq!(profile_link(&host), "demo-1-link");
     caget_eventually(&host, "iocDemo:version", &ioc, "v1");
     // Rolling back moves the profile; it makes no generation.
-    assert_eq!(numbers(&list(&flake)), [1, 2, 3]);
+    assert_eq!(numbers(&list(&host, &flake)), [1, 2, 3]);
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn rollback_restores_the_units_of_the_generation() {
         &host,
         &format!("demo = {{ package = top {{ }}; hosts = [ \"test\" ]; iocs = {{ {} }}; }};", with_env("one")),
     );
-    assert_exit(&epnix_deploy(&flake, &["test", "demo"]), 0);
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
     // Generation 2: the same build, another variable, one more IOC.
     flake.write(
         &host,
@@ -90,12 +90,12 @@ fn rollback_restores_the_units_of_the_generation() {
             second.nix("")
         ),
     );
-    assert_exit(&epnix_deploy(&flake, &["test", "demo"]), 0);
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
     caget_eventually(&host, "iocSecond:version", &second, "v1");
     let env = || host.ssh_ok("systemctl show --property=Environment epnix-iocDemo.service");
     assert!(env().contains("SITE_MODE=two"), "{}", env());
 
-    let out = epnix_deploy(&flake, &["rollback", "test", "demo", "--json"]);
+    let out = epnix_deploy(&flake, &["rollback", host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
     assert_eq!(json(&out)["iocs"]["iocSecond"], "removed");
     assert!(env().contains("SITE_MODE=one"), "{}", env());
@@ -110,25 +110,26 @@ fn delete_generation_refuses_the_current_one_and_collects_an_old_one() {
     let flake = TestFlake::new();
     let ioc = TestIoc::new("iocDemo");
     deploy_three(&host, &flake, &ioc);
-    let first = list(&flake)[0]["storePath"].as_str().unwrap().to_owned();
+    let first = list(&host, &flake)[0]["storePath"].as_str().unwrap().to_owned();
 
-    let out = epnix_deploy(&flake, &["delete-generation", "test", "demo", "3"]);
+    let out = epnix_deploy(&flake, &["delete-generation", host.name.as_str(), "demo", "3"]);
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("generation 3 is the current generation"), "{}", stderr(&out));
-    assert_eq!(numbers(&list(&flake)), [1, 2, 3]);
+    assert_eq!(numbers(&list(&host, &flake)), [1, 2, 3]);
 
-    let out = epnix_deploy(&flake, &["delete-generation", "test", "demo", "1", "--gc", "--json"]);
+    let out = epnix_deploy(&flake, &["delete-generation", host.name.as_str(), "demo", "1", "--gc", "--json"]);
     assert_exit(&out, 0);
     let report = json(&out);
     assert_eq!(report["deleted"], serde_json::json!([1]));
     assert!(report["freed"].as_str().unwrap().contains("freed"), "{report}");
-    assert_eq!(numbers(&list(&flake)), [2, 3]);
+    assert_eq!(numbers(&list(&host, &flake)), [2, 3]);
     assert_eq!(host.ssh_ok(&format!("test -e {first} && echo kept || echo collected")).trim(), "collected");
-    assert_eq!(host.ssh_ok("ls /var/lib/epnix-deploy/demo").split_whitespace().collect::<Vec<_>>(), ["2", "3"]);
+    let records = host.ssh_ok("ls /var/lib/epnix-deploy/demo | grep -E '^[0-9]+$'");
+    assert_eq!(records.split_whitespace().collect::<Vec<_>>(), ["2", "3"]);
 
-    let out = epnix_deploy(&flake, &["delete-generation", "test", "demo", "--keep", "1", "--json"]);
+    let out = epnix_deploy(&flake, &["delete-generation", host.name.as_str(), "demo", "--keep", "1", "--json"]);
     assert_exit(&out, 0);
-    assert_eq!(numbers(&list(&flake)), [3]);
+    assert_eq!(numbers(&list(&host, &flake)), [3]);
 }
 
 #[test]
@@ -137,13 +138,13 @@ fn rollback_errors_change_nothing() {
     let flake = TestFlake::new();
     let ioc = TestIoc::new("iocDemo");
     flake.write(&host, &demo_top("v1", &[&ioc]));
-    assert_exit(&epnix_deploy(&flake, &["test", "demo"]), 0);
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
 
     let cases: [(&[&str], &str); 4] = [
-        (&["rollback", "test", "demo"], "is the oldest generation"),
-        (&["rollback", "test", "demo", "--to", "7"], "has no generation 7"),
-        (&["rollback", "test", "demo", "--to", "1"], "already the current generation"),
-        (&["rollback", "test", "nope"], "top `nope` is not deployed on `test`"),
+        (&["rollback", host.name.as_str(), "demo"], "is the oldest generation"),
+        (&["rollback", host.name.as_str(), "demo", "--to", "7"], "has no generation 7"),
+        (&["rollback", host.name.as_str(), "demo", "--to", "1"], "already the current generation"),
+        (&["rollback", host.name.as_str(), "nope"], "top `nope` is not deployed on"),
     ];
     for (args, message) in cases {
         let out = epnix_deploy(&flake, args);
@@ -159,7 +160,7 @@ fn a_generation_made_by_hand_is_listed_and_can_be_rolled_back_to() {
     let flake = TestFlake::new();
     let ioc = TestIoc::new("iocDemo");
     flake.write(&host, &demo_top("v1", &[&ioc]));
-    assert_exit(&epnix_deploy(&flake, &["test", "demo"]), 0);
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
 
     // As the EPNix guide does it: nix copy, then nix-env --set, by hand.
     let v2 = crate::testbed::build_top("version = \"v2\";");

@@ -1,5 +1,6 @@
 //! Integration tests of epnix-deploy against real hosts (see testbed.rs).
 
+mod activation;
 mod deploy;
 mod generations;
 mod parity;

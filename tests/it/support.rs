@@ -25,10 +25,12 @@ impl TestIoc {
         TestIoc { name, ca_port: crate::testbed::free_port() }
     }
 
-    /// The IOC's entry in `iocs`, with extra Nix attributes.
+    /// The IOC's entry in `iocs`, with extra Nix attributes. The settle time
+    /// is one second unless `extra` sets it: the tests restart IOCs often.
     pub fn nix(&self, extra: &str) -> String {
+        let settle = if extra.contains("settleTime") { "" } else { "healthCheck.settleTime = 1;" };
         format!(
-            "{name} = {{ workingDirectory = \"iocBoot/{name}\"; environment.EPICS_CA_SERVER_PORT = \"{port}\"; {extra} }};",
+            "{name} = {{ workingDirectory = \"iocBoot/{name}\"; environment.EPICS_CA_SERVER_PORT = \"{port}\"; {settle} {extra} }};",
             name = self.name,
             port = self.ca_port
         )
@@ -66,17 +68,23 @@ impl TestFlake {
         self.git(&["rev-parse", "HEAD"])
     }
 
-    /// Writes `flake.nix` with host `test` (the given test host) and the
-    /// `tops` attribute set body given as Nix text. `top` is the fixture's
-    /// builder function.
+    /// Writes `flake.nix` with the test host, under its own name (the tool
+    /// checks it against the host's), and the `tops` attribute set body given
+    /// as Nix text, in which the host is called `"test"`. `top` is the
+    /// fixture's builder function.
     pub fn write(&self, host: &TestHost, tops: &str) {
+        self.write_as(host, &host.name, tops);
+    }
+
+    /// Like [`TestFlake::write`], with the host configured under `name`.
+    pub fn write_as(&self, host: &TestHost, name: &str, tops: &str) {
         let text = format!(
             r#"{{
   outputs = {{ self }}:
     let top = import ./top.nix;
     in {{
       epnixDeploy = {{
-        hosts.test = {{
+                hosts.{name} = {{
           hostname = "127.0.0.1";
           sshUser = "root";
           sshPort = {port};
@@ -89,6 +97,7 @@ impl TestFlake {
     }};
 }}
 "#,
+            tops = tops.replace("\"test\"", &format!("\"{name}\"")),
             port = host.port,
             key = host.key_path().display(),
             known_hosts = host.known_hosts_path().display(),

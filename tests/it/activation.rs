@@ -1,0 +1,305 @@
+//! Safe activation against real test hosts, with faults injected: IOCs that
+//! crash or never get ready, failing check commands, a deployer cut off after
+//! the switch, two deploys at once, a host with another name, and a healthy
+//! deploy that must stay. Each test asserts where the host ended: its
+//! generation, its unit files, and a PV over Channel Access.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{TestFlake, TestIoc, assert_exit, caget_eventually, epnix_deploy, profile_link, stderr};
+use crate::testbed::TestHost;
+
+/// The demo top: `top_args` for the fixture's builder, `ioc_extra` for the
+/// IOC's entry, `top_extra` for the top's own attributes.
+fn demo(ioc: &TestIoc, top_args: &str, ioc_extra: &str, top_extra: &str) -> String {
+    format!(
+        "demo = {{ package = top {{ {top_args} }}; hosts = [ \"test\" ]; iocs = {{ {} }}; {top_extra} }};",
+        ioc.nix(ioc_extra)
+    )
+}
+
+const UNIT: &str = "/etc/systemd/system/epnix-iocDemo.service";
+
+/// A host with generation 1 (v1) deployed and healthy; returns its unit text.
+fn deployed_v1(host: &TestHost, flake: &TestFlake, ioc: &TestIoc) -> String {
+    flake.write(host, &demo(ioc, "version = \"v1\";", "", ""));
+    assert_exit(&epnix_deploy(flake, &[host.name.as_str(), "demo"]), 0);
+    caget_eventually(host, "iocDemo:version", ioc, "v1");
+    host.ssh_ok(&format!("cat {UNIT}"))
+}
+
+/// The host is back on generation 1, with v1's unit, and v1 answers.
+fn assert_back_on_v1(host: &TestHost, ioc: &TestIoc, unit_v1: &str) {
+    assert_eq!(profile_link(host), "demo-1-link");
+    assert_eq!(host.ssh_ok(&format!("cat {UNIT}")), unit_v1);
+    caget_eventually(host, "iocDemo:version", ioc, "v1");
+}
+
+fn assert_rolled_back(out: &std::process::Output, why: &str) {
+    assert_exit(out, 1);
+    let err = stderr(out);
+    assert!(err.contains(why), "expected {why:?} in:\n{err}");
+    assert!(err.contains("rolled back: `"), "{err}");
+    assert!(err.contains("is back to generation 1, and its IOCs are active"), "{err}");
+}
+
+#[test]
+fn an_ioc_that_exits_at_start_is_rolled_back() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+
+    // v2's IOC has an extra variable, so its unit differs too.
+    flake.write(
+        &host,
+        &demo(&ioc, "version = \"v2\"; iocs = [ ]; brokenIocs = [ \"iocDemo\" ];", "environment.V = \"2\";", ""),
+    );
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_rolled_back(&out, "IOC `iocDemo` failed its health check: the IOC exited and procServ restarted it");
+    assert!(stderr(&out).contains("injected failure"), "the log tail is missing:\n{}", stderr(&out));
+    assert_back_on_v1(&host, &ioc, &unit_v1);
+
+    let list = epnix_deploy(&flake, &["list", host.name.as_str(), "demo"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("note: generation 2 was rolled back to 1"), "{list}");
+    assert!(list.contains("failed their health checks"), "{list}");
+}
+
+#[test]
+fn an_ioc_that_never_gets_ready_is_rolled_back_at_the_timeout() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+
+    flake.write(
+        &host,
+        &demo(&ioc, "version = \"v2\"; iocs = [ ]; silentIocs = [ \"iocDemo\" ];", "", "activationTimeout = 6;"),
+    );
+    let started = Instant::now();
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_rolled_back(
+        &out,
+        "its ready line `iocRun: All initialization complete` did not appear within the activation timeout of 6s",
+    );
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    assert_back_on_v1(&host, &ioc, &unit_v1);
+}
+
+#[test]
+fn a_failing_check_command_is_rolled_back() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+
+    let check = format!(
+        "healthCheck.command = \"EPICS_CA_ADDR_LIST=127.0.0.1:{} caget iocDemo:nosuchpv\"; healthCheck.commandTimeout = 15;",
+        ioc.ca_port
+    );
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", &check, ""));
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_rolled_back(&out, "its check command `EPICS_CA_ADDR_LIST=");
+    assert_back_on_v1(&host, &ioc, &unit_v1);
+
+    // The same check on a PV that exists passes.
+    let check = check.replace("iocDemo:nosuchpv", "iocDemo:heartbeat");
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", &check, ""));
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
+    caget_eventually(&host, "iocDemo:version", &ioc, "v2");
+}
+
+/// The deployer, started in the background with its own temporary
+/// directory, so the SSH master it leaves behind when killed can be ended.
+struct Deployer {
+    child: Option<Child>,
+    tmp: tempfile::TempDir,
+}
+
+impl Deployer {
+    fn start(flake: &TestFlake, args: &[&str]) -> Deployer {
+        let tmp = tempfile::Builder::new().prefix("epd-").tempdir().expect("temp dir");
+        let child = Command::new(env!("CARGO_BIN_EXE_epnix-deploy"))
+            .args(args)
+            .arg("--flake")
+            .arg(flake.reference())
+            .env("NIX_CONFIG", "substituters =")
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(tmp.path().join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("starting epnix-deploy");
+        Deployer { child: Some(child), tmp }
+    }
+
+    /// Kills the deployer (a process this test started) and reaps it.
+    fn kill(&mut self) {
+        let child = self.child.as_mut().expect("running");
+        child.kill().expect("killing the deployer");
+        let _ = child.wait();
+    }
+
+    fn wait(mut self) -> std::process::Output {
+        let child = self.child.take().expect("running");
+        let mut output = child.wait_with_output().expect("waiting for epnix-deploy");
+        output.stderr = self.stderr().into_bytes();
+        eprintln!("background deploy: {}\n{}", output.status, self.stderr());
+        output
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for Deployer {
+    /// Ends the SSH masters of a killed deployer through their control
+    /// sockets, the way their owner would have.
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.tmp.path()) else { return };
+        for dir in dirs.flatten() {
+            for conn in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+                let socket = conn.path().join("master");
+                if socket.exists() {
+                    let _ = Command::new("ssh").arg("-S").arg(&socket).args(["-O", "exit", "none"]).output();
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the host's profile link reads `want`, looking at the host's
+/// file system from outside, which needs no SSH login. `deployer`'s output
+/// goes into the failure message.
+fn wait_for_profile(host: &TestHost, want: &str, within: Duration, deployer: Option<&Deployer>) {
+    let link: PathBuf = host.root().join("nix/var/nix/profiles/epnix/demo");
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = std::fs::read_link(&link).ok();
+        if last.as_deref().is_some_and(|l| l.as_os_str() == want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = deployer.map(Deployer::stderr).unwrap_or_default();
+    panic!("the profile never pointed at {want}; last {last:?}\n{log}");
+}
+
+#[test]
+fn a_killed_deployer_leaves_the_host_to_roll_back_by_itself() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+
+    // Checks that take a while, so the deployer is killed during them.
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", "healthCheck.settleTime = 30;", "confirmTimeout = 5;"));
+    let mut deployer = Deployer::start(&flake, &[host.name.as_str(), "demo"]);
+    wait_for_profile(&host, "demo-2-link", Duration::from_secs(60), Some(&deployer));
+    let killed_at = Instant::now();
+    deployer.kill();
+
+    wait_for_profile(&host, "demo-1-link", Duration::from_secs(5 + 5), None);
+    assert!(killed_at.elapsed() >= Duration::from_secs(4), "rolled back before the confirm timeout");
+    assert_back_on_v1(&host, &ioc, &unit_v1);
+    let status = epnix_deploy(&flake, &["status", host.name.as_str(), "demo"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("to generation 1 (unconfirmed)"), "{status}");
+}
+
+#[test]
+fn a_host_that_refuses_new_logins_rolls_back_by_itself() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", "healthCheck.settleTime = 4;", "confirmTimeout = 5;"));
+    let deployer = Deployer::start(&flake, &[host.name.as_str(), "demo"]);
+    wait_for_profile(&host, "demo-2-link", Duration::from_secs(60), Some(&deployer));
+    // The deployer's connection stays; any new login is refused, as after a
+    // bad network or SSH change.
+    host.ssh_ok("printf 'DenyUsers root\\n' > /etc/ssh/sshd_config.d/zz-deny.conf && systemctl reload ssh");
+
+    let out = deployer.wait();
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("could not be confirmed"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rolls back by itself to generation 1"), "{}", stderr(&out));
+    // No login works now: read the host's files from outside.
+    wait_for_profile(&host, "demo-1-link", Duration::from_secs(5 + 5), None);
+    let root = host.root();
+    assert_eq!(std::fs::read_to_string(root.join(UNIT.trim_start_matches('/'))).unwrap(), unit_v1);
+    // The rollback notes itself last, after restarting the IOC.
+    let events = root.join("var/lib/epnix-deploy/demo/events");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = std::fs::read_to_string(events).expect("the rollback was not noted");
+    assert!(events.contains(" 2 1 unconfirmed 0"), "{events}");
+}
+
+#[test]
+fn a_second_deploy_at_the_same_time_fails_fast_and_names_the_first() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    flake.write(&host, &demo(&ioc, "version = \"v1\";", "healthCheck.settleTime = 8;", ""));
+    let first = Deployer::start(&flake, &[host.name.as_str(), "demo"]);
+    let holder = host.root().join("var/lib/epnix-deploy/demo/lock.holder");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !holder.exists() {
+        assert!(Instant::now() < deadline, "the first deploy never took the lock");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let started = Instant::now();
+    let second = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_exit(&second, 5);
+    assert!(started.elapsed() < Duration::from_secs(5), "the second deploy waited {:?}", started.elapsed());
+    let err = stderr(&second);
+    assert!(err.contains("another deploy of top `demo`"), "{err}");
+    assert!(err.contains(&format!("{}@", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))), "{err}");
+
+    assert_exit(&first.wait(), 0);
+    assert_eq!(profile_link(&host), "demo-1-link");
+    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+    assert!(!holder.exists(), "the lock was not released");
+}
+
+#[test]
+fn a_host_with_another_name_is_refused() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    flake.write_as(&host, "ioc-server-9", &demo(&ioc, "", "", ""));
+    let out = epnix_deploy(&flake, &["ioc-server-9", "demo"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains(&format!("answers as host `{}`, not `ioc-server-9`", host.name)), "{}", stderr(&out));
+    assert_eq!(host.ssh_ok("ls -d /nix/var/nix/profiles/epnix 2>/dev/null || true").trim(), "");
+
+    let out = epnix_deploy(&flake, &["ioc-server-9", "demo", "--skip-hostname-check"]);
+    assert_exit(&out, 0);
+}
+
+#[test]
+fn a_healthy_deploy_is_confirmed_and_stays() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", "confirmTimeout = 3;"));
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("over a new SSH login; rollback disarmed"), "{}", stderr(&out));
+
+    // Past the confirm timeout: nothing fires.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(profile_link(&host), "demo-1-link");
+    assert_eq!(host.ssh_ok("systemctl is-active epnix-rollback-demo.timer || true").trim(), "inactive");
+    assert_eq!(host.ssh_ok("ls /var/lib/epnix-deploy/demo/events 2>/dev/null || echo none").trim(), "none");
+    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+}
