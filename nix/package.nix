@@ -1,7 +1,9 @@
 # epnix-deploy, built from this repository with nixpkgs' Rust tooling.
 {
   lib,
+  stdenv,
   rustPlatform,
+  installShellFiles,
 }:
 let
   manifest = (lib.importTOML ../Cargo.toml).package;
@@ -25,8 +27,15 @@ rustPlatform.buildRustPackage {
   # sandbox cannot do; CI runs them with ./scripts/test.
   cargoTestFlags = [ "--lib" ];
 
-  # No shell completions yet: the command line cannot print them (that
-  # needs clap_complete and a `completions` subcommand in src/cli.rs).
+    # The tool prints its own completion scripts; a cross build cannot run it.
+  nativeBuildInputs = [ installShellFiles ];
+  postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+    installShellCompletion --cmd epnix-deploy \
+      --bash <($out/bin/epnix-deploy completions bash) \
+      --fish <($out/bin/epnix-deploy completions fish) \
+      --zsh <($out/bin/epnix-deploy completions zsh)
+  '';
+
 
   meta = {
     inherit (manifest) description;

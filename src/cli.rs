@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
 use crate::deploy::{self, DeployOptions};
@@ -40,6 +40,11 @@ enum Command {
     Rollback(RollbackArgs),
     /// Delete generations of a top on a host.
     DeleteGeneration(DeleteArgs),
+    /// Print the completion script for SHELL.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The host and top every command acts on.
@@ -156,6 +161,10 @@ pub fn main() -> ExitCode {
         Some(Command::Status(args)) => run_status(args, &progress),
         Some(Command::Rollback(args)) => run_rollback(args, &progress),
         Some(Command::DeleteGeneration(args)) => run_delete(args, &progress),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "epnix-deploy", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::from(exit::SUCCESS),

@@ -293,7 +293,12 @@ pub fn activate(
     });
 
     let step = progress.step(&target.label, "activate");
-    let running = plan.running().into_iter().map(|ioc| (ioc, HealthCheck::running())).collect();
+    // IOCs the plan did not restart need only be running.
+    let check = match plan.switch {
+        Switch::Stay => HealthCheck { settle_time: 0, ..HealthCheck::running() },
+        _ => HealthCheck::running(),
+    };
+    let running = plan.running().into_iter().map(|ioc| (ioc, check.clone())).collect();
     activation::check_health(remote, &running, timeout, &|| Ok(()), &step)?;
     step.done(&format!("{} IOC(s) active", plan.running().len()));
     Ok(generation)

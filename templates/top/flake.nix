@@ -4,7 +4,9 @@
   inputs = {
     # EPNix builds the top; pick its release branch as in EPNix's guide.
     epnix.url = "github:epics-extensions/EPNix/nixos-25.11";
-    # The flake this template came from (`nix flake init -t <it>#top`).
+        # The flake this template came from (`nix flake init -t <it>#top`):
+    # put the address you got epnix-deploy from here (OWNER is not filled in,
+    # as the project has no published address yet).
     epnix-deploy.url = "github:OWNER/epnix-deploy";
     # One nixpkgs for the top and the tool.
     epnix-deploy.inputs.nixpkgs.follows = "epnix/nixpkgs";
