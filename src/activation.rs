@@ -321,34 +321,6 @@ done
 /// `$1` seconds, `$2` the command.
 const RUN_CHECK: &str = r#"timeout --kill-after=2 "$1" sh -c "$2" 2>&1"#;
 
-#[derive(Clone, Debug, Default)]
-struct UnitState {
-    active: String,
-    sub: String,
-    restarts: u64,
-    invocation: String,
-}
-
-/// Reads `systemctl show --property=Id,ActiveState,SubState,NRestarts,InvocationID`.
-fn parse_show(output: &str) -> BTreeMap<String, UnitState> {
-    let mut states = BTreeMap::new();
-    for block in output.split("\n\n") {
-        let field =
-            |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned();
-        let id = field("Id");
-        if !id.is_empty() {
-            let state = UnitState {
-                active: field("ActiveState"),
-                sub: field("SubState"),
-                restarts: field("NRestarts").parse().unwrap_or(0),
-                invocation: field("InvocationID"),
-            };
-            states.insert(id, state);
-        }
-    }
-    states
-}
-
 /// Where one IOC is in its checks.
 #[derive(Clone, Debug, PartialEq)]
 enum Progress {
@@ -374,15 +346,10 @@ pub fn check_health(
         return Ok(());
     }
     let units: BTreeMap<String, String> = checks.keys().map(|ioc| (layout::unit_name(ioc), ioc.clone())).collect();
-    let show = RemoteCmd::new(
-        ["systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts,InvocationID"]
-            .into_iter()
-            .map(String::from)
-            .chain(units.keys().cloned()),
-    );
+    let show = host::show_units_cmd(units.keys().cloned());
     let started = Instant::now();
     let mut last_keepalive: Option<Instant> = None;
-    let mut baseline: BTreeMap<String, UnitState> = BTreeMap::new();
+    let mut baseline: BTreeMap<String, host::UnitState> = BTreeMap::new();
     let mut progress: BTreeMap<&String, Progress> = checks.keys().map(|ioc| (ioc, Progress::Starting)).collect();
     let fail = |ioc: &str, check: String| -> anyhow::Error {
         let journal = remote
@@ -406,7 +373,7 @@ pub fn check_health(
             keepalive()?;
             last_keepalive = Some(Instant::now());
         }
-        let states = parse_show(&remote.run(&show)?);
+        let states = host::parse_show(&remote.run(&show)?);
         for (unit, ioc) in &units {
             let state = states.get(unit).cloned().unwrap_or_default();
             let first = baseline.entry(unit.clone()).or_insert_with(|| state.clone());
@@ -510,12 +477,5 @@ mod tests {
         assert_eq!(parse_rollback(out).unwrap(), RolledBack { to: Some(3), iocs: vec!["a".into(), "b".into()] });
         assert_eq!(parse_rollback("rolled back from 1 to none\n").unwrap().to, None);
         assert!(parse_rollback("nothing to roll back\n").is_err());
-    }
-
-    #[test]
-    fn systemctl_show_with_invocations() {
-        let out = "Id=epnix-a.service\nActiveState=active\nSubState=running\nNRestarts=2\nInvocationID=abc\n";
-        let state = &parse_show(out)["epnix-a.service"];
-        assert_eq!((state.restarts, state.invocation.as_str()), (2, "abc"));
     }
 }

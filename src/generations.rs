@@ -199,25 +199,16 @@ pub fn status(sel: &Selection, progress: &Progress) -> Result<Status> {
         .collect();
     let mut statuses = Vec::new();
     if !iocs.is_empty() {
-        let show = RemoteCmd::new(
-            ["systemctl", "show", "--property=Id,ActiveState,SubState,NRestarts,ActiveEnterTimestamp"]
-                .into_iter()
-                .map(String::from)
-                .chain(iocs.iter().map(|n| layout::unit_name(n))),
-        );
-        let output = remote.run(&show)?;
-        for block in output.split("\n\n") {
-            let field =
-                |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned();
-            let unit = field("Id");
+        let output = remote.run(&host::show_units_cmd(iocs.iter().map(|n| layout::unit_name(n))))?;
+        for (unit, state) in host::parse_show(&output) {
             if let Some(ioc) = layout::ioc_of_unit(&unit) {
                 statuses.push(IocStatus {
                     ioc: ioc.to_owned(),
                     unit: unit.clone(),
-                    active_state: field("ActiveState"),
-                    sub_state: field("SubState"),
-                    since: field("ActiveEnterTimestamp"),
-                    restarts: field("NRestarts").parse().unwrap_or(0),
+                    active_state: state.active,
+                    sub_state: state.sub,
+                    since: state.since,
+                    restarts: state.restarts,
                 });
             }
         }

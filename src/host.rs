@@ -322,6 +322,46 @@ impl HostState {
     }
 }
 
+/// The state of a unit, from `systemctl show`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitState {
+    pub active: String,
+    pub sub: String,
+    /// Automatic restarts by systemd.
+    pub restarts: u64,
+    /// Changes with every start of the unit; its journal lines carry it.
+    pub invocation: String,
+    /// When it last became active, as systemd writes it.
+    pub since: String,
+}
+
+/// Asks systemd for the state of `units`, in one call.
+pub fn show_units_cmd(units: impl IntoIterator<Item = String>) -> RemoteCmd {
+    let props = "--property=Id,ActiveState,SubState,NRestarts,InvocationID,ActiveEnterTimestamp";
+    RemoteCmd::new(["systemctl".to_owned(), "show".to_owned(), props.to_owned()].into_iter().chain(units))
+}
+
+/// Reads the output of [`show_units_cmd`], by unit name.
+pub fn parse_show(output: &str) -> BTreeMap<String, UnitState> {
+    let mut states = BTreeMap::new();
+    for block in output.split("\n\n") {
+        let field =
+            |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned();
+        let id = field("Id");
+        if !id.is_empty() {
+            let state = UnitState {
+                active: field("ActiveState"),
+                sub: field("SubState"),
+                restarts: field("NRestarts").parse().unwrap_or(0),
+                invocation: field("InvocationID"),
+                since: field("ActiveEnterTimestamp"),
+            };
+            states.insert(id, state);
+        }
+    }
+    states
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +411,16 @@ mod tests {
         assert_eq!(state.nix_env, None);
         assert_eq!(state.profile, None);
         assert!(state.units.is_empty());
+    }
+
+    #[test]
+    fn systemctl_show_for_several_units() {
+        let out = "Id=epnix-a.service\nActiveState=active\nSubState=running\nNRestarts=2\nInvocationID=abc\n\
+                   ActiveEnterTimestamp=Sun 2026-11-22 02:20:55 UTC\n\nId=epnix-b.service\nActiveState=failed\n";
+        let states = parse_show(out);
+        let a = &states["epnix-a.service"];
+        assert_eq!((a.restarts, a.invocation.as_str(), a.since.as_str()), (2, "abc", "Sun 2026-11-22 02:20:55 UTC"));
+        assert_eq!(states["epnix-b.service"].active, "failed");
     }
 
     #[test]
