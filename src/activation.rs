@@ -75,17 +75,26 @@ rm -f "$1.holder"
 const BREAK_LOCK: &str = r#"set -eu
 pid=$(sed -n 's/.*, pid \([0-9]*\)$/\1/p' "$1.holder" 2>/dev/null || true)
 [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-sleep 0.2
+# Children of the holder may keep the lock's file open a moment longer.
+flock -w 5 "$1" true || true
 rm -f "$1.holder"
 "#;
 
-pub fn take_lock(remote: &mut Remote, target: &Target, top: &str, who: &str, break_lock: bool) -> Result<()> {
+/// Takes the deploy lock of `top` on the host. Returns the holder line of a
+/// deploy that died holding it, for a note.
+pub fn take_lock(
+    remote: &mut Remote,
+    target: &Target,
+    top: &str,
+    who: &str,
+    break_lock: bool,
+) -> Result<Option<String>> {
     let lock_file = layout::records(top).join("lock");
     if break_lock {
         remote.run(&RemoteCmd::script(BREAK_LOCK, &[lock_file.as_str()]))?;
     }
     match remote.hold_lock(&RemoteCmd::script(LOCK, &[lock_file.as_str(), who]))? {
-        Lock::Held => Ok(()),
+        Lock::Held { stale } => Ok(stale),
         Lock::Busy(holder) => Err(Failure::new(
             BUSY,
             format!(

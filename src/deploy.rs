@@ -77,7 +77,9 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     let state = if opts.dry_run {
         inspect(&remote, &sel.top)?
     } else {
-        activation::take_lock(&mut remote, &target, &sel.top, &deployer(), opts.break_lock)?;
+        if let Some(stale) = activation::take_lock(&mut remote, &target, &sel.top, &deployer(), opts.break_lock)? {
+            progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
+        }
         let state = inspect(&remote, &sel.top)?;
         if state.rollback_pending {
             return Err(Failure::new(

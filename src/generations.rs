@@ -48,7 +48,9 @@ fn connect(sel: &Selection, progress: &Progress, lock: bool) -> Result<(Target, 
     let step = progress.step(&target.label, "connect");
     let mut remote = Remote::connect(&target)?;
     if lock {
-        activation::take_lock(&mut remote, &target, &sel.top, &deploy::deployer(), false)?;
+        if let Some(stale) = activation::take_lock(&mut remote, &target, &sel.top, &deploy::deployer(), false)? {
+            progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
+        }
     }
     let state = deploy::inspect(&remote, &sel.top)?;
     step.done(&format!("hostname `{}`", state.hostname));

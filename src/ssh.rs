@@ -160,7 +160,8 @@ pub fn is_connection_lost(err: &anyhow::Error) -> bool {
 
 /// What [`Remote::hold_lock`] found.
 pub enum Lock {
-    Held,
+    /// Taken; with the holder line of a deploy that died holding it.
+    Held { stale: Option<String> },
     /// Another deploy holds it; its holder line says who, since when.
     Busy(String),
 }
@@ -248,9 +249,9 @@ impl Remote {
             })
             .map_err(|err| lost(&self.target, err))?;
         match line.trim_end().split_once(' ').unwrap_or((line.trim_end(), "")) {
-            ("locked", _) => {
+            ("locked", stale) => {
                 self.lock = Some(child);
-                Ok(Lock::Held)
+                Ok(Lock::Held { stale: Some(stale.to_owned()).filter(|s| !s.is_empty()) })
             }
             ("busy", holder) => Ok(Lock::Busy(holder.to_owned())),
             _ => Err(ConnectionLost(format!("on `{}`: taking the deploy lock failed", self.target)).into()),

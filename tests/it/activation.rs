@@ -272,6 +272,36 @@ fn a_second_deploy_at_the_same_time_fails_fast_and_names_the_first() {
 }
 
 #[test]
+fn a_hung_lock_is_named_and_can_be_broken() {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    // A deploy whose connection hangs: its lock holder lives on. (systemd
+    // expands `$$` in a command line to `$`, hence `$$$$` for the shell's.)
+    host.ssh_ok(
+        "mkdir -p /var/lib/epnix-deploy/demo && systemd-run --quiet --unit=hung-deploy sh -c \
+         'exec 9>>/var/lib/epnix-deploy/demo/lock; flock 9; \
+          echo \"ops@laptop-7, since 2026-01-01 00:00:00 UTC, pid $$$$\" > /var/lib/epnix-deploy/demo/lock.holder; \
+          while :; do sleep 1; done'",
+    );
+    let holder = host.root().join("var/lib/epnix-deploy/demo/lock.holder");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !holder.exists() {
+        assert!(Instant::now() < deadline, "the hung holder did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", ""));
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_exit(&out, 5);
+    assert!(stderr(&out).contains("ops@laptop-7, since 2026-01-01 00:00:00 UTC"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--break-lock"), "{}", stderr(&out));
+
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo", "--break-lock"]), 0);
+    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+}
+
+#[test]
 fn a_host_with_another_name_is_refused() {
     let host = TestHost::boot();
     let flake = TestFlake::new();
