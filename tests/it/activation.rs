@@ -22,12 +22,17 @@ fn demo(ioc: &TestIoc, top_args: &str, ioc_extra: &str, top_extra: &str) -> Stri
 
 const UNIT: &str = "/etc/systemd/system/epnix-iocDemo.service";
 
-/// A host with generation 1 (v1) deployed and healthy; returns its unit text.
-fn deployed_v1(host: &TestHost, flake: &TestFlake, ioc: &TestIoc) -> String {
-    flake.write(host, &demo(ioc, "version = \"v1\";", "", ""));
-    assert_exit(&epnix_deploy(flake, &[host.name.as_str(), "demo"]), 0);
-    caget_eventually(host, "iocDemo:version", ioc, "v1");
-    host.ssh_ok(&format!("cat {UNIT}"))
+/// A fresh host with generation 1 (v1) deployed and healthy, its flake, its
+/// IOC and that IOC's unit text.
+fn deployed_v1() -> (TestHost, TestFlake, TestIoc, String) {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", ""));
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
+    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+    let unit = host.ssh_ok(&format!("cat {UNIT}"));
+    (host, flake, ioc, unit)
 }
 
 /// The host is back on generation 1, with v1's unit, and v1 answers.
@@ -47,10 +52,7 @@ fn assert_rolled_back(out: &std::process::Output, why: &str) {
 
 #[test]
 fn an_ioc_that_exits_at_start_is_rolled_back() {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+    let (host, flake, ioc, unit_v1) = deployed_v1();
 
     // v2's IOC has an extra variable, so its unit differs too.
     flake.write(
@@ -70,10 +72,7 @@ fn an_ioc_that_exits_at_start_is_rolled_back() {
 
 #[test]
 fn an_ioc_that_never_gets_ready_is_rolled_back_at_the_timeout() {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+    let (host, flake, ioc, unit_v1) = deployed_v1();
 
     flake.write(
         &host,
@@ -91,10 +90,7 @@ fn an_ioc_that_never_gets_ready_is_rolled_back_at_the_timeout() {
 
 #[test]
 fn a_failing_check_command_is_rolled_back() {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+    let (host, flake, ioc, unit_v1) = deployed_v1();
 
     let check = format!(
         "healthCheck.command = \"EPICS_CA_ADDR_LIST=127.0.0.1:{} caget iocDemo:nosuchpv\"; healthCheck.commandTimeout = 15;",
@@ -191,10 +187,7 @@ fn wait_for_profile(host: &TestHost, want: &str, within: Duration, deployer: Opt
 
 #[test]
 fn a_killed_deployer_leaves_the_host_to_roll_back_by_itself() {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+    let (host, flake, ioc, unit_v1) = deployed_v1();
 
     // Checks that take a while, so the deployer is killed during them.
     flake.write(&host, &demo(&ioc, "version = \"v2\";", "healthCheck.settleTime = 30;", "confirmTimeout = 5;"));
@@ -213,10 +206,7 @@ fn a_killed_deployer_leaves_the_host_to_roll_back_by_itself() {
 
 #[test]
 fn a_host_that_refuses_new_logins_rolls_back_by_itself() {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    let unit_v1 = deployed_v1(&host, &flake, &ioc);
+    let (host, flake, ioc, unit_v1) = deployed_v1();
 
     flake.write(&host, &demo(&ioc, "version = \"v2\";", "healthCheck.settleTime = 4;", "confirmTimeout = 5;"));
     let deployer = Deployer::start(&flake, &[host.name.as_str(), "demo"]);
