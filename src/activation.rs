@@ -332,7 +332,7 @@ const RUN_CHECK: &str = r#"timeout --kill-after=2 "$1" sh -c "$2" 2>&1"#;
 
 /// Where one IOC is in its checks.
 #[derive(Clone, Debug, PartialEq)]
-enum Progress {
+enum Stage {
     /// Not active yet, or its ready line has not appeared.
     Starting,
     /// Ready since this instant; settling.
@@ -359,7 +359,7 @@ pub fn check_health(
     let started = Instant::now();
     let mut last_keepalive: Option<Instant> = None;
     let mut baseline: BTreeMap<String, host::UnitState> = BTreeMap::new();
-    let mut progress: BTreeMap<&String, Progress> = checks.keys().map(|ioc| (ioc, Progress::Starting)).collect();
+    let mut stages: BTreeMap<&String, Stage> = checks.keys().map(|ioc| (ioc, Stage::Starting)).collect();
     let fail = |ioc: &str, check: String| -> anyhow::Error {
         let journal = remote
             .run(&RemoteCmd::new([
@@ -426,11 +426,11 @@ pub fn check_health(
                 return Err(fail(ioc, "the IOC exited and procServ restarted it".into()));
             }
             let now = Instant::now();
-            let entry = progress.get_mut(ioc).expect("every IOC has progress");
-            if *entry == Progress::Starting && state.active == "active" && (ready || check.ready_line.is_none()) {
-                *entry = Progress::Ready(now);
+            let entry = stages.get_mut(ioc).expect("every IOC has a stage");
+            if *entry == Stage::Starting && state.active == "active" && (ready || check.ready_line.is_none()) {
+                *entry = Stage::Ready(now);
             }
-            if let Progress::Ready(since) = *entry {
+            if let Stage::Ready(since) = *entry {
                 if now.duration_since(since) >= Duration::from_secs(check.settle_time) {
                     if let Some(command) = &check.command {
                         step.update(&format!("{ioc}: running its check command"));
@@ -445,13 +445,13 @@ pub fn check_health(
                             return Err(fail(ioc, format!("its check command `{command}` {how}:\n{}", tail(&said))));
                         }
                     }
-                    *entry = Progress::Passed;
+                    *entry = Stage::Passed;
                 }
             }
         }
 
-        let waiting: Vec<(&String, &Progress)> =
-            progress.iter().filter(|(_, p)| **p != Progress::Passed).map(|(i, p)| (*i, p)).collect();
+        let waiting: Vec<(&String, &Stage)> =
+            stages.iter().filter(|(_, p)| **p != Stage::Passed).map(|(i, p)| (*i, p)).collect();
         if waiting.is_empty() {
             return Ok(());
         }
@@ -459,15 +459,15 @@ pub fn check_health(
             "checking {}",
             waiting
                 .iter()
-                .map(|(ioc, p)| format!("{ioc} ({})", if **p == Progress::Starting { "starting" } else { "settling" }))
+                .map(|(ioc, p)| format!("{ioc} ({})", if **p == Stage::Starting { "starting" } else { "settling" }))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
         if started.elapsed() > timeout {
             let (ioc, p) = waiting[0];
             let check = match (p, &checks[ioc].ready_line) {
-                (Progress::Starting, Some(line)) => format!("its ready line `{line}` did not appear"),
-                (Progress::Starting, None) => "its unit did not become active".to_owned(),
+                (Stage::Starting, Some(line)) => format!("its ready line `{line}` did not appear"),
+                (Stage::Starting, None) => "its unit did not become active".to_owned(),
                 _ => "it did not settle".to_owned(),
             };
             return Err(fail(ioc, format!("{check} within the activation timeout of {}s", timeout.as_secs())));

@@ -193,12 +193,7 @@ pub struct IocStatus {
 
 pub fn status(sel: &Selection, progress: &Progress) -> Result<Status> {
     let (target, remote, state) = connect(sel, progress, false)?;
-    let iocs: Vec<String> = state
-        .units
-        .iter()
-        .filter(|(_, text)| crate::unit::owner(text) == Some(&sel.top))
-        .map(|(n, _)| n.clone())
-        .collect();
+    let iocs: Vec<String> = state.units_of(&sel.top).map(|(n, _)| n.clone()).collect();
     let mut statuses = Vec::new();
     if !iocs.is_empty() {
         let output = remote.run(&host::show_units_cmd(iocs.iter().map(|n| layout::unit_name(n))))?;
@@ -312,12 +307,7 @@ pub fn rollback(opts: &RollbackOptions, progress: &Progress) -> Result<Report> {
                 "note: generation {} has no record (it was not made by epnix-deploy): the top rolls back, the current units stay",
                 wanted.number
             ));
-            state
-                .units
-                .iter()
-                .filter(|(_, text)| crate::unit::owner(text) == Some(&sel.top))
-                .map(|(n, t)| (n.clone(), t.clone()))
-                .collect()
+            state.units_of(&sel.top).map(|(n, t)| (n.clone(), t.clone())).collect()
         }
     };
     let plan = plan::switch_to(&sel.top, wanted.number, &wanted.store_path, units, &state, &target.label)?;

@@ -301,6 +301,11 @@ pub fn parse_generation(link: &str) -> Option<u32> {
 }
 
 impl HostState {
+    /// The units epnix-deploy wrote for `top`, by IOC name.
+    pub fn units_of<'a>(&'a self, top: &'a str) -> impl Iterator<Item = (&'a String, &'a String)> + 'a {
+        self.units.iter().filter(move |(_, text)| crate::unit::owner(text) == Some(top))
+    }
+
     /// The record of `generation`, if it describes that generation's build.
     pub fn record_of(&self, generation: &Generation) -> Option<&Record> {
         self.records.get(&generation.number).filter(|r| r.store_path == generation.store_path)

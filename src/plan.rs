@@ -199,8 +199,8 @@ fn plan(
         }
         iocs.insert(name.clone(), change);
     }
-    for (name, existing) in &state.units {
-        if unit::owner(existing) == Some(top_name) && !wanted.contains_key(name) {
+    for (name, _) in state.units_of(top_name) {
+        if !wanted.contains_key(name) {
             iocs.insert(name.clone(), Change::Removed);
         }
     }
