@@ -31,12 +31,33 @@ let
     map
     match
     split
+    stringLength
     substring
     toJSON
     typeOf
     ;
 
   root = "epnixDeploy";
+
+  # The limits of `src/config.rs`, whose comments say why each is what it is.
+  # The deployer sends a heartbeat every `heartbeatInterval` seconds, and a
+  # `confirmTimeout` must outlast two of them (HEARTBEAT_INTERVAL_SECS,
+  # MIN_CONFIRM_TIMEOUT_SECS).
+  heartbeatInterval = 2;
+  minConfirmTimeout = 2 * heartbeatInterval + 1;
+  # No setting in seconds may exceed a day (MAX_SECONDS).
+  maxSeconds = 86400;
+  # An environment value, in bytes, must fit in a unit line and in what the
+  # kernel passes to a process (MAX_ENV_VALUE_BYTES).
+  maxEnvValueBytes = 32 * 1024;
+  # Below it, a TCP port needs `CAP_NET_BIND_SERVICE`, which the IOC's
+  # dynamic user does not have (FIRST_UNPRIVILEGED_PORT).
+  firstUnprivilegedPort = 1024;
+  # The defaults the check of a health check against the activation timeout
+  # needs (`Top` and `HealthCheck::default`).
+  defaultActivationTimeout = 60;
+  defaultSettleTime = 5;
+  defaultCommandTimeout = 10;
 
   # Host, top and IOC names become unit names, paths and profile names.
   isSafeName = name: match "[A-Za-z0-9_][A-Za-z0-9_-]{0,63}" name != null;
@@ -76,13 +97,31 @@ let
   boolean =
     path: value: if isBool value then [ ] else err path "must be true or false, not ${kind value}";
 
-  # A whole number of seconds, at least `min`.
+  # A whole number of seconds, from `min` to `maxSeconds`. A float is refused
+  # even when whole. The tool reads `nix eval --json`, where `30.0` is `30`
+  # and passes, but `1.0e14` is `1e+14`, a float it refuses.
   seconds =
     min: path: value:
     if !(isInt value && value >= 0) then
       err path "must be a whole number of seconds, not ${toJSON value}"
     else if value < min then
-      err path "must be at least ${toString min} second"
+      err path "must be at least ${toString min} second${if min == 1 then "" else "s"}, not ${toString value}"
+    else if value > maxSeconds then
+      err path "must be at most ${toString maxSeconds} seconds (a day), not ${toString value}"
+    else
+      [ ];
+
+  validSeconds = min: value: seconds min "" value == [ ];
+
+  confirmTimeout =
+    path: value:
+    let
+      errors = seconds 0 path value;
+    in
+    if errors != [ ] then
+      errors
+    else if value < minConfirmTimeout then
+      err path "must be at least ${toString minConfirmTimeout} seconds (more than twice the heartbeat interval of ${toString heartbeatInterval}s), not ${toString value}; a shorter timeout can roll a healthy deploy back between two heartbeats"
     else
       [ ];
 
@@ -94,6 +133,20 @@ let
       err path "must be a string, not ${kind value}"
     else if !oneLine value then
       err path "must be a single line"
+    else
+      [ ];
+
+  # `Description=` does not unescape, so a backslash at its end is always a
+  # line continuation to systemd, which would swallow the unit's next line.
+  description =
+    path: value:
+    let
+      errors = singleLine path value;
+    in
+    if errors != [ ] then
+      errors
+    else if match ".*\\\\" value != null then
+      err path "ends in a backslash, which systemd reads as joining the next line of the unit; remove it, or end the description with another character"
     else
       [ ];
 
@@ -261,6 +314,10 @@ let
                   err p "is not a valid environment variable name"
                 else if !stringLike value then
                   err p "must be a string, not ${kind value}"
+                # The length first: `match` overflows Nix's stack on a
+                # string of a few hundred KiB.
+                else if isString value && stringLength value > maxEnvValueBytes then
+                  err p "is ${toString (stringLength value)} bytes long, more than the ${toString maxEnvValueBytes} bytes (${toString (maxEnvValueBytes / 1024)} KiB) an environment value may have; put large data in a file of the top, and pass its path"
                 else if isString value && !oneLine value then
                   err p "contains a line break, which a unit's `Environment=` cannot carry"
                 else
@@ -278,17 +335,19 @@ let
                   [ ]
                 else if isInt ioc.procServ.console then
                   (
-                    if isPort ioc.procServ.console then
-                      [ ]
-                    else
+                    if !isPort ioc.procServ.console then
                       err "${path}.procServ.console" "must be a port number from 1 to 65535, not ${toJSON ioc.procServ.console}"
+                    else if ioc.procServ.console < firstUnprivilegedPort then
+                      err "${path}.procServ.console" "TCP port ${toString ioc.procServ.console} is below ${toString firstUnprivilegedPort}: the IOC runs as a dynamic user without `CAP_NET_BIND_SERVICE`, and cannot bind it; pick a port from ${toString firstUnprivilegedPort} up, e.g. 2001, or use `\"unix\"`"
+                    else
+                      [ ]
                   )
                 else
                   err "${path}.procServ.console" "must be \"unix\" or a TCP port number, not ${kind ioc.procServ.console}"
               )
           )
           ++ optional path ioc {
-            description = singleLine;
+            inherit description;
             enable = boolean;
             # What the tool waits for after a deploy, before it calls the
             # IOC up.
@@ -368,6 +427,40 @@ let
       }
     ) (filter (iocName: top.iocs.${iocName}.enable or true == true) (attrNames top.iocs));
 
+  # An IOC's health check must fit in its top's activationTimeout: once its
+  # ready line appeared, the IOC settles for settleTime, then its command
+  # may run for up to commandTimeout. Only for settings that are themselves
+  # valid: the others have their own errors.
+  fitErrors =
+    path: top:
+    let
+      activationTimeout = top.activationTimeout or defaultActivationTimeout;
+      fits =
+        name: ioc:
+        let
+          p = "${path}.iocs.${attr name}.healthCheck";
+          check = ioc.healthCheck or { };
+          settle = check.settleTime or defaultSettleTime;
+          commandTimeout = check.commandTimeout or defaultCommandTimeout;
+          command = (check.command or null) != null;
+          needed = settle + (if command then commandTimeout else 0);
+          parts =
+            "settleTime ${toString settle}"
+            + (if command then " + commandTimeout ${toString commandTimeout}" else "");
+          shorten = if command then "`settleTime` or `commandTimeout`" else "`settleTime`";
+        in
+        if !(isAttrs ioc && isAttrs check && validSeconds 0 settle && validSeconds 1 commandTimeout) then
+          [ ]
+        else if needed > activationTimeout then
+          err p "may need ${toString needed} seconds after the ready line (${parts}), more than the top's activationTimeout of ${toString activationTimeout}: the deploy would give up before the check could finish; raise `${path}.activationTimeout` to at least ${toString needed}, or shorten ${shorten}"
+        else
+          [ ];
+    in
+    if !(validSeconds 1 activationTimeout && isAttrs (top.iocs or null)) then
+      [ ]
+    else
+      concatMap (name: fits name top.iocs.${name}) (attrNames top.iocs);
+
   topErrors =
     hosts: path: top:
     object path [
@@ -416,10 +509,11 @@ let
       )
       # How the tool activates a deploy of this top.
       ++ optional path top {
-        activationTimeout = seconds 0;
+        activationTimeout = seconds 1;
         magicRollback = boolean;
-        confirmTimeout = seconds 0;
+        inherit confirmTimeout;
       }
+      ++ fitErrors path top
     );
 
   # Every error in `config`, an `epnixDeploy` attribute set; `[ ]` if it is

@@ -16,6 +16,39 @@ use crate::exit::BadInput;
 /// The root of every attribute path in messages.
 pub const ROOT: &str = "epnixDeploy";
 
+/// How often the deployer sends the host a heartbeat while it checks a
+/// deploy. Each heartbeat restarts the host's rollback timer, which fires
+/// after `confirmTimeout` without one.
+pub const HEARTBEAT_INTERVAL_SECS: u64 = 2;
+
+/// The shortest `confirmTimeout`: more than twice the heartbeat interval. A
+/// heartbeat is an SSH round trip that may itself take up to an interval, so
+/// two of them can reach the host up to two intervals apart; a shorter timer
+/// could roll a healthy deploy back in that gap.
+pub const MIN_CONFIRM_TIMEOUT_SECS: u64 = 2 * HEARTBEAT_INTERVAL_SECS + 1;
+
+/// `confirmTimeout` when the top does not set it.
+const DEFAULT_CONFIRM_TIMEOUT_SECS: u64 = 30;
+
+/// The most any setting in seconds may be: a day. Each one is how long a
+/// deploy keeps the host's lock and its SSH connection waiting, or (for
+/// `confirmTimeout`) how long a host runs an unconfirmed deploy before it
+/// rolls back by itself. More than a day is a slip (milliseconds meant, a
+/// digit too many), and the bound keeps sums of them far from overflow.
+pub const MAX_SECONDS: u64 = 86_400;
+
+/// The longest value of an environment variable, in bytes. systemd refuses
+/// to load a unit with a line over 1 MiB, and the kernel refuses to start a
+/// process with a variable over 128 KiB (`MAX_ARG_STRLEN`); either failure
+/// would only show on the host, after the switch. 32 KiB stays under both,
+/// also once the unit's escaping has doubled every character.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+
+/// The first TCP port that a process without `CAP_NET_BIND_SERVICE` may
+/// bind (Linux's default `net.ipv4.ip_unprivileged_port_start`). The IOC
+/// runs as a `DynamicUser` with an empty capability bounding set.
+pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+
 /// The whole `epnixDeploy` attribute set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -255,17 +288,72 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
             .error("defines no IOC")
             .hint("add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"));
     }
-    let seconds = |key: &str, default: u64| -> Result<u64, BadInput> {
-        node.get(map, key).map(|n| n.seconds()).transpose().map(|s| s.unwrap_or(default))
-    };
+    let activation_timeout = node.get(map, "activationTimeout").map(|n| n.seconds(1)).transpose()?.unwrap_or(60);
+    let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
+    let confirm_timeout = node
+        .get(map, "confirmTimeout")
+        .map(|n| parse_confirm_timeout(&n))
+        .transpose()?
+        .unwrap_or(DEFAULT_CONFIRM_TIMEOUT_SECS);
+    let activation = node.field("activationTimeout");
+    for (name, ioc) in &iocs {
+        let check = node.field("iocs").field(name).field("healthCheck");
+        check_fits_activation(&check, &ioc.health_check, &activation, activation_timeout)?;
+    }
     Ok(Top {
         package: Utf8PathBuf::from(package),
         hosts: top_hosts,
         iocs,
-        activation_timeout: seconds("activationTimeout", 60)?,
-        magic_rollback: node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true),
-        confirm_timeout: seconds("confirmTimeout", 30)?,
+        activation_timeout,
+        magic_rollback,
+        confirm_timeout,
     })
+}
+
+fn parse_confirm_timeout(node: &Node) -> Result<u64, BadInput> {
+    let secs = node.seconds(0)?;
+    if secs < MIN_CONFIRM_TIMEOUT_SECS {
+        return Err(node
+            .error(format!(
+                "must be at least {MIN_CONFIRM_TIMEOUT_SECS} seconds (more than twice the heartbeat interval of \
+                 {HEARTBEAT_INTERVAL_SECS}s), not {secs}"
+            ))
+            .hint(format!(
+                "a shorter timeout can roll a healthy deploy back between two heartbeats; the default is \
+                 {DEFAULT_CONFIRM_TIMEOUT_SECS}"
+            )));
+    }
+    Ok(secs)
+}
+
+/// An IOC's health check must fit in its top's `activationTimeout`, after
+/// which the deploy gives up on every IOC still being checked: once its
+/// ready line appeared, the IOC settles for `settleTime`, then its command
+/// may run for up to `commandTimeout`. (How long the ready line takes is up
+/// to the IOC, and not known here.)
+fn check_fits_activation(
+    node: &Node,
+    check: &HealthCheck,
+    activation: &Node,
+    activation_timeout: u64,
+) -> Result<(), BadInput> {
+    let (needed, parts, shorten) = match check.command {
+        Some(_) => (
+            check.settle_time + check.command_timeout,
+            format!("settleTime {} + commandTimeout {}", check.settle_time, check.command_timeout),
+            "`settleTime` or `commandTimeout`",
+        ),
+        None => (check.settle_time, format!("settleTime {}", check.settle_time), "`settleTime`"),
+    };
+    if needed <= activation_timeout {
+        return Ok(());
+    }
+    Err(node
+        .error(format!(
+            "may need {needed} seconds after the ready line ({parts}), more than the top's activationTimeout of \
+             {activation_timeout}: the deploy would give up before the check could finish"
+        ))
+        .hint(format!("raise `{}` to at least {needed}, or shorten {shorten}", activation.path)))
 }
 
 fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
@@ -307,6 +395,16 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
                     .hint("use letters, digits and `_`, not starting with a digit"));
             }
             let value = value_node.string()?;
+            if value.len() > MAX_ENV_VALUE_BYTES {
+                return Err(value_node
+                    .error(format!(
+                        "is {} bytes long, more than the {MAX_ENV_VALUE_BYTES} bytes ({} KiB) an environment value may \
+                         have",
+                        value.len(),
+                        MAX_ENV_VALUE_BYTES / 1024
+                    ))
+                    .hint("put large data in a file of the top, and pass its path"));
+            }
             if value.contains(['\n', '\r', '\0']) {
                 return Err(
                     value_node.error("contains a line break or NUL, which a unit's `Environment=` cannot carry")
@@ -327,7 +425,7 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
         None => Console::Unix,
     };
 
-    let description = node.get(map, "description").map(|n| n.one_line()).transpose()?;
+    let description = node.get(map, "description").map(|n| parse_description(&n)).transpose()?;
     let enable = node.get(map, "enable").map(|n| n.boolean()).transpose()?.unwrap_or(true);
     let health_check = match node.get(map, "healthCheck") {
         Some(n) => parse_health_check(&n)?,
@@ -336,11 +434,24 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
     Ok(Ioc { working_directory, startup_script, environment, console, description, enable, health_check })
 }
 
+fn parse_description(node: &Node) -> Result<String, BadInput> {
+    let text = node.one_line()?;
+    // `Description=` does not unescape, so there is no way to write a
+    // backslash at its end that systemd would not take as a line continuation,
+    // swallowing the unit's next line.
+    if text.ends_with('\\') {
+        return Err(node
+            .error("ends in a backslash, which systemd reads as joining the next line of the unit")
+            .hint("remove the backslash, or end the description with another character"));
+    }
+    Ok(text)
+}
+
 fn parse_health_check(node: &Node) -> Result<HealthCheck, BadInput> {
     let map = node.object(&["settleTime", "readyLine", "command", "commandTimeout"])?;
     let mut check = HealthCheck::default();
     if let Some(n) = node.get(map, "settleTime") {
-        check.settle_time = n.seconds()?;
+        check.settle_time = n.seconds(0)?;
     }
     if let Some(n) = node.get(map, "readyLine") {
         check.ready_line = match n.value {
@@ -355,10 +466,7 @@ fn parse_health_check(node: &Node) -> Result<HealthCheck, BadInput> {
         };
     }
     if let Some(n) = node.get(map, "commandTimeout") {
-        check.command_timeout = n.seconds()?;
-        if check.command_timeout == 0 {
-            return Err(n.error("must be at least 1 second"));
-        }
+        check.command_timeout = n.seconds(1)?;
     }
     Ok(check)
 }
@@ -366,7 +474,18 @@ fn parse_health_check(node: &Node) -> Result<HealthCheck, BadInput> {
 fn parse_console(node: &Node) -> Result<Console, BadInput> {
     match node.value {
         Value::String(s) if s == "unix" => Ok(Console::Unix),
-        Value::Number(_) => node.port().map(Console::Tcp),
+        Value::Number(_) => {
+            let port = node.port()?;
+            if port < FIRST_UNPRIVILEGED_PORT {
+                return Err(node
+                    .error(format!(
+                        "TCP port {port} is below {FIRST_UNPRIVILEGED_PORT}: the IOC runs as a dynamic user without \
+                         `CAP_NET_BIND_SERVICE`, and cannot bind it"
+                    ))
+                    .hint(format!("pick a port from {FIRST_UNPRIVILEGED_PORT} up, e.g. 2001, or use `\"unix\"`")));
+            }
+            Ok(Console::Tcp(port))
+        }
         _ => Err(node.error(format!("must be \"unix\" or a TCP port number, not {}", node.kind()))),
     }
 }
@@ -539,9 +658,23 @@ impl<'a> Node<'a> {
         self.value.as_bool().ok_or_else(|| self.error(format!("must be true or false, not {}", self.kind())))
     }
 
-    /// A whole number of seconds.
-    fn seconds(&self) -> Result<u64, BadInput> {
-        self.value.as_u64().ok_or_else(|| self.error(format!("must be a whole number of seconds, not {}", self.value)))
+    /// A whole number of seconds, from `min` to [`MAX_SECONDS`]. A JSON float
+    /// is refused even when whole: `nix eval --json` prints a whole float
+    /// below a million (`30.0`) as an integer, so what arrives as a float is
+    /// fractional or far too large anyway (`1.0e14` prints as `1e+14`).
+    fn seconds(&self, min: u64) -> Result<u64, BadInput> {
+        let secs = self
+            .value
+            .as_u64()
+            .ok_or_else(|| self.error(format!("must be a whole number of seconds, not {}", self.value)))?;
+        if secs < min {
+            let unit = if min == 1 { "second" } else { "seconds" };
+            return Err(self.error(format!("must be at least {min} {unit}, not {secs}")));
+        }
+        if secs > MAX_SECONDS {
+            return Err(self.error(format!("must be at most {MAX_SECONDS} seconds (a day), not {secs}")));
+        }
+        Ok(secs)
     }
 
     fn port(&self) -> Result<u16, BadInput> {
@@ -749,6 +882,157 @@ mod tests {
         let config = Config::parse(&json).unwrap();
         assert_eq!(config.tops["myTop"].confirm_timeout, 5);
         assert!(!config.hosts["ioc-server-1"].magic_rollback);
+    }
+
+    /// `example()` with some settings of its top and of its IOC replaced.
+    fn example_with(top: Value, ioc: Value) -> Value {
+        let mut json = example();
+        for (key, value) in top.as_object().unwrap() {
+            json["tops"]["myTop"][key] = value.clone();
+        }
+        for (key, value) in ioc.as_object().unwrap() {
+            json["tops"]["myTop"]["iocs"]["myIoc"][key] = value.clone();
+        }
+        json
+    }
+
+    #[test]
+    fn the_confirm_timeout_outlasts_two_heartbeats() {
+        let err = error_of(example_with(json!({ "confirmTimeout": 3 }), json!({})));
+        assert_eq!(
+            err,
+            "epnixDeploy.tops.myTop.confirmTimeout: must be at least 5 seconds (more than twice the heartbeat \
+             interval of 2s), not 3\n\
+             hint: a shorter timeout can roll a healthy deploy back between two heartbeats; the default is 30"
+        );
+        assert!(error_of(example_with(json!({ "confirmTimeout": 4 }), json!({}))).contains("not 4"));
+        let config = Config::parse(&example_with(json!({ "confirmTimeout": 5 }), json!({}))).unwrap();
+        assert_eq!(config.tops["myTop"].confirm_timeout, MIN_CONFIRM_TIMEOUT_SECS);
+    }
+
+    #[test]
+    fn an_activation_timeout_of_zero_is_refused() {
+        let err = error_of(example_with(json!({ "activationTimeout": 0 }), json!({})));
+        assert_eq!(err, "epnixDeploy.tops.myTop.activationTimeout: must be at least 1 second, not 0");
+        assert!(
+            Config::parse(&example_with(
+                json!({ "activationTimeout": 1 }),
+                json!({ "healthCheck": { "settleTime": 0 } })
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn seconds_are_whole_and_at_most_a_day() {
+        let top = |key: &str, value: Value| error_of(example_with(json!({ key: value }), json!({})));
+        let check =
+            |key: &str, value: Value| error_of(example_with(json!({}), json!({ "healthCheck": { key: value } })));
+        // What `nix eval --json` prints for `confirmTimeout = 1.0e14`, and for `100000000000000`.
+        let float: Value = serde_json::from_str("1e+14").unwrap();
+        assert_eq!(
+            top("confirmTimeout", float),
+            "epnixDeploy.tops.myTop.confirmTimeout: must be a whole number of seconds, not 100000000000000.0"
+        );
+        assert_eq!(
+            top("confirmTimeout", json!(100_000_000_000_000u64)),
+            "epnixDeploy.tops.myTop.confirmTimeout: must be at most 86400 seconds (a day), not 100000000000000"
+        );
+        assert!(
+            top("activationTimeout", json!(86_401))
+                .ends_with("activationTimeout: must be at most 86400 seconds (a day), not 86401")
+        );
+        assert!(
+            top("activationTimeout", json!(1.5))
+                .ends_with("activationTimeout: must be a whole number of seconds, not 1.5")
+        );
+        assert!(
+            check("settleTime", json!(86_401))
+                .ends_with("healthCheck.settleTime: must be at most 86400 seconds (a day), not 86401")
+        );
+        assert!(
+            check("commandTimeout", json!(-2))
+                .ends_with("healthCheck.commandTimeout: must be a whole number of seconds, not -2")
+        );
+        assert!(
+            check("commandTimeout", json!(0)).ends_with("healthCheck.commandTimeout: must be at least 1 second, not 0")
+        );
+
+        let config = example_with(
+            json!({ "activationTimeout": MAX_SECONDS, "confirmTimeout": MAX_SECONDS }),
+            json!({ "healthCheck": { "settleTime": MAX_SECONDS - 1, "command": "true", "commandTimeout": 1 } }),
+        );
+        assert!(Config::parse(&config).is_ok());
+    }
+
+    #[test]
+    fn a_health_check_must_fit_in_the_activation_timeout() {
+        let check = json!({ "settleTime": 50, "command": "caget hb", "commandTimeout": 20 });
+        let err = error_of(example_with(json!({}), json!({ "healthCheck": check })));
+        assert_eq!(
+            err,
+            "epnixDeploy.tops.myTop.iocs.myIoc.healthCheck: may need 70 seconds after the ready line (settleTime 50 + \
+             commandTimeout 20), more than the top's activationTimeout of 60: the deploy would give up before the \
+             check could finish\n\
+             hint: raise `epnixDeploy.tops.myTop.activationTimeout` to at least 70, or shorten `settleTime` or \
+             `commandTimeout`"
+        );
+        assert!(
+            Config::parse(&example_with(json!({ "activationTimeout": 70 }), json!({ "healthCheck": check }))).is_ok()
+        );
+
+        // Without a command, its timeout is not waited for.
+        let check = json!({ "settleTime": 11 });
+        let err = error_of(example_with(json!({ "activationTimeout": 10 }), json!({ "healthCheck": check })));
+        assert!(
+            err.contains("healthCheck: may need 11 seconds after the ready line (settleTime 11), more than"),
+            "{err}"
+        );
+        assert!(err.ends_with("to at least 11, or shorten `settleTime`"), "{err}");
+        let short = example_with(json!({ "activationTimeout": 6 }), json!({ "healthCheck": { "settleTime": 1 } }));
+        assert!(Config::parse(&short).is_ok(), "the default commandTimeout of 10 does not count without a command");
+    }
+
+    #[test]
+    fn a_description_must_not_end_in_a_backslash() {
+        let err = error_of(example_with(json!({}), json!({ "description": r"C:\epics\" })));
+        assert!(
+            err.starts_with(
+                "epnixDeploy.tops.myTop.iocs.myIoc.description: ends in a backslash, which systemd reads as joining \
+                 the next line of the unit"
+            ),
+            "{err}"
+        );
+        assert!(Config::parse(&example_with(json!({}), json!({ "description": r"C:\epics\ IOC" }))).is_ok());
+    }
+
+    #[test]
+    fn environment_values_are_at_most_32_kib() {
+        let env = |len: usize| example_with(json!({}), json!({ "environment": { "BIG": "x".repeat(len) } }));
+        assert!(Config::parse(&env(MAX_ENV_VALUE_BYTES)).is_ok());
+        let err = error_of(env(2 * 1024 * 1024));
+        assert!(
+            err.starts_with(
+                "epnixDeploy.tops.myTop.iocs.myIoc.environment.BIG: is 2097152 bytes long, more than the 32768 bytes \
+                 (32 KiB) an environment value may have"
+            ),
+            "{err}"
+        );
+        // Bytes, not characters: the unit file and the kernel count bytes.
+        let err = error_of(example_with(json!({}), json!({ "environment": { "BIG": "µ".repeat(16 * 1024 + 1) } })));
+        assert!(err.contains("is 32770 bytes long"), "{err}");
+    }
+
+    #[test]
+    fn a_tcp_console_needs_an_unprivileged_port() {
+        let console = |port: u16| example_with(json!({}), json!({ "procServ": { "console": port } }));
+        assert_eq!(
+            error_of(console(1023)),
+            "epnixDeploy.tops.myTop.iocs.myIoc.procServ.console: TCP port 1023 is below 1024: the IOC runs as a \
+             dynamic user without `CAP_NET_BIND_SERVICE`, and cannot bind it\n\
+             hint: pick a port from 1024 up, e.g. 2001, or use `\"unix\"`"
+        );
+        assert_eq!(Config::parse(&console(1024)).unwrap().tops["myTop"].iocs["myIoc"].console, Console::Tcp(1024));
     }
 
     #[test]

@@ -212,6 +212,25 @@ mod tests {
         insta::assert_snapshot!(unit);
     }
 
+    /// Whether systemd reads `line` as continued on the next one: it ends in
+    /// a backslash that no backslash before it escapes.
+    fn continues(line: &str) -> bool {
+        line.bytes().rev().take_while(|b| *b == b'\\').count() % 2 == 1
+    }
+
+    /// An environment value is quoted whole, so one that ends in a backslash
+    /// ends its line with the closing quote, not with a line continuation.
+    #[test]
+    fn an_environment_value_may_end_in_a_backslash() {
+        let mut ioc = ioc();
+        ioc.environment = BTreeMap::from([("A".into(), r"C:\epics\".into()), ("B".into(), "next".into())]);
+        let unit = render("myTop", "myIoc", &ioc, &facts(true));
+        let lines = concat!(r#"Environment="A=C:\\epics\\""#, "\n", r#"Environment="B=next""#, "\n");
+        assert!(unit.contains(lines), "{unit}");
+        assert!(continues(r"Description=EPICS IOC myIoc: C:\epics\"));
+        assert_eq!(unit.lines().find(|line| continues(line)), None, "{unit}");
+    }
+
     #[test]
     fn the_owner_is_read_back() {
         let unit = render("myTop", "myIoc", &ioc(), &facts(true));

@@ -55,7 +55,10 @@ fn eval(expr: &str) -> Value {
 /// One top whose IOCs cover what the unit must escape and every IOC option
 /// the unit depends on; with the other settings, it uses every option of
 /// the schema, so that both sides must accept each. `off` shares `tcp`'s
-/// port, which is fine because it is disabled.
+/// port, which is fine because it is disabled. Some values sit at the limits
+/// the checks allow, so that both sides must accept them: the shortest
+/// `confirmTimeout`, `tcp`'s check that takes all of `activationTimeout`,
+/// `off`'s 32 KiB environment value.
 const TOP: &str = "myTop";
 const CONFIG: &str = r#"{
   hosts.h = {
@@ -71,7 +74,7 @@ const CONFIG: &str = r#"{
     hosts = [ "h" ];
     activationTimeout = 120;
     magicRollback = true;
-    confirmTimeout = 10;
+    confirmTimeout = 5;
     iocs = {
       plain = {
         workingDirectory = "iocBoot/iocPlain";
@@ -93,18 +96,26 @@ const CONFIG: &str = r#"{
           PERCENT = "100% %n %%";
           UNICODE = "µA ✓";
           EMPTY = "";
+          # Quoted whole, so its last backslash is no line continuation.
+          TRAILING = "ends in \\";
         };
-        description = "50% \"quoted\" $x \\";
+        description = "50% \"quoted\" $x \\ end";
       };
       tcp = {
         workingDirectory = ".";
         startupScript = "iocBoot/iocTcp/st.cmd";
         procServ.console = 2001;
-        healthCheck.readyLine = "tcp: ready";
+        healthCheck = {
+          readyLine = "tcp: ready";
+          settleTime = 110;
+          command = "true";
+          commandTimeout = 10;
+        };
       };
       off = {
         workingDirectory = "iocBoot/iocOff";
         procServ.console = 2001;
+        environment.BIG = builtins.concatStringsSep "" (builtins.genList (_: "x") 32768);
         enable = false;
       };
     };
@@ -214,12 +225,23 @@ fn bad_configs() -> Vec<String> {
         r#"workingDirectory = "a"; procServ.console = "tcp";"#,
         r#"workingDirectory = "a"; procServ.console = 0;"#,
         r#"workingDirectory = "a"; procServ.console = 70000;"#,
+        // Below 1024, a port needs a capability the IOC's dynamic user lacks.
+        r#"workingDirectory = "a"; procServ.console = 80;"#,
+        r#"workingDirectory = "a"; procServ.console = 1023;"#,
         r#"workingDirectory = "a"; procServ.port = 2000;"#,
         r#"workingDirectory = "a"; description = "two\nlines";"#,
         r#"workingDirectory = "a"; description = null;"#,
+        // A trailing backslash would join the unit's next line.
+        r#"workingDirectory = "a"; description = "ends in \\";"#,
+        // systemd cannot load a unit line over 1 MiB.
+        r#"workingDirectory = "a"; environment.BIG = builtins.foldl' (s: _: s + s) "x" (builtins.genList (i: i) 21);"#,
+        r#"workingDirectory = "a"; environment.BIG = builtins.concatStringsSep "" (builtins.genList (_: "x") 32769);"#,
         r#"workingDirectory = "a"; enable = "yes";"#,
         r#"workingDirectory = "a"; healthCheck.settleTime = -1;"#,
         r#"workingDirectory = "a"; healthCheck.commandTimeout = 0;"#,
+        r#"workingDirectory = "a"; healthCheck.settleTime = 1.5;"#,
+        r#"workingDirectory = "a"; healthCheck.settleTime = 86401;"#,
+        r#"workingDirectory = "a"; healthCheck.commandTimeout = 86401;"#,
         r#"workingDirectory = "a"; healthCheck.readyLine = "a\nb";"#,
         r#"workingDirectory = "a"; healthCheck.command = 1;"#,
         r#"workingDirectory = "a"; healthCheck.ready = "x";"#,
@@ -238,6 +260,19 @@ fn bad_configs() -> Vec<String> {
             "activationTimeout = 1.5;",
             r#"magicRollback = "no";"#,
             "confirmTimeout = -3;",
+            "activationTimeout = 0;",
+            "activationTimeout = 86401;",
+            // The host's timer must outlast two heartbeats, 2 s apart.
+            "confirmTimeout = 0;",
+            "confirmTimeout = 4;",
+            // `1e+14` in JSON, and the same as an integer.
+            "confirmTimeout = 1.0e14;",
+            "confirmTimeout = 100000000000000;",
+            // A check that cannot finish within the activation timeout.
+            r#"activationTimeout = 10; iocs.i = { workingDirectory = "a"; healthCheck.settleTime = 11; };"#,
+            r#"iocs.i = { workingDirectory = "a"; healthCheck.settleTime = 61; };"#,
+            r#"iocs.i = { workingDirectory = "a"; healthCheck = { settleTime = 55; command = "true"; }; };"#,
+            r#"activationTimeout = 20; iocs.i = { workingDirectory = "a"; healthCheck = { settleTime = 5; command = "true"; commandTimeout = 16; }; };"#,
             "activationTimeOut = 5;",
             r#"iocs = { a = { workingDirectory = "a"; procServ.console = 2000; }; b = { workingDirectory = "b"; procServ.console = 2000; }; };"#,
         ]
