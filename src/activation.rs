@@ -1,32 +1,38 @@
-//! Safe activation: a deploy either ends with healthy IOCs on the new
-//! generation, or with the host back on the previous one.
+//! Safe activation: a switch (a deploy or a rollback) ends with healthy
+//! IOCs on the generation asked for, or with the host back where it was.
 //!
 //! Before the switch the host gets a restore point (the top's current units
 //! and generation) and a rollback script, both under
 //! `/var/lib/epnix-deploy/<top>/`. The same script undoes the switch in every
-//! case: run by the deployer when a health check fails, or run by a
-//! transient systemd timer ("magic rollback") when the deployer stops
-//! answering. The deployer keeps the timer from firing with heartbeats over
-//! its connection, and disarms it only over a *new* SSH login, which proves
-//! the host can still be reached.
+//! case: run by the deployer when a health check fails, by a transient
+//! systemd timer ("magic rollback") when the deployer stops answering, or at
+//! boot when a reboot ended that timer. The deployer keeps the timer from
+//! firing with heartbeats, sent by a thread of their own so that nothing the
+//! checks do can delay them, and disarms it only over a *new* SSH login,
+//! which proves the host can still be reached.
 //!
 //! Whoever moves the restore point away first owns the outcome: the rollback
 //! script, or the confirmation. So a late confirmation and a firing timer can
-//! never both win.
+//! never both win. Before the tool claims an outcome, it reads the host.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::config::HealthCheck;
-use crate::exit::{BUSY, Failure};
+use crate::config::{HEARTBEAT_INTERVAL_SECS, HealthCheck};
+use crate::exit::{BadInput, Exit, Failure};
 use crate::host;
 use crate::layout;
+use crate::plan::Plan;
 use crate::process::tail;
-use crate::progress::Step;
-use crate::ssh::{Lock, Remote, RemoteCmd};
+use crate::progress::{Progress, Step};
+use crate::remote;
+use crate::ssh::{self, ConnectionLost, Lock, Remote, RemoteCmd};
 use crate::target::Target;
 
 /// Set by the Ctrl-C handler; long steps look at it and stop.
@@ -36,7 +42,7 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// How a deploy protects the host.
+/// How a switch protects the host.
 #[derive(Clone, Debug)]
 pub struct Safety {
     /// Arm the host-side rollback timer.
@@ -47,56 +53,37 @@ pub struct Safety {
     pub activation_timeout: Duration,
 }
 
-/// The transient units of the armed rollback: `<name>.timer` and `<name>.service`.
-pub fn rollback_unit(top: &str) -> String {
-    format!("epnix-rollback-{top}")
-}
-
-/// `$1` the lock file, `$2` who asks. Prints `locked` and holds the lock while
-/// its stdin is open (the deployer's connection), or prints `busy <holder>`.
-/// A holder file whose lock is free was left by a deploy that died: it is
-/// reported as `stale`.
-const LOCK: &str = r#"set -eu
-mkdir -p "${1%/*}"
-exec 9>>"$1"
-if ! flock -n 9; then
-  printf 'busy %s\n' "$(cat "$1.holder" 2>/dev/null || echo unknown)"
-  exit 0
-fi
-stale=$(cat "$1.holder" 2>/dev/null || true)
-printf '%s, since %s, pid %s\n' "$2" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$$" > "$1.holder"
-printf 'locked %s\n' "$stale"
-while read -r _; do :; done
-rm -f "$1.holder"
-"#;
-
-/// `$1` the lock file. Ends the process that holds it (from its holder
-/// line) so a lock left by a deploy whose connection hangs can be broken.
-const BREAK_LOCK: &str = r#"set -eu
-pid=$(sed -n 's/.*, pid \([0-9]*\)$/\1/p' "$1.holder" 2>/dev/null || true)
-[ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-# Children of the holder may keep the lock's file open a moment longer.
-flock -w 5 "$1" true || true
-rm -f "$1.holder"
-"#;
-
-/// Takes the deploy lock of `top` on the host. Returns the holder line of a
-/// deploy that died holding it, for a note.
+/// Takes the deploy lock of `top` on the host, after checking that the SSH
+/// user is root and (with `expect_name`) that the host has the configured
+/// name: a wrong host or user is refused before anything is written there.
+/// Returns the holder line of a deploy that died holding it, for a note.
 pub fn take_lock(
     remote: &mut Remote,
     target: &Target,
     top: &str,
     who: &str,
+    expect_name: Option<&str>,
     break_lock: bool,
 ) -> Result<Option<String>> {
-    let lock_file = layout::records(top).join("lock");
     if break_lock {
-        remote.run(&RemoteCmd::script(BREAK_LOCK, &[lock_file.as_str()]))?;
+        let said = remote.run(&remote::BREAK_LOCK.for_top(top, &[] as &[&str]))?;
+        if let Some(pids) = said.trim().strip_prefix("foreign") {
+            return Err(Failure::new(
+                Exit::Busy,
+                format!(
+                    "on `{target}`: the lock of top `{top}` is held by process(es){pids}, which are not a deploy: they were left alone\n\
+                     hint: look at them on the host (`ps -p {}`) and end them if they should not be there",
+                    pids.split_whitespace().collect::<Vec<_>>().join(",")
+                ),
+            )
+            .into());
+        }
     }
-    match remote.hold_lock(&RemoteCmd::script(LOCK, &[lock_file.as_str(), who]))? {
+    let lock = remote.hold_lock(&remote::LOCK.for_top(top, &[who, expect_name.unwrap_or("")]))?;
+    match lock {
         Lock::Held { stale } => Ok(stale),
         Lock::Busy(holder) => Err(Failure::new(
-            BUSY,
+            Exit::Busy,
             format!(
                 "another deploy of top `{top}` to `{target}` is running: {holder}\n\
                  hint: wait for it; if that deploy is gone (its machine crashed, or its network hangs), \
@@ -104,155 +91,413 @@ pub fn take_lock(
             ),
         )
         .into()),
+        Lock::NotRoot(user) => Err(BadInput::new(format!(
+            "on `{target}`: the SSH user `{user}` is not root, and managing IOC units needs root; nothing was changed"
+        ))
+        .hint("set `sshUser = \"root\"` for this host (or give it as `root@host`)")
+        .into()),
+        Lock::WrongHost(name) => Err(wrong_host(target, &name).into()),
     }
 }
 
-/// The rollback script, installed as `restore/rollback.sh` with every restore
-/// point. Arguments: top, profile, records directory, reason (a word: it
-/// reaches systemd's command line, which expands `$` and `%`).
-const ROLLBACK_SCRIPT: &str = r#"set -u
-top=$1 profile=$2 records=$3 reason=$4
-PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
-rp=$records/restore.rolling
-# Claim the restore point; without it there is nothing to do: the deploy was
-# confirmed, or another rollback got it first.
-mv "$records/restore" "$rp" 2>/dev/null || { echo "nothing to roll back"; exit 0; }
-prev=$(cat "$rp/generation")
-from=$(readlink "$profile" 2>/dev/null || echo none); from=${from%-link}; from=${from##*-}
-status=0
-for f in /etc/systemd/system/epnix-*.service; do
-  [ -f "$f" ] || continue
-  grep -qxF "X-EpnixDeploy-Top=$top" "$f" || continue
-  u=${f##*/}
-  if [ ! -f "$rp/units/$u" ]; then
-    systemctl disable --now --quiet "$u" || status=1
-    rm -f "$f"
-  fi
-done
-for f in "$rp"/units/*.service; do
-  [ -f "$f" ] || continue
-  u=${f##*/}
-  cp "$f" "/etc/systemd/system/$u.epnix-tmp" && mv -f "/etc/systemd/system/$u.epnix-tmp" "/etc/systemd/system/$u" || status=1
-done
-if [ "$prev" = none ]; then
-  # A first deploy: there is no generation to go back to, so the profile goes.
-  dir=${profile%/*} name=${profile##*/}
-  rm -f "$profile"
-  for l in "$dir/$name"-*-link; do
-    n=${l##*/}; n=${n#"$name"-}; n=${n%-link}
-    case $n in ''|*[!0-9]*) continue ;; esac
-    rm -f "$l"; rm -rf "$records/$n"
-  done
-else
-  nix-env --profile "$profile" --switch-generation "$prev" || status=1
-fi
-systemctl daemon-reload || status=1
-for f in "$rp"/units/*.service; do
-  [ -f "$f" ] || continue
-  u=${f##*/}
-  systemctl enable --quiet "$u" || status=1
-  systemctl restart "$u" || status=1
-  echo "restored $u"
-done
-echo "$(date +%s) $from $prev $reason $status" >> "$records/events"
-rm -rf "$rp"
-echo "rolled back from $from to $prev"
-exit $status
-"#;
-
-/// `$1` top, `$2` profile, `$3` records directory; the rollback script on
-/// stdin. Saves the top's current units and generation as the restore point.
-const PREPARE: &str = r#"set -eu
-rp=$3/restore
-rm -rf "$rp" "$rp.rolling"
-mkdir -p "$rp/units"
-cat > "$rp/rollback.sh"
-if [ -L "$2" ]; then
-  l=$(readlink "$2"); n=${l%-link}; echo "${n##*-}" > "$rp/generation"
-else
-  echo none > "$rp/generation"
-fi
-for f in /etc/systemd/system/epnix-*.service; do
-  [ -f "$f" ] || continue
-  if grep -qxF "X-EpnixDeploy-Top=$1" "$f"; then cp -p "$f" "$rp/units/"; fi
-done
-"#;
-
-/// `$1` unit name, `$2` seconds, then the rollback script's arguments.
-/// Timers default to a minute of accuracy: ask for a tenth of a second. The
-/// heartbeats restart the timer, which the default start rate limit (5 in
-/// 10 s) would soon refuse.
-const ARM: &str = r#"set -eu
-unit=$1 secs=$2; shift 2
-systemctl stop "$unit.timer" 2>/dev/null || true
-systemctl reset-failed "$unit.service" "$unit.timer" 2>/dev/null || true
-systemd-run --quiet --unit="$unit" --on-active="$secs" --timer-property=AccuracySec=100ms \
-  --timer-property=StartLimitIntervalSec=0 \
-  --description="epnix-deploy: roll back an unconfirmed deploy" /bin/sh "$@"
-"#;
-
-/// How often the deployer tells the host it is still there.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-
-/// `$1` unit name, `$2` records directory. Restarting the timer starts its
-/// countdown again. Fails when the rollback has begun.
-const HEARTBEAT: &str = r#"set -eu
-[ -d "$2/restore" ] || { echo "the host has begun to roll back" >&2; exit 3; }
-systemctl restart "$1.timer"
-"#;
-
-/// `$1` unit name, `$2` records directory. Disarms the timer and takes the
-/// restore point away; fails if the rollback got there first.
-const CONFIRM: &str = r#"set -eu
-systemctl stop "$1.timer" 2>/dev/null || true
-mv "$2/restore" "$2/restore.confirmed" 2>/dev/null || { echo "the host has already rolled back" >&2; exit 3; }
-rm -rf "$2/restore.confirmed"
-"#;
-
-/// Saves the restore point and installs the rollback script.
-pub fn prepare(remote: &Remote, top: &str) -> Result<()> {
-    let cmd = RemoteCmd::script(PREPARE, &[top, layout::profile(top).as_str(), layout::records(top).as_str()])
-        .with_stdin(ROLLBACK_SCRIPT.to_owned());
-    remote.run(&cmd).map(drop)
+/// A host whose name is not the configured one, as microvm.nix's
+/// `sshSwitch` refuses it: a wrong address in the config must not replace
+/// another host's IOCs.
+pub fn wrong_host(target: &Target, hostname: &str) -> BadInput {
+    BadInput::new(format!(
+        "`{}` answers as host `{hostname}`, not `{}`: refusing to change it",
+        target.hostname,
+        target.name.as_deref().unwrap_or("?")
+    ))
+    .hint("fix `hostname` in the host's configuration, or pass `--skip-hostname-check` if the names differ on purpose")
 }
 
-fn rollback_args(top: &str, reason: &str) -> Vec<String> {
-    let records = layout::records(top);
-    vec![
-        records.join("restore/rollback.sh").into_string(),
-        top.to_owned(),
-        layout::profile(top).into_string(),
-        records.into_string(),
-        reason.to_owned(),
-    ]
+/// The refusal of a command that would change a top while the host has a
+/// rollback of an unconfirmed switch pending: that rollback would undo it.
+pub fn rollback_pending(target: &Target, top: &str) -> Failure {
+    Failure::new(
+        Exit::Busy,
+        format!(
+            "on `{target}`: a rollback of an unconfirmed switch of `{top}` is pending (armed, running, or due at the next boot); nothing was changed\n\
+             hint: it fires within that switch's `confirmTimeout`; wait for it, then check with `epnix-deploy list {target} {top}`"
+        ),
+    )
 }
 
-/// Arms the host to roll back by itself after `timeout` without a heartbeat.
-pub fn arm(remote: &Remote, top: &str, timeout: Duration) -> Result<()> {
-    let unit = rollback_unit(top);
-    let secs = format!("{}s", timeout.as_secs().max(1));
-    let mut args = vec![unit.as_str(), secs.as_str()];
-    let rollback = rollback_args(top, "unconfirmed");
-    args.extend(rollback.iter().map(String::as_str));
-    remote.run(&RemoteCmd::script(ARM, &args)).map(drop)
+/// The heartbeats of an armed rollback, on a thread of their own. Each is a
+/// new channel of the master connection, run by `ssh` itself, so no check
+/// command, journal read or switch can hold one up.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    /// What the host last said: [`BEAT_OK`], [`BEAT_ROLLING_BACK`] or [`BEAT_LOST`].
+    said: Arc<AtomicU8>,
+    thread: Option<JoinHandle<()>>,
 }
 
-pub fn heartbeat(remote: &Remote, top: &str) -> Result<()> {
-    remote.run(&RemoteCmd::script(HEARTBEAT, &[&rollback_unit(top), layout::records(top).as_str()])).map(drop)
+const BEAT_OK: u8 = 0;
+/// The host has claimed the restore point: its own rollback runs.
+const BEAT_ROLLING_BACK: u8 = 1;
+/// No heartbeat got through for longer than the interval.
+const BEAT_LOST: u8 = 2;
+
+impl Heartbeat {
+    fn start(socket: PathBuf, cmd: RemoteCmd) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let said = Arc::new(AtomicU8::new(BEAT_OK));
+        let interval = Duration::from_secs(HEARTBEAT_INTERVAL_SECS);
+        let thread = {
+            let (stop, said) = (Arc::clone(&stop), Arc::clone(&said));
+            std::thread::spawn(move || {
+                let line = cmd.shell_line();
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let beat = ssh::run_on_master(&socket, &line, interval);
+                    let now = match beat {
+                        Ok(out) if out.status.success() => BEAT_OK,
+                        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("rolling-back") => BEAT_ROLLING_BACK,
+                        _ => BEAT_LOST,
+                    };
+                    said.store(now, Ordering::SeqCst);
+                    if now == BEAT_ROLLING_BACK {
+                        return;
+                    }
+                    while started.elapsed() < interval && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        };
+        Heartbeat { stop, said, thread: Some(thread) }
+    }
+
+    fn host_rolls_back(&self) -> bool {
+        self.said.load(Ordering::SeqCst) == BEAT_ROLLING_BACK
+    }
+
+    fn end(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
-/// Confirms the deploy over a new SSH login: the proof that the host can
-/// still be reached by the deployer after the switch.
-pub fn confirm(target: &Target, top: &str) -> Result<()> {
-    let fresh = Remote::connect(target).context("confirming over a new SSH login")?;
-    let result = fresh.run(&RemoteCmd::script(CONFIRM, &[&rollback_unit(top), layout::records(top).as_str()]));
-    fresh.close();
-    result.map(drop)
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
-/// Confirms without a timer (magic rollback off): only the restore point goes.
-pub fn release(remote: &Remote, top: &str) -> Result<()> {
-    remote.run(&RemoteCmd::script(CONFIRM, &[&rollback_unit(top), layout::records(top).as_str()])).map(drop)
+/// The host began its own rollback while the deployer was still at work.
+#[derive(Debug)]
+struct HostRollsBack;
+
+impl std::fmt::Display for HostRollsBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the host began to roll back by itself: no heartbeat reached it within `confirmTimeout`")
+    }
+}
+
+impl std::error::Error for HostRollsBack {}
+
+/// Where a switch started from, for the messages and for judging where the
+/// host ended.
+pub struct Before {
+    /// The generation before the switch; `None` when the top was not there.
+    pub generation: Option<u32>,
+}
+
+impl Before {
+    fn describe(&self, top: &str) -> String {
+        match self.generation {
+            Some(g) => format!("generation {g}"),
+            None => format!("no deployment of `{top}` (this was its first deploy)"),
+        }
+    }
+}
+
+/// The protected switch: a restore point and (with magic rollback) an armed
+/// timer and heartbeats first; then the switch, the health checks, and
+/// either the confirmation over a new login or the rollback. Every way it
+/// can end is classified here, after reading the host where it can.
+/// Returns the generation the host runs.
+pub fn switch_safely(
+    remote: &Remote,
+    target: &Target,
+    plan: &Plan,
+    before: &Before,
+    safety: &Safety,
+    checks: &BTreeMap<String, HealthCheck>,
+    progress: &Progress,
+) -> Result<Option<u32>> {
+    let top = plan.top.as_str();
+    let step = progress.step(&target.label, "arm rollback");
+    remote.run(&remote::PREPARE.for_top(top, &plan.touched()).with_stdin(remote::ROLLBACK.text()))?;
+    let mut heartbeat = None;
+    if safety.magic_rollback {
+        let secs = format!("{}s", safety.confirm_timeout.as_secs());
+        let args = [layout::rollback_unit(top), secs, layout::boot_rollback_unit(), layout::STATE_DIR.to_owned()];
+        remote.run(&remote::ARM.for_top(top, &args).with_stdin(remote::ROLLBACK_AT_BOOT.text()))?;
+        heartbeat = Some(Heartbeat::start(
+            remote.control_socket().to_owned(),
+            remote::HEARTBEAT.for_top(top, &[layout::rollback_unit(top)]),
+        ));
+        step.done(&format!(
+            "the host rolls back by itself unless confirmed within {}s (also after a reboot)",
+            safety.confirm_timeout.as_secs()
+        ));
+    } else {
+        step.done("restore point saved (magic rollback off)");
+    }
+
+    let mut switched = None;
+    let outcome = (|| -> Result<Option<u32>> {
+        let step = progress.step(&target.label, "switch");
+        let generation = apply(remote, plan)?;
+        switched = generation;
+        step.done(&generation.map(|g| format!("generation {g}")).unwrap_or_default());
+        let step = progress.step(&target.label, "check");
+        let watch = || match &heartbeat {
+            Some(h) if h.host_rolls_back() => Err(HostRollsBack.into()),
+            _ => Ok(()),
+        };
+        check_health(remote, checks, safety.activation_timeout, &watch, &step)?;
+        step.done(&format!("{} IOC(s) healthy", checks.len()));
+        Ok(generation)
+    })();
+    let host_rolled_back = heartbeat.as_ref().is_some_and(Heartbeat::host_rolls_back);
+    if let Some(h) = heartbeat.as_mut() {
+        h.end();
+    }
+    let back_to = before.describe(top);
+
+    match outcome {
+        Ok(generation) => {
+            let step = progress.step(&target.label, "confirm");
+            let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
+            let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());
+            let args = [layout::rollback_unit(top), verdict, store_path];
+            let confirmed = if safety.magic_rollback {
+                Remote::connect(target).context("confirming over a new SSH login").and_then(|fresh| {
+                    let result = fresh.run(&remote::CONFIRM.for_top(top, &args));
+                    fresh.close();
+                    result
+                })
+            } else {
+                remote.run(&remote::CONFIRM.for_top(top, &args))
+            };
+            match confirmed {
+                Ok(_) => {
+                    step.done(if safety.magic_rollback { "over a new SSH login; rollback disarmed" } else { "" });
+                    Ok(generation)
+                }
+                Err(err) if err.to_string().contains("already rolled back") => {
+                    drop(step);
+                    Err(settled(remote, target, top, before, "the host rolled back by itself before the switch could be confirmed (is `confirmTimeout` too short for the checks?)".into()))
+                }
+                Err(err) => Err(Failure::new(
+                    Exit::Unknown,
+                    format!(
+                        "the IOCs are healthy on generation {}, but the switch could not be confirmed: {err:#}\n\
+                         the host rolls back by itself to {back_to} unless confirmed within {}s of the last contact\n\
+                         hint: check where it ended with `epnix-deploy list {target} {top}`",
+                        generation.map_or("?".to_owned(), |g| g.to_string()),
+                        safety.confirm_timeout.as_secs()
+                    ),
+                )
+                .into()),
+            }
+        }
+        Err(err) if host_rolled_back || err.downcast_ref::<HostRollsBack>().is_some() => {
+            Err(settled(remote, target, top, before, format!("{err:#}")))
+        }
+        Err(err) if ssh::is_connection_lost(&err) || interrupted() => {
+            let now_on = switched.map_or("the new generation".to_owned(), |g| format!("generation {g}"));
+            let fate = if safety.magic_rollback {
+                format!(
+                    "the armed rollback is in charge: unless confirmed, the host goes back to {back_to} by itself within {}s (or at its next boot)",
+                    safety.confirm_timeout.as_secs()
+                )
+            } else {
+                format!("magic rollback is off: the host may stay on {now_on}, unchecked")
+            };
+            Err(Failure::new(
+                Exit::Unknown,
+                format!(
+                    "{err:#}\nthe outcome on `{target}` is unknown: {fate}\n\
+                     hint: see where it ended with `epnix-deploy list {target} {top}`; `epnix-deploy rollback {target} {top}` goes back by hand"
+                ),
+            )
+            .into())
+        }
+        Err(err) if err.downcast_ref::<Claimed>().is_some() => {
+            // Nothing changed: the restore point goes, and with it the timer.
+            remote.run(&remote::CONFIRM.for_top(top, &[layout::rollback_unit(top), "-".into(), "-".into()]))?;
+            Err(BadInput::new(format!("on `{target}`: {err}; nothing was changed"))
+                .hint("IOC names must be unique per host: rename one of the IOCs")
+                .into())
+        }
+        Err(err) => {
+            let step = progress.step(&target.label, "roll back");
+            let rolled = roll_back(remote, top, "failed-checks");
+            let verified = rolled.and_then(|rb| {
+                let restored = rb.iocs.iter().map(|ioc| (ioc.clone(), HealthCheck::running())).collect();
+                check_health(remote, &restored, safety.activation_timeout, &|| Ok(()), &step)
+            });
+            match verified {
+                Ok(()) => {
+                    step.done(&format!("back to {back_to}"));
+                    Err(Failure::new(
+                        Exit::Failed,
+                        format!("{err:#}\nrolled back: `{target}` is back to {back_to}, and its IOCs are active"),
+                    )
+                    .into())
+                }
+                Err(rollback_err) if ssh::is_connection_lost(&rollback_err) => Err(Failure::new(
+                    Exit::Unknown,
+                    format!(
+                        "{err:#}\nrolling back to {back_to}, the connection was lost: {rollback_err:#}\n\
+                         hint: the host finishes a started rollback by itself (also at its next boot); see where it ended with `epnix-deploy list {target} {top}`"
+                    ),
+                )
+                .into()),
+                Err(rollback_err) => {
+                    drop(step);
+                    Err(settled(remote, target, top, before, format!("{err:#}\nthe rollback reported: {rollback_err:#}")))
+                }
+            }
+        }
+    }
+}
+
+/// The error of a switch whose rollback is done or under way on the host:
+/// waits for the host's own rollback to end, reads where the host is, and
+/// says what is true: back where it was and running ([`Exit::Failed`]), or
+/// not ([`Exit::NeedsAttention`]).
+fn settled(remote: &Remote, target: &Target, top: &str, before: &Before, why: String) -> anyhow::Error {
+    let back_to = before.describe(top);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let state = loop {
+        match host::inspect(remote, top) {
+            Ok(state) if !state.rollback_pending || Instant::now() > deadline => break Ok(state),
+            Ok(_) => std::thread::sleep(Duration::from_millis(500)),
+            Err(err) => break Err(err),
+        }
+    };
+    let state = match state {
+        Ok(state) => state,
+        Err(err) => {
+            return Failure::new(
+                Exit::Unknown,
+                format!(
+                    "{why}\nreading the host afterwards failed: {err:#}\n\
+                     hint: see where it ended with `epnix-deploy list {target} {top}`"
+                ),
+            )
+            .into();
+        }
+    };
+    let inactive: Vec<&String> = state
+        .units_of(top)
+        .filter(|(ioc, _)| state.processes.get(*ioc).is_none_or(|p| p.state.active != "active"))
+        .map(|(ioc, _)| ioc)
+        .collect();
+    if state.current == before.generation && inactive.is_empty() && !state.rollback_pending {
+        Failure::new(
+            Exit::Failed,
+            format!("{why}\nrolled back: `{target}` is back to {back_to}, and its IOCs are active"),
+        )
+        .into()
+    } else {
+        let now_on = state.current.map_or("no generation".to_owned(), |g| format!("generation {g}"));
+        let down = if inactive.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", and these IOCs are not active: {}",
+                inactive.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        };
+        Failure::new(
+            Exit::NeedsAttention,
+            format!(
+                "{why}\nthe host needs attention: `{top}` is on {now_on} (it was on {back_to}){down}\n\
+                 hint: look with `epnix-deploy status {target} {top}` and `journalctl -u 'epnix-*'` on the host"
+            ),
+        )
+        .into()
+    }
+}
+
+/// Makes sure the IOCs of a plan that changes nothing run: starts those
+/// that do not, restarts none. Returns the generation the host runs.
+pub fn ensure_running(
+    remote: &Remote,
+    plan: &Plan,
+    current: Option<u32>,
+    progress: &Progress,
+    target: &Target,
+    timeout: Duration,
+) -> Result<Option<u32>> {
+    let step = progress.step(&target.label, "switch");
+    apply(remote, plan)?;
+    step.done(&current.map(|g| format!("generation {g} (unchanged)")).unwrap_or_default());
+    let step = progress.step(&target.label, "activate");
+    let running: BTreeMap<String, HealthCheck> =
+        plan.running().into_iter().map(|ioc| (ioc, HealthCheck { settle_time: 0, ..HealthCheck::running() })).collect();
+    check_health(remote, &running, timeout, &|| Ok(()), &step)?;
+    step.done(&format!("{} IOC(s) active", running.len()));
+    Ok(current)
+}
+
+/// A unit name claimed by another top, found by the switch before it changed
+/// anything.
+#[derive(Debug)]
+struct Claimed(String);
+
+impl std::fmt::Display for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Claimed {}
+
+/// Carries out the plan's switch in one round trip; returns the generation
+/// the profile points at afterwards.
+pub fn apply(remote: &Remote, plan: &Plan) -> Result<Option<u32>> {
+    let cmd = plan.switch_cmd();
+    let output = remote.output(&cmd)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match output.status.code() {
+        Some(0) => {}
+        Some(20) => {
+            let words: Vec<&str> = stdout.trim().split(' ').collect();
+            let (unit, owner) = (words.get(1).unwrap_or(&"?"), words.get(2).unwrap_or(&"-"));
+            let owner = if *owner == "-" {
+                "no top (a unit epnix-deploy did not write)".to_owned()
+            } else {
+                format!("top `{owner}`")
+            };
+            return Err(Claimed(format!("`{unit}` belongs to {owner}, which claimed it first")).into());
+        }
+        Some(255) => {
+            return Err(
+                ConnectionLost(format!("on `{}`: the SSH connection was lost during the switch", plan.top)).into()
+            );
+        }
+        _ => {
+            anyhow::bail!("the switch failed ({}):\n{}", output.status, tail(&String::from_utf8_lossy(&output.stderr)))
+        }
+    }
+    let generation = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("generation "))
+        .map(|link| host::parse_generation(link).with_context(|| format!("`nix-env` left the profile at `{link}`")));
+    Ok(match generation {
+        Some(g) => Some(g?),
+        None => None,
+    })
 }
 
 /// What the rollback did.
@@ -263,14 +508,17 @@ pub struct RolledBack {
     pub iocs: Vec<String>,
 }
 
-/// Rolls back now, over the deployer's connection, with the host's own script.
-pub fn roll_back(remote: &Remote, top: &str, reason: &str) -> Result<RolledBack> {
-    let unit = rollback_unit(top);
-    // The timer must not fire into the rollback we run ourselves.
-    remote.run(&RemoteCmd::new(["systemctl", "stop", &format!("{unit}.timer")]))?;
-    let mut argv = vec!["/bin/sh".to_owned()];
-    argv.extend(rollback_args(top, reason));
+/// Rolls back now, over the deployer's connection, with the host's own
+/// script. The armed timer stays: if the connection drops halfway, it (or
+/// the next boot) finishes the job, and if it fires while this runs, only
+/// one of them gets the restore point.
+fn roll_back(remote: &Remote, top: &str, reason: &str) -> Result<RolledBack> {
+    let mut argv = vec!["/bin/sh".to_owned(), layout::records(top).join("restore/rollback.sh").into_string()];
+    argv.extend(remote::context(top));
+    argv.push(reason.to_owned());
     let output = remote.run(&RemoteCmd::new(argv))?;
+    // The timer has nothing left to do.
+    let _ = remote.run(&RemoteCmd::new(["systemctl", "stop", &format!("{}.timer", layout::rollback_unit(top))]));
     parse_rollback(&output)
 }
 
@@ -284,7 +532,7 @@ fn parse_rollback(output: &str) -> Result<RolledBack> {
             let target = rest.rsplit(' ').next().unwrap_or("none");
             to = target.parse().ok();
         } else if line == "nothing to roll back" {
-            anyhow::bail!("the host had no restore point: it had already rolled back, or the deploy was confirmed");
+            anyhow::bail!("the host had no restore point: its own rollback got there first");
         }
     }
     Ok(RolledBack { to, iocs })
@@ -310,26 +558,6 @@ impl std::fmt::Display for HealthFailure {
 
 impl std::error::Error for HealthFailure {}
 
-/// `$1` nonce, then pairs of an invocation id and a ready line (empty for
-/// none). Prints, per invocation, whether the line and a crash appeared in
-/// the output of that run of the unit. The crash is procServ's
-/// `@@@ Received a sigChild`: without `--oneshot` procServ restarts a dead
-/// IOC itself and systemd never sees the crash.
-const PROBE: &str = r#"set -u
-nonce=$1; shift
-while [ $# -ge 2 ]; do
-  id=$1 line=$2; shift 2
-  out=$(journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID="$id" 2>/dev/null || true)
-  ready=no crashed=no
-  if [ -n "$line" ] && printf '%s\n' "$out" | grep -qF -- "$line"; then ready=yes; fi
-  if printf '%s\n' "$out" | grep -qF -- '@@@ Received a sigChild'; then crashed=yes; fi
-  printf '%s %s %s %s\n' "$nonce" "$id" "$ready" "$crashed"
-done
-"#;
-
-/// `$1` seconds, `$2` the command.
-const RUN_CHECK: &str = r#"timeout --kill-after=2 "$1" sh -c "$2" 2>&1"#;
-
 /// Where one IOC is in its checks.
 #[derive(Clone, Debug, PartialEq)]
 enum Stage {
@@ -342,13 +570,14 @@ enum Stage {
 
 /// Checks that each IOC comes up and stays up: the unit is active, its ready
 /// line appears in this run's output, it runs `settle_time` without a
-/// restart, and its check command passes. `keepalive` runs on every round
-/// (the magic rollback's heartbeat). Fails on the first IOC that fails.
+/// restart, and its check command passes. `watch` runs on every round and
+/// ends the checks with its error (the host began its own rollback). Fails
+/// on the first IOC that fails.
 pub fn check_health(
     remote: &Remote,
     checks: &BTreeMap<String, HealthCheck>,
     timeout: Duration,
-    keepalive: &dyn Fn() -> Result<()>,
+    watch: &dyn Fn() -> Result<()>,
     step: &Step,
 ) -> Result<()> {
     if checks.is_empty() {
@@ -357,7 +586,6 @@ pub fn check_health(
     let units: BTreeMap<String, String> = checks.keys().map(|ioc| (layout::unit_name(ioc), ioc.clone())).collect();
     let show = host::show_units_cmd(units.keys().cloned());
     let started = Instant::now();
-    let mut last_keepalive: Option<Instant> = None;
     let mut baseline: BTreeMap<String, host::UnitState> = BTreeMap::new();
     let mut stages: BTreeMap<&String, Stage> = checks.keys().map(|ioc| (ioc, Stage::Starting)).collect();
     let fail = |ioc: &str, check: String| -> anyhow::Error {
@@ -376,12 +604,9 @@ pub fn check_health(
     };
     loop {
         if interrupted() {
-            anyhow::bail!(crate::ssh::ConnectionLost("interrupted during the health checks".into()));
+            anyhow::bail!(ConnectionLost("interrupted during the health checks".into()));
         }
-        if last_keepalive.is_none_or(|t| t.elapsed() >= HEARTBEAT_INTERVAL) {
-            keepalive()?;
-            last_keepalive = Some(Instant::now());
-        }
+        watch()?;
         let states = host::parse_show(&remote.run(&show)?);
         for (unit, ioc) in &units {
             let state = states.get(unit).cloned().unwrap_or_default();
@@ -408,8 +633,7 @@ pub fn check_health(
                 probe_args.push(checks[ioc].ready_line.clone().unwrap_or_default());
             }
         }
-        let probe_args: Vec<&str> = probe_args.iter().map(String::as_str).collect();
-        let probe = remote.run(&RemoteCmd::script(PROBE, &probe_args))?;
+        let probe = remote.run(&remote::PROBE.cmd(&probe_args))?;
         let mut journal: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
         for line in probe.lines().filter_map(|l| l.strip_prefix(nonce.as_str())) {
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -434,16 +658,13 @@ pub fn check_health(
                 if now.duration_since(since) >= Duration::from_secs(check.settle_time) {
                     if let Some(command) = &check.command {
                         step.update(&format!("{ioc}: running its check command"));
-                        let secs = check.command_timeout.to_string();
-                        let output = remote.output(&RemoteCmd::script(RUN_CHECK, &[&secs, command]))?;
-                        if !output.status.success() {
-                            let said = String::from_utf8_lossy(&output.stdout).into_owned();
-                            let how = match output.status.code() {
-                                Some(124) => format!("timed out after {}s", check.command_timeout),
-                                _ => format!("exited with {}", output.status),
-                            };
-                            return Err(fail(ioc, format!("its check command `{command}` {how}:\n{}", tail(&said))));
-                        }
+                        run_check_command(remote, ioc, command, check.command_timeout).map_err(|err| match err
+                            .downcast::<CheckFailed>(
+                        ) {
+                            Ok(failed) => fail(ioc, failed.0),
+                            Err(err) => err,
+                        })?;
+                        watch()?;
                     }
                     *entry = Stage::Passed;
                 }
@@ -474,6 +695,36 @@ pub fn check_health(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// A check command ran and did not pass.
+#[derive(Debug)]
+struct CheckFailed(String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
+
+/// Runs an IOC's check command on the host, in a scope of its own that is
+/// ended with everything in it. A lost connection is an error of its own,
+/// never a failed check.
+fn run_check_command(remote: &Remote, ioc: &str, command: &str, timeout_secs: u64) -> Result<()> {
+    let scope = format!("{}{ioc}-{}", layout::check_scope_prefix(), &host::nonce()[8..20]);
+    let output = remote.output(&remote::RUN_CHECK.cmd(&[&timeout_secs.to_string(), command, &scope]))?;
+    let how = match output.status.code() {
+        Some(0) => return Ok(()),
+        Some(255) => {
+            return Err(ConnectionLost(format!("the SSH connection was lost running the check of `{ioc}`")).into());
+        }
+        Some(124) | Some(137) => format!("timed out after {timeout_secs}s"),
+        _ => format!("exited with {}", output.status),
+    };
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    Err(CheckFailed(format!("its check command `{command}` {how}:\n{}", tail(&said))).into())
 }
 
 #[cfg(test)]

@@ -8,19 +8,18 @@ use anyhow::Result;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
+use crate::config;
 use crate::deploy::{self, DeployOptions};
-use crate::exit::{self, BadInput};
-use crate::generations::{self, DeleteOptions, Doomed, RollbackOptions};
+use crate::exit::{self, BadInput, Exit};
+use crate::generations::{self, Changing, DeleteOptions, Doomed, RemoveOptions, RollbackOptions};
 use crate::progress::Progress;
+use crate::report;
 use crate::target::Selection;
 
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
 #[command(name = "epnix-deploy", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-#[command(after_help = "Exit codes: 0 deployed and healthy; 1 failed, the host is on the previous generation \
-(never switched, or rolled back); 2 bad input, nothing changed; 3 the rollback failed too, the host needs attention; \
-4 outcome unknown (connection lost or interrupted after the switch); 5 busy: another deploy holds the lock; \
-130 interrupted before the switch, nothing changed.")]
+#[command(after_help = exit::help_text())]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,10 +35,14 @@ enum Command {
     List(ListArgs),
     /// Show a top's generation, IOC units and last rollback on a host.
     Status(HostTop),
-    /// Switch a top back to its previous generation (or `--to N`), units included.
+    /// Switch a top back to its newest healthy generation before the current
+    /// one (or `--to N`), units and checks included, under an armed rollback.
     Rollback(RollbackArgs),
     /// Delete generations of a top on a host.
     DeleteGeneration(DeleteArgs),
+    /// Take a top off a host: stop and remove its units (and with `--purge`
+    /// its generations).
+    Remove(RemoveArgs),
     /// Print the completion script for SHELL.
     Completions {
         #[arg(value_enum)]
@@ -91,7 +94,7 @@ struct DeployArgs {
     substitute_on_destination: bool,
     /// Seconds all IOCs together may take to pass their health checks
     /// (overrides the top's `activationTimeout`).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=config::MAX_SECONDS))]
     activation_timeout: Option<u64>,
     /// Do not arm the host-side rollback that fires when the deploy is not
     /// confirmed; a failed health check still rolls back.
@@ -118,12 +121,38 @@ struct ListArgs {
 struct RollbackArgs {
     #[command(flatten)]
     target: HostTop,
-    /// The generation to switch to (default: the one before the current).
+    /// The generation to switch to (default: the newest healthy one before the current).
     #[arg(long, value_name = "N")]
     to: Option<u32>,
-    /// Seconds the IOC units may take to become active.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    activation_timeout: u64,
+    /// Go to `--to N` even if its checks failed or it was not confirmed.
+    #[arg(long, requires = "to")]
+    force: bool,
+    /// Seconds all IOCs together may take to pass their health checks
+    /// (default: the top's `activationTimeout`, or 60 without a flake).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=config::MAX_SECONDS))]
+    activation_timeout: Option<u64>,
+    /// Do not arm the host-side rollback that fires when the switch is not
+    /// confirmed; a failed health check still rolls back.
+    #[arg(long)]
+    no_magic_rollback: bool,
+    /// Change the host even if its name is not the configured one.
+    #[arg(long)]
+    skip_hostname_check: bool,
+}
+
+#[derive(Args, Debug)]
+struct RemoveArgs {
+    #[command(flatten)]
+    target: HostTop,
+    /// Also delete the top's profile, its generations and its state.
+    #[arg(long)]
+    purge: bool,
+    /// Run the host's garbage collector afterwards and report what it freed.
+    #[arg(long)]
+    gc: bool,
+    /// Change the host even if its name is not the configured one.
+    #[arg(long)]
+    skip_hostname_check: bool,
 }
 
 #[derive(Args, Debug)]
@@ -136,12 +165,18 @@ struct DeleteArgs {
     /// Delete generations older than this many days, e.g. `30d`.
     #[arg(long, value_name = "DAYS", conflicts_with_all = ["generations", "keep"])]
     older_than: Option<String>,
-    /// Keep the newest N generations, delete the others.
+    /// Keep the newest N healthy generations (and the current one), delete the others.
     #[arg(long, value_name = "N", conflicts_with = "generations")]
     keep: Option<u32>,
     /// Run the host's garbage collector afterwards and report what it freed.
     #[arg(long)]
     gc: bool,
+    /// List what would be deleted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Change the host even if its name is not the configured one.
+    #[arg(long)]
+    skip_hostname_check: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -161,19 +196,20 @@ pub fn main() -> ExitCode {
         Some(Command::Status(args)) => run_status(args, &progress),
         Some(Command::Rollback(args)) => run_rollback(args, &progress),
         Some(Command::DeleteGeneration(args)) => run_delete(args, &progress),
+        Some(Command::Remove(args)) => run_remove(args, &progress),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "epnix-deploy", &mut std::io::stdout());
             Ok(())
         }
     };
     match result {
-        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Ok(()) => ExitCode::from(Exit::Success.code()),
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::from(exit::code_for(&err))
+            ExitCode::from(exit::code_for(&err).code())
         }
     }
 }
@@ -197,7 +233,7 @@ fn run_deploy(args: DeployArgs, progress: &Progress) -> Result<()> {
         print_json(&report);
     } else if !report.dry_run {
         // A dry run already printed its plan.
-        deploy::print_summary(&report);
+        report::print_summary(&report);
     }
     Ok(())
 }
@@ -226,13 +262,16 @@ fn run_rollback(args: RollbackArgs, progress: &Progress) -> Result<()> {
     let opts = RollbackOptions {
         selection: args.target.selection(),
         to: args.to,
-        activation_timeout: Duration::from_secs(args.activation_timeout),
+        force: args.force,
+        activation_timeout: args.activation_timeout.map(Duration::from_secs),
+        no_magic_rollback: args.no_magic_rollback,
+        changing: Changing { skip_hostname_check: args.skip_hostname_check },
     };
     let report = generations::rollback(&opts, progress)?;
     if args.target.json {
         print_json(&report);
     } else {
-        deploy::print_summary(&report);
+        report::print_summary(&report);
     }
     Ok(())
 }
@@ -251,12 +290,34 @@ fn run_delete(args: DeleteArgs, progress: &Progress) -> Result<()> {
         }
         (None, None) => Doomed::Numbers(args.generations),
     };
-    let opts = DeleteOptions { selection: args.target.selection(), doomed, gc: args.gc };
+    let opts = DeleteOptions {
+        selection: args.target.selection(),
+        doomed,
+        gc: args.gc,
+        dry_run: args.dry_run,
+        changing: Changing { skip_hostname_check: args.skip_hostname_check },
+    };
     let report = generations::delete(&opts, progress)?;
     if args.target.json {
         print_json(&report);
     } else {
         generations::print_delete(&report);
+    }
+    Ok(())
+}
+
+fn run_remove(args: RemoveArgs, progress: &Progress) -> Result<()> {
+    let opts = RemoveOptions {
+        selection: args.target.selection(),
+        purge: args.purge,
+        gc: args.gc,
+        changing: Changing { skip_hostname_check: args.skip_hostname_check },
+    };
+    let report = generations::remove(&opts, progress)?;
+    if args.target.json {
+        print_json(&report);
+    } else {
+        generations::print_remove(&report);
     }
     Ok(())
 }

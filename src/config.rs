@@ -28,7 +28,10 @@ pub const HEARTBEAT_INTERVAL_SECS: u64 = 2;
 pub const MIN_CONFIRM_TIMEOUT_SECS: u64 = 2 * HEARTBEAT_INTERVAL_SECS + 1;
 
 /// `confirmTimeout` when the top does not set it.
-const DEFAULT_CONFIRM_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_CONFIRM_TIMEOUT_SECS: u64 = 30;
+
+/// `activationTimeout` when a top does not set it.
+pub const DEFAULT_ACTIVATION_TIMEOUT_SECS: u64 = 60;
 
 /// The most any setting in seconds may be: a day. Each one is how long a
 /// deploy keeps the host's lock and its SSH connection waiting, or (for
@@ -202,6 +205,18 @@ impl Config {
     }
 }
 
+/// Reads `epnixDeploy` from the flake. A flake that does not evaluate is bad
+/// input: nothing has been touched yet.
+pub fn evaluate(flake: &str) -> anyhow::Result<Config> {
+    let json = crate::nix::eval_config(flake).output().map_err(|err| {
+        BadInput::new(format!("could not evaluate `{flake}#epnixDeploy`:\n{err}"))
+            .hint("check that the flake has an `epnixDeploy` output; run the command above to see the whole error")
+    })?;
+    let value: Value =
+        serde_json::from_str(&json).map_err(|err| anyhow::anyhow!("reading the JSON of `nix eval`: {err}"))?;
+    Ok(Config::parse(&value)?)
+}
+
 /// Checks the enabled IOCs of `tops`, which will run on one host, for clashes.
 pub fn check_iocs_share_host<'a>(
     tops: impl Iterator<Item = (&'a String, &'a Top)>,
@@ -288,7 +303,11 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
             .error("defines no IOC")
             .hint("add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"));
     }
-    let activation_timeout = node.get(map, "activationTimeout").map(|n| n.seconds(1)).transpose()?.unwrap_or(60);
+    let activation_timeout = node
+        .get(map, "activationTimeout")
+        .map(|n| n.seconds(1))
+        .transpose()?
+        .unwrap_or(DEFAULT_ACTIVATION_TIMEOUT_SECS);
     let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
     let confirm_timeout = node
         .get(map, "confirmTimeout")

@@ -1,40 +1,92 @@
 //! The exit codes of `epnix-deploy`, in one place.
 //!
 //! Scripts branch on these, so each value keeps its meaning across releases.
-//! The README's "Exit codes" table is written from this list.
+//! Every way the program ends maps to one [`Exit`] in [`code_for`]; the
+//! `--help` text is written from [`Exit::ALL`], and a test pins the README's
+//! "Exit codes" table to it.
 
 use std::fmt;
 
-/// Everything went as asked: the IOCs run healthy on the new generation.
-pub const SUCCESS: u8 = 0;
-/// It failed, and the host is on the previous generation, healthy: either
-/// the failure came before the switch, or the tool rolled back.
-pub const FAILED: u8 = 1;
-/// Bad input (flags, configuration, the top's contents, or a host that cannot
-/// take the deploy): nothing was changed on any host.
-pub const BAD_INPUT: u8 = 2;
-/// The rollback failed too: the host needs attention. The message says what
-/// state it is in.
-pub const NEEDS_ATTENTION: u8 = 3;
-/// The outcome is unknown: the connection was lost (or the tool was
-/// interrupted) after the switch. The message says how to find out.
-pub const UNKNOWN: u8 = 4;
-/// Another deploy holds the host's lock for this top, or its rollback is
-/// still pending: nothing was changed.
-pub const BUSY: u8 = 5;
-/// Interrupted (Ctrl-C) before the switch: nothing was changed.
-pub const INTERRUPTED: u8 = 130;
+/// How a run ended, as the host really is afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything went as asked: the IOCs run healthy on the new generation.
+    Success,
+    /// It failed, and the host is on the generation it was on before,
+    /// healthy: the failure came before the switch, or the tool (or the
+    /// host by itself) rolled back.
+    Failed,
+    /// Bad input (flags, configuration, the top's contents, or a host that
+    /// cannot take the deploy): nothing was changed on any host.
+    BadInput,
+    /// The rollback failed too: the host needs attention. The message says
+    /// what state it is in.
+    NeedsAttention,
+    /// The outcome is unknown: the connection was lost (or the tool was
+    /// interrupted) after the switch. The host's armed rollback decides.
+    Unknown,
+    /// Another deploy holds the host's lock for this top, or a rollback of
+    /// an unconfirmed switch is pending: nothing was changed.
+    Busy,
+    /// Interrupted (Ctrl-C) before the switch: nothing was changed.
+    Interrupted,
+}
 
-/// An error whose exit code is decided where it arises, e.g. "rolled back".
+impl Exit {
+    pub const ALL: [Exit; 7] = [
+        Exit::Success,
+        Exit::Failed,
+        Exit::BadInput,
+        Exit::NeedsAttention,
+        Exit::Unknown,
+        Exit::Busy,
+        Exit::Interrupted,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::BadInput => 2,
+            Exit::NeedsAttention => 3,
+            Exit::Unknown => 4,
+            Exit::Busy => 5,
+            Exit::Interrupted => 130,
+        }
+    }
+
+    /// One line for `--help` and the README.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Success => "done: the IOCs run healthy on the generation asked for",
+            Exit::Failed => "failed; the host is on its previous generation, healthy (never switched, or rolled back)",
+            Exit::BadInput => "bad input or a host that cannot take it; nothing changed",
+            Exit::NeedsAttention => "the rollback failed too; the host needs attention",
+            Exit::Unknown => {
+                "outcome unknown (connection lost or interrupted after the switch); the host's armed rollback decides"
+            }
+            Exit::Busy => "busy: another deploy holds the lock, or a rollback is pending; nothing changed",
+            Exit::Interrupted => "interrupted before the switch; nothing changed",
+        }
+    }
+}
+
+/// The exit codes, for `--help`.
+pub fn help_text() -> String {
+    let lines: Vec<String> = Exit::ALL.iter().map(|e| format!("  {:>3}  {}", e.code(), e.meaning())).collect();
+    format!("Exit codes:\n{}", lines.join("\n"))
+}
+
+/// An error whose outcome is known where it arises, e.g. "rolled back".
 #[derive(Debug)]
 pub struct Failure {
-    pub code: u8,
+    pub exit: Exit,
     pub message: String,
 }
 
 impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> Failure {
-        Failure { code, message: message.into() }
+    pub fn new(exit: Exit, message: impl Into<String>) -> Failure {
+        Failure { exit, message: message.into() }
     }
 }
 
@@ -47,7 +99,7 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// An error caused by what the user asked for, detected before any host was
-/// changed. It maps to [`BAD_INPUT`].
+/// changed. It maps to [`Exit::BadInput`].
 #[derive(Debug)]
 pub struct BadInput {
     pub message: String,
@@ -78,13 +130,39 @@ impl fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
-/// The exit code for an error that ended the program.
-pub fn code_for(err: &anyhow::Error) -> u8 {
+/// How an error ended the program. Anything not classified where it arose
+/// happened before a switch (the protected switch classifies all of its
+/// own), so the host is as it was: [`Exit::Failed`].
+pub fn code_for(err: &anyhow::Error) -> Exit {
     if let Some(failure) = err.downcast_ref::<Failure>() {
-        failure.code
+        failure.exit
     } else if err.downcast_ref::<BadInput>().is_some() {
-        BAD_INPUT
+        Exit::BadInput
     } else {
-        FAILED
+        Exit::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's table says what the code does: one row per exit code,
+    /// in order, with the meaning given here.
+    #[test]
+    fn the_readme_table_is_the_exit_codes() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("### Exit codes").nth(1).expect("the README has an `Exit codes` section");
+        let section = section.split("\n#").next().unwrap_or_default();
+        let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| code")).collect();
+        let want: Vec<String> = Exit::ALL.iter().map(|e| format!("| {} | {} |", e.code(), e.meaning())).collect();
+        assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn codes_are_distinct() {
+        let mut codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), Exit::ALL.len());
     }
 }

@@ -1,19 +1,23 @@
-//! What a host has now: read in one round trip before any plan is made.
+//! What a host has now, for one top: read in one round trip (`inspect.sh`)
+//! before any plan is made.
 //!
-//! The host's own Nix profile and systemd unit files are the source of
-//! truth; nothing is cached on the deployer's side.
+//! The host's own Nix profile, its generations' store paths and its systemd
+//! units are the source of truth; nothing is cached on the deployer's side.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8PathBuf;
+use serde::Serialize;
 
+use crate::generation;
 use crate::layout;
-use crate::ssh::RemoteCmd;
+use crate::remote;
+use crate::ssh::{Remote, RemoteCmd};
 use crate::unit::HostFacts;
 
 /// The state read from a host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostState {
     pub hostname: String,
     pub is_root: bool,
@@ -25,20 +29,109 @@ pub struct HostState {
     /// Whether `nix-store` is on the PATH of a non-interactive SSH command,
     /// which is where `nix copy` looks for it.
     pub nix_store_on_ssh_path: bool,
-    /// Where the top's profile points now, and its generation.
-    pub profile: Option<Profile>,
+    /// The generation the profile points at now.
+    pub current: Option<u32>,
     /// Every `epnix-*.service` file in the unit directory, by IOC name, with
     /// its text: ours and anything that only looks like ours.
     pub units: BTreeMap<String, String>,
     /// The profile's generations, oldest first.
     pub generations: Vec<Generation>,
-    /// What the deploys recorded, by generation number. A record is only
-    /// trusted for a generation that still points at its store path.
-    pub records: BTreeMap<u32, Record>,
-    /// A rollback is armed (an unconfirmed deploy) or running.
+    /// The units stored in the current generation, when epnix-deploy made it.
+    pub current_units: Option<BTreeMap<String, String>>,
+    /// The health checks stored in the current generation (its JSON).
+    pub current_checks: Option<String>,
+    /// What runs for each of this top's units, by IOC name.
+    pub processes: BTreeMap<String, Process>,
+    /// A switch is not confirmed (yet): its rollback is armed, running, or
+    /// due at the next boot.
     pub rollback_pending: bool,
     /// The latest rollbacks, oldest first.
     pub rollbacks: Vec<RollbackEvent>,
+    /// Every verdict on a generation, oldest first.
+    pub verdicts: Vec<Verdict>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    pub number: u32,
+    /// Seconds since the epoch, when the generation was made.
+    pub created: i64,
+    pub store_path: Utf8PathBuf,
+    /// The top's build, when epnix-deploy made the generation (its store
+    /// path then holds the build and the units); `None` for a generation
+    /// made by hand, whose store path is the build itself.
+    pub build: Option<Utf8PathBuf>,
+    /// `user@machine` and revision, and the IOCs it runs, when epnix-deploy
+    /// made it.
+    pub made_by: Option<MadeBy>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MadeBy {
+    pub deployer: String,
+    pub revision: String,
+    pub iocs: Vec<String>,
+}
+
+impl Generation {
+    /// The top's build this generation runs.
+    pub fn top_build(&self) -> &Utf8PathBuf {
+        self.build.as_ref().unwrap_or(&self.store_path)
+    }
+}
+
+/// What became of a generation once it was switched to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// Its IOCs passed their checks and the switch was confirmed.
+    Healthy,
+    /// Its checks failed, and it was rolled back.
+    Failed,
+    /// The deployer never confirmed it, and the host rolled it back by
+    /// itself (also after a reboot).
+    Unconfirmed,
+    /// It is current and its switch is not confirmed yet.
+    Pending,
+    /// Made by hand, or never switched to by epnix-deploy.
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Healthy => "healthy",
+            Outcome::Failed => "failed",
+            Outcome::Unconfirmed => "unconfirmed",
+            Outcome::Pending => "pending",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// One line of the `outcomes` file: a verdict on generation `number` while
+/// it pointed at `store_path` (a number reused after a deletion is another
+/// generation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub at: i64,
+    pub number: u32,
+    pub outcome: Outcome,
+    pub store_path: Utf8PathBuf,
+}
+
+impl Verdict {
+    fn parse(line: &str) -> Option<Verdict> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [at, number, outcome, store_path] = words[..] else { return None };
+        let outcome = match outcome {
+            "healthy" => Outcome::Healthy,
+            "failed" => Outcome::Failed,
+            "unconfirmed" => Outcome::Unconfirmed,
+            _ => return None,
+        };
+        Some(Verdict { at: at.parse().ok()?, number: number.parse().ok()?, outcome, store_path: store_path.into() })
+    }
 }
 
 /// A rollback the host carried out, from its `events` file.
@@ -50,7 +143,8 @@ pub struct RollbackEvent {
     pub from: Option<u32>,
     /// The generation rolled back to; `None` when a first deploy was undone.
     pub to: Option<u32>,
-    /// `unconfirmed` (the host did it by itself) or `failed-checks`.
+    /// `failed-checks`, `unconfirmed` (the host did it by itself) or
+    /// `reboot` (the host did it at boot).
     pub reason: String,
     /// Whether every step of it succeeded.
     pub ok: bool,
@@ -70,126 +164,99 @@ impl RollbackEvent {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Generation {
-    pub number: u32,
-    /// Seconds since the epoch, when the generation was made.
-    pub created: i64,
-    pub store_path: Utf8PathBuf,
-}
-
-/// What a deploy recorded next to a generation.
+/// What runs for one unit: systemd's view, the time its file last changed,
+/// and where its IOC process runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Record {
-    pub store_path: Utf8PathBuf,
-    pub deployer: String,
-    pub revision: String,
-    /// The IOCs whose units the generation installed.
-    pub iocs: Vec<String>,
+pub struct Process {
+    pub state: UnitState,
+    /// When the unit file last changed, in seconds since the epoch.
+    pub file_changed: i64,
+    /// The working directory of procServ's child, the IOC, when it runs.
+    pub cwd: Option<Utf8PathBuf>,
 }
 
-impl Record {
-    /// Reads `key=value` lines: the `meta` file, then `unit=` lines.
-    fn parse(text: &str) -> Record {
-        let mut record = Record::default();
-        for line in text.lines() {
-            match line.split_once('=') {
-                Some(("storePath", v)) => record.store_path = Utf8PathBuf::from(v),
-                Some(("deployer", v)) => record.deployer = v.to_owned(),
-                Some(("revision", v)) => record.revision = v.to_owned(),
-                Some(("unit", v)) => record.iocs.extend(layout::ioc_of_unit(v).map(str::to_owned)),
-                _ => {}
-            }
-        }
-        record
-    }
-
-    /// The `meta` file of a record. Values are single lines.
-    pub fn meta(store_path: &str, deployer: &str, revision: &str) -> String {
-        let line = |v: &str| v.replace(['\n', '\r'], " ");
-        format!("storePath={}\ndeployer={}\nrevision={}\n", line(store_path), line(deployer), line(revision))
-    }
-}
-
+/// Why a running IOC does not run what its unit and profile say.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Profile {
-    pub generation: u32,
-    pub store_path: Utf8PathBuf,
+pub enum Drift {
+    /// systemd has not loaded the unit file as it is now.
+    UnitNotReloaded,
+    /// The unit file changed after the IOC started.
+    UnitChangedSinceStart,
+    /// The IOC runs another build than the profile's.
+    OtherBuild(Utf8PathBuf),
 }
 
-/// Prints one record per fact, each opened by a nonce that cannot occur in a
-/// unit file, so unit texts need no escaping. `$1` is the nonce, `$2` the
-/// profile, `$3` the top's records directory.
-const INSPECT: &str = r#"
-set -u
-nonce=$1 profile=$2 records=$3
-say() { printf '%s %s %s\n' "$nonce" "$1" "$2"; }
-if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi
-# Multi-user Nix and NixOS put their tools here, outside a non-interactive PATH.
-PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
-say hostname "$(cat /proc/sys/kernel/hostname)"
-say uid "$(id -u)"
-say procserv "$(command -v procServ || true)"
-if procServ --help 2>&1 | grep -q -e --oneshot; then say oneshot yes; else say oneshot no; fi
-say nix-env "$(command -v nix-env || true)"
-say systemctl "$(command -v systemctl || true)"
-if [ -L "$profile" ]; then
-  say profile-link "$(readlink "$profile")"
-  say profile-target "$(readlink -f "$profile")"
-fi
-for f in /etc/systemd/system/epnix-*.service; do
-  [ -f "$f" ] || continue
-  printf '%s unit %s\n' "$nonce" "${f##*/}"
-  cat "$f"
-done
-# Generations: number, creation time (the link's own mtime, as nix-env reads
-# it) and store path. The glob also matches profiles whose names start with
-# ours ("a-b-1-link" for "a"): those are skipped by the number check.
-dir=${profile%/*} name=${profile##*/}
-for link in "$dir/$name"-*-link; do
-  [ -L "$link" ] || continue
-  n=${link##*/}; n=${n#"$name"-}; n=${n%-link}
-  case $n in ''|*[!0-9]*) continue ;; esac
-  say generation "$n $(stat -c %Y "$link") $(readlink "$link")"
-done
-# A rollback armed by a deploy that was not confirmed (yet), and what
-# rollbacks happened: "<time> <from> <to> <reason> <status>" lines.
-if systemctl is-active --quiet "epnix-rollback-${profile##*/}.timer" || [ -d "$records/restore.rolling" ]; then
-  say rollback-pending yes
-fi
-if [ -f "$records/events" ]; then
-  tail -n 20 "$records/events" | while read -r line; do say event "$line"; done
-fi
-for rec in "$records"/*/; do
-  rec=${rec%/}; n=${rec##*/}
-  case $n in ''|*[!0-9]*) continue ;; esac
-  printf '%s record %s\n' "$nonce" "$n"
-  cat "$rec/meta" 2>/dev/null
-  for u in "$rec"/units/*.service; do [ -f "$u" ] && echo "unit=${u##*/}"; done
-done
-"#;
+impl Drift {
+    pub fn describe(&self) -> String {
+        match self {
+            Drift::UnitNotReloaded => "its unit file changed and systemd has not reloaded it".to_owned(),
+            Drift::UnitChangedSinceStart => "its unit file changed after it started".to_owned(),
+            Drift::OtherBuild(build) => format!("it runs the build `{build}`, not the profile's"),
+        }
+    }
+}
+
+impl Process {
+    /// How the running IOC differs from its unit file and from `build`, the
+    /// build its profile points at; `None` when it runs what they say, or
+    /// when it does not run at all (then it only needs a start).
+    pub fn drift(&self, build: Option<&Utf8PathBuf>) -> Option<Drift> {
+        if self.state.active != "active" {
+            return None;
+        }
+        if self.state.need_reload {
+            return Some(Drift::UnitNotReloaded);
+        }
+        // Whole seconds on both sides: a file written in the second the
+        // unit started counts as older, since deploys write before they start.
+        if self.state.started.is_some_and(|started| self.file_changed > started) {
+            return Some(Drift::UnitChangedSinceStart);
+        }
+        let (Some(cwd), Some(build)) = (&self.cwd, build) else { return None };
+        let runs = store_path_of(cwd)?;
+        (runs != store_path_of(build)?).then(|| Drift::OtherBuild(runs.into()))
+    }
+}
+
+/// The `/nix/store/<hash>-<name>` a path lies in.
+fn store_path_of(path: &camino::Utf8Path) -> Option<&str> {
+    let rest = path.as_str().strip_prefix("/nix/store/")?;
+    let end = rest.find('/').map_or(path.as_str().len(), |i| "/nix/store/".len() + i);
+    Some(&path.as_str()[..end])
+}
+
+/// Reads the host's state for `top`.
+pub fn inspect(remote: &Remote, top: &str) -> Result<HostState> {
+    let nonce = nonce();
+    let output = remote.run(&inspect_cmd(&nonce, top))?;
+    parse_inspect(&nonce, &output)
+}
 
 pub fn inspect_cmd(nonce: &str, top: &str) -> RemoteCmd {
-    RemoteCmd::script(INSPECT, &[nonce, layout::profile(top).as_str(), layout::records(top).as_str()])
+    remote::INSPECT.for_top(top, &[nonce])
 }
 
-/// Prints the unit files of one record. `$1` is the nonce, `$2` the record.
-const FETCH_RECORD: &str = r#"
-set -u
-for u in "$2"/units/*.service; do
-  [ -f "$u" ] || continue
-  printf '%s unit %s\n' "$1" "${u##*/}"
-  cat "$u"
-done
-"#;
+/// The units and health checks stored in generation `number`; `None` when
+/// epnix-deploy did not make it.
+pub type Stored = Option<(BTreeMap<String, String>, BTreeMap<String, crate::config::HealthCheck>)>;
 
-pub fn fetch_record_cmd(nonce: &str, top: &str, generation: u32) -> RemoteCmd {
-    RemoteCmd::script(FETCH_RECORD, &[nonce, layout::record(top, generation).as_str()])
-}
-
-/// The unit texts of a fetched record, by IOC name.
-pub fn parse_record_units(nonce: &str, output: &str) -> Result<BTreeMap<String, String>> {
-    Ok(parse_report(nonce, output)?.units)
+pub fn fetch_generation(remote: &Remote, top: &str, number: u32) -> Result<Stored> {
+    let nonce = nonce();
+    let output = remote.run(&remote::FETCH_GENERATION.for_top(top, &[nonce.as_str(), &number.to_string()]))?;
+    let mut units = BTreeMap::new();
+    let mut checks = None;
+    for (key, value, rest) in records(&nonce, &output)? {
+        match key {
+            "none" => return Ok(None),
+            "unit" => {
+                let ioc = layout::ioc_of_unit(value).with_context(|| format!("unexpected unit name `{value}`"))?;
+                units.insert(ioc.to_owned(), rest.to_owned());
+            }
+            "checks" => checks = Some(generation::parse_checks(rest)),
+            _ => {}
+        }
+    }
+    Ok(Some((units, checks.unwrap_or_default())))
 }
 
 /// A value that a unit file cannot contain by accident.
@@ -204,91 +271,107 @@ pub fn nonce() -> String {
     format!("@@epnix-{hex}@@")
 }
 
-/// A host report split by kind of record.
-struct Report<'a> {
-    facts: BTreeMap<&'a str, &'a str>,
-    events: Vec<RollbackEvent>,
-    units: BTreeMap<String, String>,
-    generations: Vec<Generation>,
-    records: BTreeMap<u32, Record>,
-}
-
-fn parse_report<'a>(nonce: &str, output: &'a str) -> Result<Report<'a>> {
-    let mut report = Report {
-        facts: BTreeMap::new(),
-        events: Vec::new(),
-        units: BTreeMap::new(),
-        generations: Vec::new(),
-        records: BTreeMap::new(),
-    };
+/// Splits a nonce-framed report into `(key, value, following text)`.
+fn records<'a>(nonce: &str, output: &'a str) -> Result<Vec<(&'a str, &'a str, &'a str)>> {
+    let mut out = Vec::new();
     for record in output.split(nonce).skip(1) {
         let record = record.strip_prefix(' ').context("malformed host report")?;
         let (head, rest) = record.split_once('\n').unwrap_or((record, ""));
         let (key, value) = head.split_once(' ').unwrap_or((head, ""));
+        out.push((key, value.trim_end(), rest));
+    }
+    Ok(out)
+}
+
+pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
+    let mut facts: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut state = HostState::default();
+    let mut current_units: Option<BTreeMap<String, String>> = None;
+    let mut show = BTreeMap::new();
+    let mut files: BTreeMap<String, (i64, Option<Utf8PathBuf>)> = BTreeMap::new();
+    for (key, value, rest) in records(nonce, output)? {
         match key {
             "unit" => {
                 let ioc = layout::ioc_of_unit(value).with_context(|| format!("unexpected unit name `{value}`"))?;
-                report.units.insert(ioc.to_owned(), rest.to_owned());
+                state.units.insert(ioc.to_owned(), rest.to_owned());
             }
-            "generation" => report.generations.push(parse_generation_line(value.trim_end())?),
-            "event" => report.events.extend(RollbackEvent::parse(value)),
-            "record" => {
-                let number = value.trim_end().parse().with_context(|| format!("bad record number `{value}`"))?;
-                report.records.insert(number, Record::parse(rest));
+            "generation" => state.generations.push(parse_generation_line(value)?),
+            "meta" => {
+                let number: u32 = value.parse().with_context(|| format!("bad generation number `{value}`"))?;
+                let (deployer, revision) = generation::parse_meta(rest);
+                let iocs = rest
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("unit="))
+                    .filter_map(layout::ioc_of_unit)
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(g) = state.generations.iter_mut().find(|g| g.number == number) {
+                    g.made_by = Some(MadeBy { deployer, revision, iocs });
+                }
             }
+            "current-units" => current_units = Some(BTreeMap::new()),
+            "current-unit" => {
+                let ioc = layout::ioc_of_unit(value).with_context(|| format!("unexpected unit name `{value}`"))?;
+                current_units.get_or_insert_with(BTreeMap::new).insert(ioc.to_owned(), rest.to_owned());
+            }
+            "current-checks" => state.current_checks = Some(rest.to_owned()),
+            "show" => show = parse_show(rest),
+            "process" => {
+                let mut words = value.splitn(3, ' ');
+                let (Some(unit), Some(changed), Some(cwd)) = (words.next(), words.next(), words.next()) else {
+                    bail!("bad process line `{value}`");
+                };
+                let cwd = (cwd != "-").then(|| Utf8PathBuf::from(cwd));
+                files.insert(unit.to_owned(), (changed.parse().unwrap_or(0), cwd));
+            }
+            "event" => state.rollbacks.extend(RollbackEvent::parse(value)),
+            "outcome" => state.verdicts.extend(Verdict::parse(value)),
+            "rollback-pending" => state.rollback_pending = true,
             _ => {
-                report.facts.insert(key, value.trim_end());
+                facts.insert(key, value);
             }
         }
     }
-    report.generations.sort_by_key(|g| g.number);
-    Ok(report)
+    state.generations.sort_by_key(|g| g.number);
+    state.current_units = current_units;
+    for (unit, (file_changed, cwd)) in files {
+        let Some(ioc) = layout::ioc_of_unit(&unit) else { continue };
+        let state_of = show.get(&unit).cloned().unwrap_or_default();
+        state.processes.insert(ioc.to_owned(), Process { state: state_of, file_changed, cwd });
+    }
+
+    let fact = |key: &str| -> Result<&str> {
+        facts.get(key).copied().with_context(|| format!("the host did not report `{key}`"))
+    };
+    state.procserv = match fact("procserv")? {
+        "" => None,
+        path => Some(HostFacts { procserv: path.to_owned(), procserv_oneshot: fact("oneshot")? == "yes" }),
+    };
+    if let Some(link) = facts.get("profile-link") {
+        state.current = Some(
+            parse_generation(link)
+                .with_context(|| format!("the profile points at `{link}`, which is not a generation link"))?,
+        );
+    }
+    state.hostname = fact("hostname")?.to_owned();
+    state.is_root = fact("uid")? == "0";
+    state.nix_env = Some(fact("nix-env")?).filter(|p| !p.is_empty()).map(str::to_owned);
+    state.has_systemctl = !fact("systemctl")?.is_empty();
+    state.nix_store_on_ssh_path = fact("nix-store-on-path")? == "yes";
+    Ok(state)
 }
 
 fn parse_generation_line(line: &str) -> Result<Generation> {
-    let mut words = line.splitn(3, ' ');
-    let (Some(number), Some(created), Some(store_path)) = (words.next(), words.next(), words.next()) else {
+    let words: Vec<&str> = line.split(' ').collect();
+    let [number, created, store_path, build] = words[..] else {
         bail!("bad generation line `{line}`");
     };
     Ok(Generation {
         number: number.parse().with_context(|| format!("bad generation number in `{line}`"))?,
         created: created.parse().with_context(|| format!("bad time in `{line}`"))?,
         store_path: Utf8PathBuf::from(store_path),
-    })
-}
-
-pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
-    let Report { facts, events, units, generations, records } = parse_report(nonce, output)?;
-    let fact = |key: &str| -> Result<&str> {
-        facts.get(key).copied().with_context(|| format!("the host did not report `{key}`"))
-    };
-
-    let procserv = match fact("procserv")? {
-        "" => None,
-        path => Some(HostFacts { procserv: path.to_owned(), procserv_oneshot: fact("oneshot")? == "yes" }),
-    };
-    let profile = match (facts.get("profile-link"), facts.get("profile-target")) {
-        (Some(link), Some(target)) => {
-            let generation = parse_generation(link)
-                .with_context(|| format!("the profile points at `{link}`, which is not a generation link"))?;
-            Some(Profile { generation, store_path: Utf8PathBuf::from(*target) })
-        }
-        (None, None) => None,
-        _ => bail!("the host reported half of its profile"),
-    };
-    Ok(HostState {
-        hostname: fact("hostname")?.to_owned(),
-        is_root: fact("uid")? == "0",
-        procserv,
-        nix_env: Some(fact("nix-env")?).filter(|p| !p.is_empty()).map(str::to_owned),
-        has_systemctl: !fact("systemctl")?.is_empty(),
-        nix_store_on_ssh_path: fact("nix-store-on-path")? == "yes",
-        profile,
-        units,
-        generations,
-        records,
-        rollback_pending: facts.contains_key("rollback-pending"),
-        rollbacks: events,
+        build: (build != "-").then(|| Utf8PathBuf::from(build)),
+        made_by: None,
     })
 }
 
@@ -306,14 +389,29 @@ impl HostState {
         self.units.iter().filter(move |(_, text)| crate::unit::owner(text) == Some(top))
     }
 
-    /// The record of `generation`, if it describes that generation's build.
-    pub fn record_of(&self, generation: &Generation) -> Option<&Record> {
-        self.records.get(&generation.number).filter(|r| r.store_path == generation.store_path)
+    pub fn current_generation(&self) -> Option<&Generation> {
+        let current = self.current?;
+        self.generations.iter().find(|g| g.number == current)
     }
 
-    pub fn current_generation(&self) -> Option<&Generation> {
-        let current = self.profile.as_ref()?.generation;
-        self.generations.iter().find(|g| g.number == current)
+    /// What became of `generation`: the latest verdict on it while it
+    /// pointed at its present store path.
+    pub fn outcome(&self, generation: &Generation) -> Outcome {
+        if self.rollback_pending && self.current == Some(generation.number) {
+            return Outcome::Pending;
+        }
+        self.verdicts
+            .iter()
+            .rev()
+            .find(|v| v.number == generation.number && v.store_path == generation.store_path)
+            .map_or(Outcome::Unknown, |v| v.outcome)
+    }
+
+    /// Why `ioc`'s running process differs from what its unit and the
+    /// current generation say.
+    pub fn drift(&self, ioc: &str) -> Option<Drift> {
+        let build = self.current_generation().map(Generation::top_build);
+        self.processes.get(ioc)?.drift(build)
     }
 
     /// The `nix-store` that `nix copy` must start on the host, when the
@@ -336,8 +434,13 @@ pub struct UnitState {
     pub restarts: u64,
     /// Changes with every start of the unit; its journal lines carry it.
     pub invocation: String,
-    /// When it last became active, as systemd writes it.
-    pub since: String,
+    /// When it last became active, in seconds since the epoch, where
+    /// systemd says (`--timestamp=unix`).
+    pub since: Option<i64>,
+    /// When its main process started, likewise.
+    pub started: Option<i64>,
+    /// Its unit file changed on disk since systemd loaded it.
+    pub need_reload: bool,
 }
 
 /// Asks systemd for the state of `units`, in one call.
@@ -346,22 +449,24 @@ pub fn show_units_cmd(units: impl IntoIterator<Item = String>) -> RemoteCmd {
     RemoteCmd::new(["systemctl".to_owned(), "show".to_owned(), props.to_owned()].into_iter().chain(units))
 }
 
-/// Reads the output of [`show_units_cmd`], by unit name.
+/// Reads the output of `systemctl show` for several units, by unit name.
 pub fn parse_show(output: &str) -> BTreeMap<String, UnitState> {
     let mut states = BTreeMap::new();
     for block in output.split("\n\n") {
-        let field =
-            |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").to_owned();
+        let field = |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("");
+        let time = |key: &str| field(key).strip_prefix('@').and_then(|s| s.parse().ok());
         let id = field("Id");
         if !id.is_empty() {
             let state = UnitState {
-                active: field("ActiveState"),
-                sub: field("SubState"),
+                active: field("ActiveState").to_owned(),
+                sub: field("SubState").to_owned(),
                 restarts: field("NRestarts").parse().unwrap_or(0),
-                invocation: field("InvocationID"),
-                since: field("ActiveEnterTimestamp"),
+                invocation: field("InvocationID").to_owned(),
+                since: time("ActiveEnterTimestamp"),
+                started: time("ExecMainStartTimestamp"),
+                need_reload: field("NeedDaemonReload") == "yes",
             };
-            states.insert(id, state);
+            states.insert(id.to_owned(), state);
         }
     }
     states
@@ -373,36 +478,74 @@ mod tests {
 
     const N: &str = "@@n@@";
 
-    #[test]
-    fn a_report_with_a_profile_and_units() {
-        let output = format!(
+    fn report() -> String {
+        format!(
             "{N} nix-store-on-path yes\n{N} hostname ioc1\n{N} uid 0\n{N} procserv /usr/bin/procServ\n{N} oneshot no\n\
              {N} nix-env /usr/bin/nix-env\n{N} systemctl /usr/bin/systemctl\n{N} profile-link myTop-2-link\n\
-                          {N} profile-target /nix/store/abc-top\n{N} unit epnix-a.service\n[Unit]\nX=1\n{N} unit epnix-b.service\nno newline\
-             {N} generation 2 1700000100 /nix/store/abc-top\n{N} generation 1 1700000000 /nix/store/old-top\n\
-             {N} record 2\nstorePath=/nix/store/abc-top\ndeployer=ops@laptop\nrevision=dirty\nunit=epnix-a.service\n\
-                          {N} record 1\nstorePath=/nix/store/other\n{N} event 1700000200 2 1 unconfirmed 0\n"
-        );
-        let state = parse_inspect(N, &output).unwrap();
+             {N} generation 1 1700000000 /nix/store/old-top -\n\
+             {N} generation 2 1700000100 /nix/store/g2-gen /nix/store/abc-top\n\
+             {N} meta 2\ndeployer=ops@laptop\nrevision=dirty\nunit=epnix-a.service\n\
+             {N} current-units\n{N} current-unit epnix-a.service\n[Unit]\nX=1\n{N} current-checks\n{{}}\n\
+             {N} unit epnix-a.service\n[Unit]\nX=1\n{N} unit epnix-b.service\nno newline\
+             {N} show\nId=epnix-a.service\nActiveState=active\nSubState=running\nNRestarts=0\nInvocationID=i1\n\
+             ActiveEnterTimestamp=@1700000150\nExecMainStartTimestamp=@1700000150\nNeedDaemonReload=no\n\n\
+             {N} process epnix-a.service 1700000149 /nix/store/abc-top/iocBoot/a\n\
+             {N} event 1700000200 3 2 failed-checks 0\n\
+             {N} outcome 1700000120 2 healthy /nix/store/g2-gen\n{N} outcome 1700000190 1 failed /nix/store/old-top\n"
+        )
+    }
+
+    #[test]
+    fn a_report_with_generations_units_and_processes() {
+        let state = parse_inspect(N, &report()).unwrap();
         assert_eq!(state.hostname, "ioc1");
         assert!(state.is_root);
         assert_eq!(state.procserv, Some(HostFacts { procserv: "/usr/bin/procServ".into(), procserv_oneshot: false }));
-        assert_eq!(state.profile, Some(Profile { generation: 2, store_path: "/nix/store/abc-top".into() }));
+        assert_eq!(state.current, Some(2));
         assert_eq!(state.units["a"], "[Unit]\nX=1\n");
         assert_eq!(state.units["b"], "no newline");
-        assert_eq!(state.generations.iter().map(|g| g.number).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(state.current_units.as_ref().unwrap()["a"], "[Unit]\nX=1\n");
         let current = state.current_generation().unwrap();
-        assert_eq!(current.created, 1700000100);
-        let record = state.record_of(current).unwrap();
-        assert_eq!((record.deployer.as_str(), record.revision.as_str()), ("ops@laptop", "dirty"));
-        assert_eq!(record.iocs, ["a"]);
-        assert_eq!(
-            state.rollbacks,
-            [RollbackEvent { at: 1700000200, from: Some(2), to: Some(1), reason: "unconfirmed".into(), ok: true }]
-        );
-        assert!(!state.rollback_pending);
-        // A record whose build is not the generation's is not trusted.
-        assert_eq!(state.record_of(&state.generations[0]), None);
+        assert_eq!(current.top_build(), "/nix/store/abc-top");
+        let made_by = current.made_by.as_ref().unwrap();
+        assert_eq!((made_by.deployer.as_str(), made_by.revision.as_str()), ("ops@laptop", "dirty"));
+        assert_eq!(made_by.iocs, ["a"]);
+        assert_eq!(state.generations[0].top_build(), "/nix/store/old-top");
+        assert_eq!(state.generations[0].made_by, None);
+        assert_eq!(state.outcome(current), Outcome::Healthy);
+        assert_eq!(state.outcome(&state.generations[0]), Outcome::Failed);
+        assert_eq!(state.rollbacks[0].reason, "failed-checks");
+        assert_eq!(state.processes["a"].state.since, Some(1700000150));
+        assert_eq!(state.drift("a"), None);
+    }
+
+    #[test]
+    fn a_verdict_on_a_reused_number_is_not_trusted() {
+        let mut state = parse_inspect(N, &report()).unwrap();
+        state.generations[1].store_path = "/nix/store/other-gen".into();
+        assert_eq!(state.outcome(&state.generations[1]), Outcome::Unknown);
+        state.generations[1].store_path = "/nix/store/g2-gen".into();
+        state.rollback_pending = true;
+        assert_eq!(state.outcome(&state.generations[1]), Outcome::Pending);
+    }
+
+    #[test]
+    fn drift_of_a_running_ioc() {
+        let build = Utf8PathBuf::from("/nix/store/abc-top");
+        let mut p = Process {
+            state: UnitState { active: "active".into(), started: Some(100), ..Default::default() },
+            file_changed: 100,
+            cwd: Some("/nix/store/abc-top/iocBoot/a".into()),
+        };
+        assert_eq!(p.drift(Some(&build)), None);
+        p.cwd = Some("/nix/store/old-top/iocBoot/a".into());
+        assert_eq!(p.drift(Some(&build)), Some(Drift::OtherBuild("/nix/store/old-top".into())));
+        p.file_changed = 101;
+        assert_eq!(p.drift(Some(&build)), Some(Drift::UnitChangedSinceStart));
+        p.state.need_reload = true;
+        assert_eq!(p.drift(Some(&build)), Some(Drift::UnitNotReloaded));
+        p.state.active = "activating".into();
+        assert_eq!(p.drift(Some(&build)), None, "an IOC that does not run only needs a start");
     }
 
     #[test]
@@ -414,7 +557,7 @@ mod tests {
         assert!(!state.is_root);
         assert_eq!(state.procserv, None);
         assert_eq!(state.nix_env, None);
-        assert_eq!(state.profile, None);
+        assert_eq!(state.current, None);
         assert!(state.units.is_empty());
     }
 
@@ -424,7 +567,7 @@ mod tests {
                    ActiveEnterTimestamp=Sun 2026-11-22 02:20:55 UTC\n\nId=epnix-b.service\nActiveState=failed\n";
         let states = parse_show(out);
         let a = &states["epnix-a.service"];
-        assert_eq!((a.restarts, a.invocation.as_str(), a.since.as_str()), (2, "abc", "Sun 2026-11-22 02:20:55 UTC"));
+        assert_eq!((a.restarts, a.invocation.as_str(), a.since), (2, "abc", None));
         assert_eq!(states["epnix-b.service"].active, "failed");
     }
 

@@ -1,4 +1,5 @@
-//! Where epnix-deploy keeps things on a host. Every remote path is built here.
+//! Where epnix-deploy keeps things on a host. Every remote path and name is
+//! built here; the host-side scripts in `remote/` get them as arguments.
 
 use camino::Utf8PathBuf;
 
@@ -30,22 +31,45 @@ pub fn ioc_of_unit(unit: &str) -> Option<&str> {
     unit.strip_prefix("epnix-")?.strip_suffix(".service")
 }
 
-/// Where epnix-deploy records what each generation installed. The Nix
-/// profile and the unit files stay the truth; a record only adds what they
-/// cannot say (the units of older generations, who deployed, from where).
-pub const RECORDS_DIR: &str = "/var/lib/epnix-deploy";
+/// The tool's own units start with `epnix.`: IOC names cannot contain a
+/// dot, so no IOC unit (`epnix-<ioc>.service`) can ever take one of these
+/// names, and the IOC glob `epnix-*` never matches them.
+const TOOL_UNIT_PREFIX: &str = "epnix.";
 
-/// The records of `top`, one directory per generation number.
+/// The transient units (`.timer` and `.service`) of the rollback armed for
+/// an unconfirmed switch of `top`.
+pub fn rollback_unit(top: &str) -> String {
+    format!("{TOOL_UNIT_PREFIX}rollback-{top}")
+}
+
+/// The unit that, at boot, rolls back every switch that a reboot left
+/// unconfirmed: the armed timer lives in `/run` and does not survive one.
+pub fn boot_rollback_unit() -> String {
+    format!("{TOOL_UNIT_PREFIX}rollback-at-boot.service")
+}
+
+/// The prefix of the transient scopes that check commands run in, so that a
+/// check's whole process tree can be ended.
+pub fn check_scope_prefix() -> String {
+    format!("{TOOL_UNIT_PREFIX}check-")
+}
+
+/// Where epnix-deploy keeps its state on a host: locks, restore points,
+/// outcomes and rollback events. Root only: a user who could open the lock
+/// could block every deploy.
+pub const STATE_DIR: &str = "/var/lib/epnix-deploy";
+
+/// The state of `top`: its lock, restore point, outcomes and events.
 pub fn records(top: &str) -> Utf8PathBuf {
-    Utf8PathBuf::from(RECORDS_DIR).join(top)
+    Utf8PathBuf::from(STATE_DIR).join(top)
 }
 
-/// The record of generation `generation` of `top`.
-pub fn record(top: &str, generation: u32) -> Utf8PathBuf {
-    records(top).join(generation.to_string())
+/// The lock that makes claiming a unit name atomic across tops.
+pub fn units_lock() -> Utf8PathBuf {
+    Utf8PathBuf::from(STATE_DIR).join("units.lock")
 }
 
-/// Where a deploy assembles its record before it knows the generation number.
-pub fn staging_record(top: &str) -> Utf8PathBuf {
-    records(top).join("staging")
-}
+/// Inside a generation's store path: the top's build, the units and the
+/// health checks it was deployed with. Tops never contain this name (the
+/// build check refuses one that does).
+pub const GENERATION_DIR: &str = ".epnix-deploy";

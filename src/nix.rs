@@ -25,6 +25,12 @@ pub fn build_top(flake: &str, top: &str) -> Cmd {
     nix().args(["build", "--no-link", "--json"]).arg(format!("{flake}#epnixDeploy.tops.{top}.package"))
 }
 
+/// Builds a Nix expression that reads files outside the store (hence
+/// `--impure`), without a GC root in the working directory.
+pub fn build_expr(expr: &str) -> Cmd {
+    nix().args(["build", "--impure", "--no-link", "--json", "--expr"]).arg(expr)
+}
+
 /// Reads where the flake comes from, for the generation's record.
 pub fn flake_metadata(flake: &str) -> Cmd {
     nix().args(["flake", "metadata", "--json"]).arg(flake)

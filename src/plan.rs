@@ -9,18 +9,22 @@ use camino::Utf8PathBuf;
 
 use crate::config::Top;
 use crate::exit::BadInput;
-use crate::host::HostState;
+use crate::host::{Drift, HostState};
 use crate::layout;
+use crate::remote;
 use crate::ssh::RemoteCmd;
 use crate::unit::{self, HostFacts};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub top: String,
-    pub store_path: Utf8PathBuf,
+    /// The top's build that runs afterwards.
+    pub build: Utf8PathBuf,
     /// How the profile moves.
     pub switch: Switch,
-    /// Whether the profile pointed at another build (or nowhere) before.
+    /// The new generation's store path, once built (`Switch::New` only).
+    pub generation_path: Option<Utf8PathBuf>,
+    /// Whether the top's build differs from the current generation's.
     pub top_changed: bool,
     /// The unit of every IOC that runs afterwards.
     pub units: BTreeMap<String, String>,
@@ -28,6 +32,8 @@ pub struct Plan {
     pub rewrite: BTreeSet<String>,
     /// What happens to each IOC of the top, and to those it no longer has.
     pub iocs: BTreeMap<String, Change>,
+    /// Why each IOC marked [`Change::Drift`] is restarted.
+    pub drift: BTreeMap<String, Drift>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,6 +42,9 @@ pub enum Change {
     New,
     /// The unit or the top changed: install and restart it.
     Changed,
+    /// Unit and top are the same, but the running process is not what they
+    /// say (an interrupted switch, a unit edited by hand): restart it.
+    Drift,
     /// Nothing changed: make sure it runs, without a restart.
     Unchanged,
     /// Disabled or gone from the configuration: stop it and remove the unit.
@@ -47,41 +56,28 @@ impl Change {
         match self {
             Change::New => "new",
             Change::Changed => "restarted",
+            Change::Drift => "restarted (drift)",
             Change::Unchanged => "unchanged",
             Change::Removed => "removed",
         }
+    }
+
+    /// Whether the IOC runs something new afterwards, so its own health
+    /// checks apply.
+    pub fn starts_anew(self) -> bool {
+        matches!(self, Change::New | Change::Changed | Change::Drift)
     }
 }
 
 /// How a plan moves the top's profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Switch {
-    /// The profile stays: same build, same units.
+    /// The profile stays: same build, same units, same checks.
     Stay,
-    /// A new generation, recorded with this `meta` text.
-    NewGeneration { meta: String },
+    /// A new generation: the build with these units (`generation_path`).
+    New,
     /// Back (or forth) to an existing generation.
     To(u32),
-}
-
-/// One step that changes the host, in the order they run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Start the record of the coming generation, with its `meta` file.
-    StageRecord,
-    /// Add a unit to the staged record.
-    StageUnit(String),
-    /// Point the profile at the new build (a new generation) and file the
-    /// staged record under its number.
-    SetProfile,
-    /// Point the profile at an existing generation.
-    SwitchGeneration(u32),
-    WriteUnit(String),
-    RemoveUnit(String),
-    DaemonReload,
-    Enable(Vec<String>),
-    Restart(Vec<String>),
-    Start(Vec<String>),
 }
 
 /// Checks that epnix-deploy can manage the host's profiles and units.
@@ -118,62 +114,72 @@ pub fn render_units(top_name: &str, top: &Top, facts: &HostFacts) -> BTreeMap<St
         .collect()
 }
 
-/// Plans a deploy of `top_name` built at `store_path` with `wanted` units.
-/// A new generation is made when the build or any unit changes; `meta` is
-/// what its record will say.
+/// Plans a deploy of `top_name` built at `build` with `wanted` units and
+/// `checks` (their JSON, as the generation stores it). A new generation is
+/// made when the build, a unit or a check differs from the current
+/// generation's, or when the current generation was not made by
+/// epnix-deploy.
 pub fn deploy(
     top_name: &str,
-    store_path: &Utf8PathBuf,
+    build: &Utf8PathBuf,
     wanted: BTreeMap<String, String>,
-    meta: String,
+    checks: &str,
     state: &HostState,
     label: &str,
 ) -> Result<Plan, BadInput> {
-    let mut plan = plan(top_name, store_path, wanted, state, label)?;
-    if plan.top_changed || plan.iocs.values().any(|c| *c != Change::Unchanged) {
-        plan.switch = Switch::NewGeneration { meta };
+    let same_generation = state.current_generation().is_some_and(|g| g.top_build() == build)
+        && state.current_units.as_ref() == Some(&wanted)
+        && state.current_checks.as_deref() == Some(checks);
+    let mut plan = plan(top_name, build, wanted, state, label)?;
+    if !same_generation {
+        plan.switch = Switch::New;
     }
     Ok(plan)
 }
 
-/// Plans a switch to the existing `generation`, built at `store_path`, with
+/// Plans a switch to the existing `generation`, built at `build`, with
 /// `wanted` units.
 pub fn switch_to(
     top_name: &str,
     generation: u32,
-    store_path: &Utf8PathBuf,
+    build: &Utf8PathBuf,
     wanted: BTreeMap<String, String>,
     state: &HostState,
     label: &str,
 ) -> Result<Plan, BadInput> {
-    let mut plan = plan(top_name, store_path, wanted, state, label)?;
+    let mut plan = plan(top_name, build, wanted, state, label)?;
     plan.switch = Switch::To(generation);
     Ok(plan)
 }
 
 fn plan(
     top_name: &str,
-    store_path: &Utf8PathBuf,
+    build: &Utf8PathBuf,
     wanted: BTreeMap<String, String>,
     state: &HostState,
     label: &str,
 ) -> Result<Plan, BadInput> {
-    let top_changed = state.profile.as_ref().is_none_or(|p| &p.store_path != store_path);
+    let top_changed = state.current_generation().is_none_or(|g| g.top_build() != build);
     let mut rewrite = BTreeSet::new();
     let mut iocs = BTreeMap::new();
+    let mut drift = BTreeMap::new();
     for (name, text) in &wanted {
         let change = match state.units.get(name) {
             None => Change::New,
             Some(existing) => match unit::owner(existing) {
-                Some(owner) if owner == top_name => match (existing != text, top_changed) {
-                    (false, false) => Change::Unchanged,
-                    (differs, _) => {
-                        if differs {
-                            rewrite.insert(name.clone());
-                        }
+                Some(owner) if owner == top_name => {
+                    if existing != text {
+                        rewrite.insert(name.clone());
                         Change::Changed
+                    } else if top_changed {
+                        Change::Changed
+                    } else if let Some(why) = state.drift(name) {
+                        drift.insert(name.clone(), why);
+                        Change::Drift
+                    } else {
+                        Change::Unchanged
                     }
-                },
+                }
                 Some(other) => {
                     return Err(BadInput::new(format!(
                         "on `{label}`: IOC `{name}` of top `{other}` already runs as `{}`",
@@ -206,12 +212,14 @@ fn plan(
     }
     Ok(Plan {
         top: top_name.to_owned(),
-        store_path: store_path.clone(),
+        build: build.clone(),
         switch: Switch::Stay,
+        generation_path: None,
         top_changed,
         units: wanted,
         rewrite,
         iocs,
+        drift,
     })
 }
 
@@ -220,132 +228,57 @@ impl Plan {
         self.iocs.iter().filter(|(_, c)| wanted.contains(c)).map(|(n, _)| n.clone()).collect()
     }
 
-    /// The IOCs whose units run after the deploy.
+    /// The IOCs whose units run after the switch.
     pub fn running(&self) -> Vec<String> {
         self.units.keys().cloned().collect()
     }
 
-    /// The steps that change the host, in order. Units go in before the
-    /// reload, removals stop their IOC before the file goes.
-    pub fn actions(&self) -> Vec<Action> {
-        let mut actions = Vec::new();
-        match self.switch {
-            Switch::Stay => {}
-            Switch::NewGeneration { .. } => {
-                actions.push(Action::StageRecord);
-                actions.extend(self.units.keys().map(|name| Action::StageUnit(name.clone())));
-                actions.push(Action::SetProfile);
-            }
-            Switch::To(generation) => actions.push(Action::SwitchGeneration(generation)),
-        }
-        let removes = self.with(&[Change::Removed]);
-        for name in &removes {
-            actions.push(Action::RemoveUnit(name.clone()));
-        }
-        for name in &self.rewrite {
-            actions.push(Action::WriteUnit(name.clone()));
-        }
-        if actions.iter().any(|a| matches!(a, Action::WriteUnit(_) | Action::RemoveUnit(_))) {
-            actions.push(Action::DaemonReload);
-        }
-        let running = self.running();
-        if !running.is_empty() {
-            actions.push(Action::Enable(running));
-        }
-        let restart = self.with(&[Change::Changed]);
-        if !restart.is_empty() {
-            actions.push(Action::Restart(restart));
-        }
-        let start = self.with(&[Change::New, Change::Unchanged]);
-        if !start.is_empty() {
-            actions.push(Action::Start(start));
-        }
+    /// Whether the plan changes anything on the host beyond making sure that
+    /// the IOCs run. Such a plan goes through the protected switch.
+    pub fn changes_host(&self) -> bool {
+        self.switch != Switch::Stay || !self.rewrite.is_empty() || self.iocs.values().any(|c| *c != Change::Unchanged)
+    }
+
+    /// The units the switch restarts, starts anew or removes: what a
+    /// rollback must restart.
+    pub fn touched(&self) -> Vec<String> {
+        self.with(&[Change::New, Change::Changed, Change::Drift, Change::Removed])
+            .iter()
+            .map(|n| layout::unit_name(n))
+            .collect()
+    }
+
+    /// The switch's actions, as `switch.sh` takes them: removals stop their
+    /// IOC before the file goes, units go in before the reload.
+    pub fn actions(&self) -> Vec<String> {
+        let unit = |verb: &str, names: Vec<String>| -> Vec<String> {
+            names.iter().map(|n| format!("{verb}:{}", layout::unit_name(n))).collect()
+        };
+        let mut actions = unit("remove", self.with(&[Change::Removed]));
+        actions.extend(unit("write", self.rewrite.iter().cloned().collect()));
+        actions.extend(unit("enable", self.running()));
+        actions.extend(unit("restart", self.with(&[Change::Changed, Change::Drift])));
+        actions.extend(unit("start", self.with(&[Change::New, Change::Unchanged])));
         actions
     }
-}
 
-/// The command that carries out `action` on the host.
-pub fn remote_cmd(plan: &Plan, action: &Action) -> RemoteCmd {
-    let units = |names: &[String]| names.iter().map(|n| layout::unit_name(n)).collect::<Vec<_>>();
-    match action {
-        Action::StageRecord => {
-            let meta = match &plan.switch {
-                Switch::NewGeneration { meta } => meta.clone(),
-                _ => String::new(),
-            };
-            RemoteCmd::script(STAGE_RECORD, &[layout::staging_record(&plan.top).as_str()]).with_stdin(meta)
-        }
-        Action::StageUnit(name) => {
-            let path = layout::staging_record(&plan.top).join("units").join(layout::unit_name(name));
-            RemoteCmd::script(WRITE_FILE, &[path.as_str()]).with_stdin(plan.units[name].clone())
-        }
-        Action::SetProfile => RemoteCmd::script(
-            SET_PROFILE,
-            &[layout::profile(&plan.top).as_str(), plan.store_path.as_str(), layout::records(&plan.top).as_str()],
-        ),
-        Action::SwitchGeneration(generation) => {
-            RemoteCmd::script(SWITCH_GENERATION, &[layout::profile(&plan.top).as_str(), &generation.to_string()])
-        }
-        Action::WriteUnit(name) => {
-            RemoteCmd::script(WRITE_FILE, &[layout::unit_path(name).as_str()]).with_stdin(plan.units[name].clone())
-        }
-        Action::RemoveUnit(name) => {
-            RemoteCmd::script(REMOVE_UNIT, &[&layout::unit_name(name), layout::unit_path(name).as_str()])
-        }
-        Action::DaemonReload => RemoteCmd::new(["systemctl", "daemon-reload"]),
-        Action::Enable(names) => {
-            RemoteCmd::new(["systemctl", "enable", "--quiet"].into_iter().map(String::from).chain(units(names)))
-        }
-        Action::Restart(names) => {
-            RemoteCmd::new(["systemctl", "restart"].into_iter().map(String::from).chain(units(names)))
-        }
-        Action::Start(names) => {
-            RemoteCmd::new(["systemctl", "start"].into_iter().map(String::from).chain(units(names)))
-        }
+    /// The one host-side command that carries out the switch.
+    pub fn switch_cmd(&self) -> RemoteCmd {
+        let profile = layout::profile(&self.top);
+        let units_in = |generation: &str| format!("{generation}/{}/units", layout::GENERATION_DIR);
+        let (mode, target, source) = match &self.switch {
+            Switch::Stay => ("stay", "-".to_owned(), units_in(profile.as_str())),
+            Switch::New => {
+                let path = self.generation_path.as_ref().expect("a new generation is built before its switch");
+                ("set", path.to_string(), units_in(path.as_str()))
+            }
+            Switch::To(n) => ("switch", n.to_string(), units_in(&format!("{profile}-{n}-link"))),
+        };
+        let mut args = vec![mode.to_owned(), target, source, layout::units_lock().into_string()];
+        args.extend(self.actions());
+        remote::SWITCH.for_top(&self.top, &args)
     }
 }
-
-/// `$1` the staging directory; the `meta` text on stdin.
-const STAGE_RECORD: &str = r#"set -eu
-rm -rf "$1"
-mkdir -p "$1/units"
-cat > "$1/meta"
-"#;
-
-/// `$1` profile, `$2` store path, `$3` records directory. Files the staged
-/// record under the new generation's number (replacing a stale record of a
-/// deleted generation with that number) and prints the generation link.
-const SET_PROFILE: &str = r#"set -eu
-PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
-mkdir -p "${1%/*}"
-nix-env --profile "$1" --set "$2"
-link=$(readlink "$1")
-n=${link%-link}; n=${n##*-}
-rm -rf "$3/$n"
-mv "$3/staging" "$3/$n"
-echo "$link"
-"#;
-
-/// `$1` profile, `$2` generation. Prints the generation link.
-const SWITCH_GENERATION: &str = r#"set -eu
-PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
-nix-env --profile "$1" --switch-generation "$2"
-readlink "$1"
-"#;
-
-/// `$1` the file; its text on stdin. Written beside and renamed, so systemd
-/// never reads half a unit.
-const WRITE_FILE: &str = r#"set -eu
-cat > "$1.epnix-tmp"
-chmod 0644 "$1.epnix-tmp"
-mv -f "$1.epnix-tmp" "$1"
-"#;
-
-/// `$1` the unit, `$2` its file.
-const REMOVE_UNIT: &str = r#"set -eu
-systemctl disable --now --quiet "$1" || true
-rm -f "$2"
-"#;
 
 #[cfg(test)]
 mod tests {
@@ -353,7 +286,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::host::Profile;
+    use crate::host::{Generation, Process, UnitState};
 
     fn facts() -> HostFacts {
         HostFacts { procserv: "/usr/bin/procServ".into(), procserv_oneshot: true }
@@ -364,57 +297,82 @@ mod tests {
         Config::parse(&json).unwrap().tops["t"].clone()
     }
 
-    fn host(profile: Option<&str>, units: &[(&str, String)]) -> HostState {
+    /// A host whose current generation 1 runs `build` with `units` installed
+    /// and stored in it.
+    fn host(build: Option<&str>, units: &[(&str, String)]) -> HostState {
+        let units: BTreeMap<String, String> = units.iter().map(|(n, t)| ((*n).to_owned(), t.clone())).collect();
         HostState {
             hostname: "h".into(),
             is_root: true,
             procserv: Some(facts()),
             nix_env: Some("/usr/bin/nix-env".into()),
             has_systemctl: true,
-            nix_store_on_ssh_path: true,
-            profile: profile.map(|p| Profile { generation: 1, store_path: p.into() }),
-            units: units.iter().map(|(n, t)| ((*n).to_owned(), t.clone())).collect(),
-            generations: Vec::new(),
-            records: BTreeMap::new(),
-            rollback_pending: false,
-            rollbacks: Vec::new(),
+            current: build.map(|_| 1),
+            generations: build
+                .map(|b| Generation {
+                    number: 1,
+                    created: 0,
+                    store_path: "/nix/store/g1".into(),
+                    build: Some(b.into()),
+                    made_by: None,
+                })
+                .into_iter()
+                .collect(),
+            current_units: build.map(|_| units.clone()),
+            current_checks: build.map(|_| "{}".to_owned()),
+            units,
+            ..HostState::default()
         }
     }
 
     fn plan_for(top: &Top, state: &HostState) -> Result<Plan, BadInput> {
-        deploy("t", &"/nix/store/new-t".into(), render_units("t", top, &facts()), "meta".into(), state, "h")
+        deploy("t", &"/nix/store/new-t".into(), render_units("t", top, &facts()), "{}", state, "h")
     }
 
-    fn new_generation(units: &[&str]) -> Vec<Action> {
-        let mut actions = vec![Action::StageRecord];
-        actions.extend(units.iter().map(|u| Action::StageUnit((*u).to_owned())));
-        actions.push(Action::SetProfile);
-        actions
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
     }
 
     #[test]
     fn a_first_deploy_installs_and_starts_everything() {
         let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
         let plan = plan_for(&top, &host(None, &[])).unwrap();
-        let names = vec!["a".to_owned()];
-        let mut expected = new_generation(&["a"]);
-        expected.extend([
-            Action::WriteUnit("a".into()),
-            Action::DaemonReload,
-            Action::Enable(names.clone()),
-            Action::Start(names),
-        ]);
-        assert_eq!(plan.actions(), expected);
+        assert_eq!(plan.switch, Switch::New);
+        assert_eq!(
+            plan.actions(),
+            strings(&["write:epnix-a.service", "enable:epnix-a.service", "start:epnix-a.service"])
+        );
     }
 
     #[test]
-    fn the_same_build_again_only_makes_sure_it_runs() {
+    fn the_same_build_and_units_again_only_make_sure_it_runs() {
         let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
         let unit = unit::render("t", "a", &top.iocs["a"], &facts());
         let plan = plan_for(&top, &host(Some("/nix/store/new-t"), &[("a", unit)])).unwrap();
         assert_eq!(plan.switch, Switch::Stay);
         assert_eq!(plan.iocs["a"], Change::Unchanged);
-        assert_eq!(plan.actions(), [Action::Enable(vec!["a".into()]), Action::Start(vec!["a".into()])]);
+        assert!(!plan.changes_host());
+        assert_eq!(plan.actions(), strings(&["enable:epnix-a.service", "start:epnix-a.service"]));
+    }
+
+    #[test]
+    fn a_change_of_checks_alone_is_a_new_generation_without_a_restart() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let unit = unit::render("t", "a", &top.iocs["a"], &facts());
+        let state = host(Some("/nix/store/new-t"), &[("a", unit)]);
+        let plan = deploy("t", &"/nix/store/new-t".into(), render_units("t", &top, &facts()), "{\"a\":1}", &state, "h")
+            .unwrap();
+        assert_eq!(plan.switch, Switch::New);
+        assert_eq!(plan.iocs["a"], Change::Unchanged);
+    }
+
+    #[test]
+    fn a_generation_made_by_hand_is_replaced_by_a_new_one() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let unit = unit::render("t", "a", &top.iocs["a"], &facts());
+        let mut state = host(Some("/nix/store/new-t"), &[("a", unit)]);
+        state.current_units = None;
+        assert_eq!(plan_for(&top, &state).unwrap().switch, Switch::New);
     }
 
     #[test]
@@ -422,10 +380,8 @@ mod tests {
         let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
         let unit = unit::render("t", "a", &top.iocs["a"], &facts());
         let plan = plan_for(&top, &host(Some("/nix/store/old-t"), &[("a", unit)])).unwrap();
-        let a = vec!["a".to_owned()];
-        let mut expected = new_generation(&["a"]);
-        expected.extend([Action::Enable(a.clone()), Action::Restart(a)]);
-        assert_eq!(plan.actions(), expected);
+        assert_eq!(plan.switch, Switch::New);
+        assert_eq!(plan.actions(), strings(&["enable:epnix-a.service", "restart:epnix-a.service"]));
     }
 
     #[test]
@@ -445,19 +401,52 @@ mod tests {
         assert_eq!(plan.iocs["a"], Change::Changed);
         assert_eq!(plan.iocs["b"], Change::Removed);
         assert_eq!(plan.iocs["c"], Change::Removed);
-        let a = vec!["a".to_owned()];
-        // Same build, other units: still a new generation, so that a
-        // rollback can bring the old units back.
-        let mut expected = new_generation(&["a"]);
-        expected.extend([
-            Action::RemoveUnit("b".into()),
-            Action::RemoveUnit("c".into()),
-            Action::WriteUnit("a".into()),
-            Action::DaemonReload,
-            Action::Enable(a.clone()),
-            Action::Restart(a),
-        ]);
-        assert_eq!(plan.actions(), expected);
+        // Same build, other units: a new generation, so that a rollback can
+        // bring the old units back.
+        assert_eq!(plan.switch, Switch::New);
+        assert_eq!(
+            plan.actions(),
+            strings(&[
+                "remove:epnix-b.service",
+                "remove:epnix-c.service",
+                "write:epnix-a.service",
+                "enable:epnix-a.service",
+                "restart:epnix-a.service",
+            ])
+        );
+        assert_eq!(plan.touched(), strings(&["epnix-a.service", "epnix-b.service", "epnix-c.service"]));
+    }
+
+    #[test]
+    fn disabling_every_ioc_is_a_generation_with_no_units() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a", "enable": false } }));
+        let old = top.iocs["a"].clone();
+        let plan =
+            plan_for(&top, &host(Some("/nix/store/new-t"), &[("a", unit::render("t", "a", &old, &facts()))])).unwrap();
+        assert_eq!(plan.switch, Switch::New);
+        assert!(plan.units.is_empty());
+        assert_eq!(plan.actions(), strings(&["remove:epnix-a.service"]));
+    }
+
+    #[test]
+    fn a_process_that_drifted_is_restarted_even_though_nothing_changed() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+        let unit = unit::render("t", "a", &top.iocs["a"], &facts());
+        let mut state = host(Some("/nix/store/new-t"), &[("a", unit)]);
+        state.processes.insert(
+            "a".into(),
+            Process {
+                state: UnitState { active: "active".into(), ..Default::default() },
+                file_changed: 0,
+                cwd: Some("/nix/store/old-t/iocBoot/a".into()),
+            },
+        );
+        let plan = plan_for(&top, &state).unwrap();
+        assert_eq!(plan.switch, Switch::Stay);
+        assert_eq!(plan.iocs["a"], Change::Drift);
+        assert_eq!(plan.iocs["a"].as_str(), "restarted (drift)");
+        assert!(plan.changes_host());
+        assert_eq!(plan.actions(), strings(&["enable:epnix-a.service", "restart:epnix-a.service"]));
     }
 
     #[test]
@@ -484,37 +473,40 @@ mod tests {
     }
 
     #[test]
-    fn unit_files_are_written_through_a_temporary_file() {
-        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
-        let plan = plan_for(&top, &host(None, &[])).unwrap();
-        let cmd = remote_cmd(&plan, &Action::WriteUnit("a".into()));
-        assert_eq!(cmd.argv[4], "/etc/systemd/system/epnix-a.service");
-        assert_eq!(cmd.stdin.as_deref(), Some(plan.units["a"].as_str()));
-    }
-
-    #[test]
-    fn a_switch_to_an_older_generation_restores_its_units() {
-        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" } }));
+    fn a_switch_to_an_older_generation_restores_its_units_and_restarts_only_what_differs() {
+        let top = top(json!({
+            "a": { "workingDirectory": "iocBoot/a" },
+            "c": { "workingDirectory": "iocBoot/c" }
+        }));
         let units = render_units("t", &top, &facts());
         let mut current = top.iocs["a"].clone();
         current.environment.insert("X".into(), "new".into());
         let state = host(
             Some("/nix/store/new-t"),
-            &[("a", unit::render("t", "a", &current, &facts())), ("b", unit::render("t", "b", &current, &facts()))],
+            &[
+                ("a", unit::render("t", "a", &current, &facts())),
+                ("b", unit::render("t", "b", &current, &facts())),
+                ("c", units["c"].clone()),
+            ],
         );
-        let plan = switch_to("t", 3, &"/nix/store/old-t".into(), units, &state, "h").unwrap();
-        let a = vec!["a".to_owned()];
+        // Generation 3 has the same build: `c`, whose unit is the same, stays up.
+        let mut plan = switch_to("t", 3, &"/nix/store/new-t".into(), units, &state, "h").unwrap();
+        assert_eq!(plan.iocs["c"], Change::Unchanged);
         assert_eq!(
             plan.actions(),
-            [
-                Action::SwitchGeneration(3),
-                Action::RemoveUnit("b".into()),
-                Action::WriteUnit("a".into()),
-                Action::DaemonReload,
-                Action::Enable(a.clone()),
-                Action::Restart(a),
-            ]
+            strings(&[
+                "remove:epnix-b.service",
+                "write:epnix-a.service",
+                "enable:epnix-a.service",
+                "enable:epnix-c.service",
+                "restart:epnix-a.service",
+                "start:epnix-c.service",
+            ])
         );
+        plan.generation_path = None;
+        let cmd = plan.switch_cmd();
+        let at = cmd.argv.iter().position(|a| a == "switch").unwrap();
+        assert_eq!(cmd.argv[at + 1..at + 3], ["3", "/nix/var/nix/profiles/epnix/t-3-link/.epnix-deploy/units"]);
     }
 
     #[test]

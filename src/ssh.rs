@@ -29,6 +29,8 @@ pub struct RemoteCmd {
     pub argv: Vec<String>,
     /// Text fed to the command's stdin, e.g. a unit file being installed.
     pub stdin: Option<String>,
+    /// For a host-side script: its name, shown instead of its whole text.
+    pub script: Option<&'static str>,
 }
 
 impl RemoteCmd {
@@ -37,15 +39,15 @@ impl RemoteCmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        RemoteCmd { argv: argv.into_iter().map(Into::into).collect(), stdin: None }
+        RemoteCmd { argv: argv.into_iter().map(Into::into).collect(), stdin: None, script: None }
     }
 
     /// Runs a fixed `sh` script with positional arguments. The script is a
     /// constant of ours; only `args` vary, and they arrive as `$1`, `$2`, ...
-    pub fn script(script: &str, args: &[&str]) -> RemoteCmd {
+    pub fn script(name: &'static str, script: &str, args: &[&str]) -> RemoteCmd {
         let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "epnix-deploy".to_owned()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
-        RemoteCmd { argv, stdin: None }
+        RemoteCmd { argv, stdin: None, script: Some(name) }
     }
 
     pub fn with_stdin(mut self, stdin: String) -> RemoteCmd {
@@ -54,10 +56,24 @@ impl RemoteCmd {
     }
 }
 
+impl RemoteCmd {
+    /// The command as one line for the remote shell, each word quoted, for
+    /// programs that take it that way (`ssh HOST LINE`). Without stdin.
+    pub fn shell_line(&self) -> String {
+        self.argv.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+    }
+}
+
 impl fmt::Display for RemoteCmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let words: Vec<String> = self.argv.iter().map(|w| shell_quote(w)).collect();
-        f.write_str(&words.join(" "))?;
+        match self.script {
+            // The script's text is ours and long: its name says which it is.
+            Some(name) => {
+                let args: Vec<String> = self.argv[4..].iter().map(|w| shell_quote(w)).collect();
+                write!(f, "sh {name}.sh {}", args.join(" "))?;
+            }
+            None => f.write_str(&self.shell_line())?,
+        }
         if let Some(stdin) = &self.stdin {
             write!(f, " <<< ({} bytes)", stdin.len())?;
         }
@@ -164,6 +180,11 @@ pub enum Lock {
     Held { stale: Option<String> },
     /// Another deploy holds it; its holder line says who, since when.
     Busy(String),
+    /// The SSH user (named) is not root: nothing was written.
+    NotRoot(String),
+    /// The host has another name (given) than the configured one: nothing
+    /// was written.
+    WrongHost(String),
 }
 
 /// An open master connection to one host.
@@ -254,6 +275,8 @@ impl Remote {
                 Ok(Lock::Held { stale: Some(stale.to_owned()).filter(|s| !s.is_empty()) })
             }
             ("busy", holder) => Ok(Lock::Busy(holder.to_owned())),
+            ("notroot", user) => Ok(Lock::NotRoot(user.to_owned())),
+            ("wronghost", name) => Ok(Lock::WrongHost(name.to_owned())),
             _ => Err(ConnectionLost(format!("on `{}`: taking the deploy lock failed", self.target)).into()),
         }
     }
@@ -316,6 +339,30 @@ impl Remote {
             let _ = self.runtime.block_on(session.close());
         }
     }
+}
+
+/// Runs `line` on the host through the master connection at `socket`, with
+/// the `ssh` program itself, so that it needs nothing of the [`Remote`] and
+/// can run on another thread. Ended (and an error) after `timeout`.
+pub fn run_on_master(socket: &Path, line: &str, timeout: Duration) -> std::io::Result<Output> {
+    let mut child = std::process::Command::new("ssh")
+        .arg("-S")
+        .arg(socket)
+        .args(["-o", "ControlMaster=no", "-o", "BatchMode=yes", "-T", "none", line])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output()
 }
 
 /// An `openssh` failure: the master or the transport is gone.
@@ -386,8 +433,9 @@ mod tests {
 
     #[test]
     fn scripts_take_their_values_as_arguments() {
-        let cmd = RemoteCmd::script("echo \"$1\"", &["$(reboot)"]);
+        let cmd = RemoteCmd::script("say", "echo \"$1\"", &["$(reboot)"]);
         assert_eq!(cmd.argv, ["sh", "-c", "echo \"$1\"", "epnix-deploy", "$(reboot)"]);
-        assert_eq!(cmd.to_string(), "sh -c 'echo \"$1\"' epnix-deploy '$(reboot)'");
+        assert_eq!(cmd.shell_line(), "sh -c 'echo \"$1\"' epnix-deploy '$(reboot)'");
+        assert_eq!(cmd.to_string(), "sh say.sh '$(reboot)'");
     }
 }

@@ -126,6 +126,13 @@ impl Selection {
     }
 }
 
+/// Who deploys, as `user@machine`, for the generation's origin and the lock.
+pub fn deployer() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned());
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
+    format!("{user}@{}", machine.unwrap_or_else(|_| "unknown".to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

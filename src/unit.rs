@@ -120,6 +120,12 @@ pub fn console_socket(name: &str) -> String {
     format!("/run/epics/{name}/console")
 }
 
+/// The line that marks a unit as belonging to `top`; host-side scripts match
+/// it whole.
+pub fn owner_line(top: &str) -> String {
+    format!("{OWNER_KEY}={top}")
+}
+
 /// The top a unit file belongs to, if epnix-deploy wrote it.
 pub fn owner(unit_text: &str) -> Option<&str> {
     unit_text.lines().find_map(|line| line.strip_prefix(OWNER_KEY)?.strip_prefix('='))

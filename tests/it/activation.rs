@@ -311,15 +311,15 @@ fn a_healthy_deploy_is_confirmed_and_stays() {
     let host = TestHost::boot();
     let flake = TestFlake::new();
     let ioc = TestIoc::new("iocDemo");
-    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", "confirmTimeout = 3;"));
+    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", "confirmTimeout = 5;"));
     let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("over a new SSH login; rollback disarmed"), "{}", stderr(&out));
 
     // Past the confirm timeout: nothing fires.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(7));
     assert_eq!(profile_link(&host), "demo-1-link");
-    assert_eq!(host.ssh_ok("systemctl is-active epnix-rollback-demo.timer || true").trim(), "inactive");
+    assert_eq!(host.ssh_ok("systemctl is-active epnix.rollback-demo.timer || true").trim(), "inactive");
     assert_eq!(host.ssh_ok("ls /var/lib/epnix-deploy/demo/events 2>/dev/null || echo none").trim(), "none");
     caget_eventually(&host, "iocDemo:version", &ioc, "v1");
 }

@@ -145,6 +145,18 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(plan.contains("profile /nix/var/nix/profiles/epnix/demo: new, generation 1"), "{plan}");
     assert!(plan.contains("iocDemo (epnix-iocDemo.service): new"), "{plan}");
     assert!(plan.contains("copy --to ssh://root@127.0.0.1"), "{plan}");
-    assert!(plan.contains("systemctl restart") || plan.contains("systemctl start"), "{plan}");
+    // Everything the deploy does to the host, in order, with nothing that
+    // only exists while the tool runs.
+    for step in [
+        "take the deploy lock",
+        "save the restore point",
+        "arm the rollback",
+        "heartbeats every",
+        "switch: sh switch.sh",
+        "confirm over a new SSH login",
+    ] {
+        assert!(plan.contains(step), "{step:?} missing from:\n{plan}");
+    }
+    assert!(!plan.contains("/tmp/"), "{plan}");
     assert_untouched(&host);
 }

@@ -1,0 +1,5 @@
+# delete: context, then generation NUMBERS. Deletes those generations.
+context "$@"
+shift 6
+use_nix
+nix-env --profile "$profile" --delete-generations "$@"

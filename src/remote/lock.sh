@@ -1,0 +1,32 @@
+# lock: context, then WHO (`user@machine`) and the host name the
+# configuration expects (empty: no check). Prints one line and, when the lock
+# is taken, holds it while stdin (the deployer's connection) stays open:
+#   notroot USER | wronghost NAME | busy HOLDER | locked [STALE HOLDER]
+context "$@"
+shift 6
+who=$1 want=$2
+if [ "$(id -u)" != 0 ]; then
+  echo "notroot $(id -un)"
+  exit 0
+fi
+name=$(cat /proc/sys/kernel/hostname)
+if [ -n "$want" ] && [ "$name" != "$want" ] && [ "${name%%.*}" != "$want" ]; then
+  echo "wronghost $name"
+  exit 0
+fi
+mkdir -p "$records"
+# Root only: anyone who can open the lock file can hold the lock.
+chmod 0700 "${records%/*}" "$records"
+lock=$records/lock
+exec 9>>"$lock"
+chmod 0600 "$lock"
+if ! flock -n 9; then
+  printf 'busy %s\n' "$(cat "$lock.holder" 2>/dev/null || echo unknown)"
+  exit 0
+fi
+# A holder file on a free lock was left by a deploy that died, or by a reboot.
+stale=$(cat "$lock.holder" 2>/dev/null || true)
+printf '%s, since %s, pid %s\n' "$who" "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$$" >"$lock.holder"
+printf 'locked %s\n' "$stale"
+while read -r _; do :; done
+rm -f "$lock.holder"

@@ -1,0 +1,50 @@
+# The shared prelude of every host-side script of epnix-deploy: it is put in
+# front of each one (src/remote/mod.rs). Values arrive only as positional
+# arguments; names and paths come from the deployer's `layout`, never from
+# here.
+set -u
+
+# context UNIT_DIR TOP MARKER PROFILE RECORDS GENDIR: the arguments every
+# script about one top starts with (`remote::context`).
+context() {
+  unit_dir=$1 top=$2 marker=$3 profile=$4 records=$5 gendir=$6
+}
+
+# Multi-user Nix and NixOS put their tools outside a non-interactive PATH.
+use_nix() {
+  PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
+}
+
+# gen_of LINK: the generation number in a profile link, e.g. `top-12-link`.
+gen_of() {
+  n=${1%-link}
+  echo "${n##*-}"
+}
+
+# our_units: the unit files that carry this top's ownership marker.
+our_units() {
+  for f in "$unit_dir"/epnix-*.service; do
+    [ -f "$f" ] || continue
+    if grep -qxF "$marker" "$f"; then echo "$f"; fi
+  done
+}
+
+# generation_links: every generation link of the profile, as `N LINK` lines.
+# The glob also matches profiles whose names start with ours ("a-b-1-link"
+# for "a"): those fail the number check.
+generation_links() {
+  for link in "$profile"-*-link; do
+    [ -L "$link" ] || continue
+    n=${link##*/}
+    n=${n#"${profile##*/}"-}
+    n=${n%-link}
+    case $n in '' | *[!0-9]*) continue ;; esac
+    echo "$n $link"
+  done
+}
+
+# install_file SOURCE DEST: copies a unit file into place through a
+# temporary file, so systemd never reads half of one.
+install_file() {
+  cp "$1" "$2.epnix-tmp" && chmod 0644 "$2.epnix-tmp" && mv -f "$2.epnix-tmp" "$2"
+}

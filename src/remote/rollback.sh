@@ -1,0 +1,60 @@
+# rollback: context, then REASON (a word: it reaches systemd's command line,
+# which expands `$` and `%`): `failed-checks`, `unconfirmed` or `reboot`.
+# The one way back after a switch, run by the deployer on a failed check, by
+# the armed timer, or at boot. Whoever moves the restore point away first
+# owns the outcome, so a late confirmation and a rollback never both happen.
+context "$@"
+reason=$7
+use_nix
+rp=$records/restore.rolling
+if ! mv "$records/restore" "$rp" 2>/dev/null; then
+  echo "nothing to roll back"
+  exit 0
+fi
+prev=$(cat "$rp/generation")
+from=none
+if [ -L "$profile" ]; then from=$(gen_of "$(readlink "$profile")"); fi
+from_path=$(readlink -f "$profile" 2>/dev/null || echo -)
+status=0
+for f in $(our_units); do
+  u=${f##*/}
+  if [ ! -f "$rp/units/$u" ]; then
+    systemctl disable --now --quiet "$u" || status=1
+    rm -f "$f"
+  fi
+done
+for f in "$rp"/units/*.service; do
+  [ -f "$f" ] || continue
+  u=${f##*/}
+  cmp -s "$f" "$unit_dir/$u" && continue
+  install_file "$f" "$unit_dir/$u" || status=1
+  echo "$u" >>"$rp/touched"
+done
+if [ "$prev" = none ]; then
+  # A first deploy: there is no generation to go back to, so the profile goes.
+  rm -f "$profile"
+  generation_links | while read -r _ link; do rm -f "$link"; done
+else
+  nix-env --profile "$profile" --switch-generation "$prev" 2>/dev/null || status=1
+fi
+systemctl daemon-reload || status=1
+for f in "$rp"/units/*.service; do
+  [ -f "$f" ] || continue
+  u=${f##*/}
+  systemctl enable --quiet "$u" || status=1
+  # Only what the switch touched runs another build or unit now.
+  if grep -qxF "$u" "$rp/touched"; then
+    systemctl restart "$u" || status=1
+    echo "restored $u"
+  else
+    systemctl start "$u" || status=1
+  fi
+done
+now=$(date +%s)
+outcome=unconfirmed
+if [ "$reason" = failed-checks ]; then outcome=failed; fi
+if [ "$from" != none ]; then echo "$now $from $outcome $from_path" >>"$records/outcomes"; fi
+echo "$now $from $prev $reason $status" >>"$records/events"
+rm -rf "$rp"
+echo "rolled back from $from to $prev"
+exit "$status"

@@ -1,0 +1,68 @@
+# switch: context, then MODE (`set`, `switch` or `stay`), TARGET (a store
+# path, a generation number, or `-`), the directory of the units to install,
+# the unit-claims lock, then actions `remove:U`, `write:U`, `enable:U`,
+# `restart:U`, `start:U`. The whole switch, in one round trip.
+#
+# Exit 20 (`claimed UNIT TOP`): a unit to write belongs to another top or to
+# nobody. That is checked under a host-wide lock before anything changes,
+# so two tops can never both claim one unit name.
+context "$@"
+shift 6
+mode=$1 target=$2 src=$3 units_lock=$4
+shift 4
+use_nix
+mkdir -p "${units_lock%/*}"
+exec 8>>"$units_lock"
+if ! flock -w 60 8; then
+  echo "timed out waiting for $units_lock" >&2
+  exit 1
+fi
+for action; do
+  case $action in write:*)
+    u=${action#write:}
+    if [ -e "$unit_dir/$u" ] && ! grep -qxF "$marker" "$unit_dir/$u"; then
+      owner=$(sed -n "s/^${marker%%=*}=//p" "$unit_dir/$u" | head -n 1)
+      echo "claimed $u ${owner:--}"
+      exit 20
+    fi
+    ;;
+  esac
+done
+set -e
+case $mode in
+  set)
+    mkdir -p "${profile%/*}"
+    nix-env --profile "$profile" --set "$target" 2>/dev/null
+    echo "generation $(readlink "$profile")"
+    ;;
+  switch)
+    nix-env --profile "$profile" --switch-generation "$target" 2>/dev/null
+    echo "generation $(readlink "$profile")"
+    ;;
+esac
+reload=no enable= restart= start=
+for action; do
+  u=${action#*:}
+  case $action in
+    remove:*)
+      systemctl disable --now --quiet "$u" || true
+      rm -f "$unit_dir/$u"
+      reload=yes
+      ;;
+    write:*)
+      install_file "$src/$u" "$unit_dir/$u"
+      reload=yes
+      ;;
+    enable:*) enable="$enable $u" ;;
+    restart:*) restart="$restart $u" ;;
+    start:*) start="$start $u" ;;
+  esac
+done
+if [ $reload = yes ]; then systemctl daemon-reload; fi
+# Unit names are plain words.
+# shellcheck disable=SC2086
+if [ -n "$enable" ]; then systemctl enable --quiet $enable; fi
+# shellcheck disable=SC2086
+if [ -n "$restart" ]; then systemctl restart $restart; fi
+# shellcheck disable=SC2086
+if [ -n "$start" ]; then systemctl start $start; fi
