@@ -68,6 +68,8 @@ if [ -n "$units" ]; then
     pid=$(systemctl show --property=MainPID --value "$u")
     cwd=-
     if [ "${pid:-0}" != 0 ]; then
+      # The file is one line of PIDs: its words are what we want.
+      # shellcheck disable=SC2013
       for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
         cwd=$(readlink "/proc/$child/cwd" 2>/dev/null || echo -)
         break

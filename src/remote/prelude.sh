@@ -4,24 +4,33 @@
 # here.
 set -u
 
+# The functions below are a library: each script calls only those it needs,
+# and reads only some of the context. shellcheck (run by scripts/test on the
+# prelude and a script together) would call the rest unreachable (SC2317) and
+# the variables unused (SC2034): hence the directives.
+
 # context UNIT_DIR TOP MARKER PROFILE RECORDS GENDIR: the arguments every
 # script about one top starts with (`remote::context`).
+# shellcheck disable=SC2034,SC2317
 context() {
   unit_dir=$1 top=$2 marker=$3 profile=$4 records=$5 gendir=$6
 }
 
 # Multi-user Nix and NixOS put their tools outside a non-interactive PATH.
+# shellcheck disable=SC2317
 use_nix() {
   PATH="$PATH:/nix/var/nix/profiles/default/bin:/run/current-system/sw/bin"
 }
 
 # gen_of LINK: the generation number in a profile link, e.g. `top-12-link`.
+# shellcheck disable=SC2317
 gen_of() {
   n=${1%-link}
   echo "${n##*-}"
 }
 
 # our_units: the unit files that carry this top's ownership marker.
+# shellcheck disable=SC2317
 our_units() {
   for f in "$unit_dir"/epnix-*.service; do
     [ -f "$f" ] || continue
@@ -32,6 +41,7 @@ our_units() {
 # generation_links: every generation link of the profile, as `N LINK` lines.
 # The glob also matches profiles whose names start with ours ("a-b-1-link"
 # for "a"): those fail the number check.
+# shellcheck disable=SC2317
 generation_links() {
   for link in "$profile"-*-link; do
     [ -L "$link" ] || continue
@@ -45,6 +55,7 @@ generation_links() {
 
 # install_file SOURCE DEST: copies a unit file into place through a
 # temporary file, so systemd never reads half of one.
+# shellcheck disable=SC2317
 install_file() {
   cp "$1" "$2.epnix-tmp" && chmod 0644 "$2.epnix-tmp" && mv -f "$2.epnix-tmp" "$2"
 }

@@ -40,7 +40,7 @@ case $mode in
     echo "generation $(readlink "$profile")"
     ;;
 esac
-reload=no enable= restart= start=
+reload=no enable='' restart='' start=''
 for action; do
   u=${action#*:}
   case $action in
