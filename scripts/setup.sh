@@ -1,10 +1,12 @@
+# shellcheck shell=bash
 # Sourced by scripts/demo and scripts/test: installs what a fresh Debian 12
 # machine needs to build epnix-deploy and to boot its test hosts. Idempotent:
 # a second run installs nothing.
 
 # Debian packages: Nix for evaluating and building tops, debootstrap and
-# systemd-nspawn for the test hosts, ssh for reaching them.
-PACKAGES=(nix-bin debootstrap systemd-container openssh-client socat procserv python3-pip ca-certificates)
+# systemd-nspawn for the test hosts, ssh for reaching them, shellcheck for
+# the host-side scripts and these ones.
+PACKAGES=(nix-bin debootstrap systemd-container openssh-client socat procserv python3-pip ca-certificates shellcheck)
 
 setup_log() { printf 'setup: %s\n' "$*" >&2; }
 
