@@ -322,16 +322,20 @@ pub struct RollbackOptions {
 
 /// Picks the generation a rollback goes to: `--to N`, or the newest healthy
 /// one before the current. Returns it and the ones skipped on the way.
+/// `--to` the current generation is refused, unless an IOC does not run
+/// what it says (`drifted`): then the rollback converges on it.
 fn rollback_target<'a>(
     state: &'a HostState,
-    current: &Generation,
+    current: &'a Generation,
     to: Option<u32>,
     force: bool,
+    drifted: bool,
     target: &Target,
     top: &str,
 ) -> Result<(&'a Generation, Vec<&'a Generation>), BadInput> {
     let numbers = || state.generations.iter().map(|g| g.number.to_string()).collect::<Vec<_>>().join(", ");
     match to {
+        Some(n) if n == current.number && drifted => Ok((current, Vec::new())),
         Some(n) if n == current.number => {
             Err(BadInput::new(format!("generation {n} is already the current generation of `{top}`"))
                 .hint(format!("generations on `{target}`: {}", numbers())))
@@ -378,7 +382,8 @@ pub fn rollback(opts: &RollbackOptions, progress: &Progress) -> Result<Report> {
     let sel = &opts.selection;
     let (target, config, remote, state) = connect(sel, progress, Some(opts.changing))?;
     let current = current(&state, &target, &sel.top)?;
-    let (wanted, skipped) = rollback_target(&state, current, opts.to, opts.force, &target, &sel.top)?;
+    let drifted = state.units_of(&sel.top).any(|(ioc, _)| state.drift(ioc).is_some());
+    let (wanted, skipped) = rollback_target(&state, current, opts.to, opts.force, drifted, &target, &sel.top)?;
     for g in skipped {
         progress.note(&format!("note: skipped generation {} ({})", g.number, state.outcome(g).as_str()));
     }
@@ -741,15 +746,18 @@ mod tests {
         let state = six(&[4, 5]);
         let target = Target::resolve("root@h", None).unwrap();
         let current = state.current_generation().unwrap();
-        let (to, skipped) = rollback_target(&state, current, None, false, &target, "t").unwrap();
+        let (to, skipped) = rollback_target(&state, current, None, false, false, &target, "t").unwrap();
         assert_eq!(to.number, 3);
         assert_eq!(skipped.iter().map(|g| g.number).collect::<Vec<_>>(), [5, 4]);
-        let err = rollback_target(&state, current, Some(5), false, &target, "t").unwrap_err().to_string();
+        let err = rollback_target(&state, current, Some(5), false, false, &target, "t").unwrap_err().to_string();
         assert!(err.contains("generation 5 of `t` is failed") && err.contains("--force"), "{err}");
-        assert_eq!(rollback_target(&state, current, Some(5), true, &target, "t").unwrap().0.number, 5);
+        assert_eq!(rollback_target(&state, current, Some(5), true, false, &target, "t").unwrap().0.number, 5);
+        // The current generation: only to converge on it.
+        assert!(rollback_target(&state, current, Some(6), false, false, &target, "t").is_err());
+        assert_eq!(rollback_target(&state, current, Some(6), false, true, &target, "t").unwrap().0.number, 6);
 
         let none_healthy = six(&[1, 2, 3, 4, 5]);
-        let err = rollback_target(&none_healthy, current, None, false, &target, "t").unwrap_err().to_string();
+        let err = rollback_target(&none_healthy, current, None, false, false, &target, "t").unwrap_err().to_string();
         assert!(err.contains("no healthy generation before the current one (6)"), "{err}");
     }
 

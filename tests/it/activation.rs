@@ -4,11 +4,11 @@
 //! deploy that must stay. Each test asserts where the host ended: its
 //! generation, its unit files, and a PV over Channel Access.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{TestFlake, TestIoc, assert_exit, caget_eventually, epnix_deploy, profile_link, stderr};
+use crate::support::{
+    Deployer, TestFlake, TestIoc, assert_exit, caget_eventually, epnix_deploy, profile_link, stderr, wait_for_profile,
+};
 use crate::testbed::TestHost;
 
 /// The demo top: `top_args` for the fixture's builder, `ioc_extra` for the
@@ -106,83 +106,6 @@ fn a_failing_check_command_is_rolled_back() {
     flake.write(&host, &demo(&ioc, "version = \"v2\";", &check, ""));
     assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
     caget_eventually(&host, "iocDemo:version", &ioc, "v2");
-}
-
-/// The deployer, started in the background with its own temporary
-/// directory, so the SSH master it leaves behind when killed can be ended.
-struct Deployer {
-    child: Option<Child>,
-    tmp: tempfile::TempDir,
-}
-
-impl Deployer {
-    fn start(flake: &TestFlake, args: &[&str]) -> Deployer {
-        let tmp = tempfile::Builder::new().prefix("epd-").tempdir().expect("temp dir");
-        let child = Command::new(env!("CARGO_BIN_EXE_epnix-deploy"))
-            .args(args)
-            .arg("--flake")
-            .arg(flake.reference())
-            .env("NIX_CONFIG", "substituters =")
-            .env("TMPDIR", tmp.path())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(tmp.path().join("stderr")).expect("stderr file"))
-            .spawn()
-            .expect("starting epnix-deploy");
-        Deployer { child: Some(child), tmp }
-    }
-
-    /// Kills the deployer (a process this test started) and reaps it.
-    fn kill(&mut self) {
-        let child = self.child.as_mut().expect("running");
-        child.kill().expect("killing the deployer");
-        let _ = child.wait();
-    }
-
-    fn wait(mut self) -> std::process::Output {
-        let child = self.child.take().expect("running");
-        let mut output = child.wait_with_output().expect("waiting for epnix-deploy");
-        output.stderr = self.stderr().into_bytes();
-        eprintln!("background deploy: {}\n{}", output.status, self.stderr());
-        output
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("stderr")).unwrap_or_default()
-    }
-}
-
-impl Drop for Deployer {
-    /// Ends the SSH masters of a killed deployer through their control
-    /// sockets, the way their owner would have.
-    fn drop(&mut self) {
-        let Ok(dirs) = std::fs::read_dir(self.tmp.path()) else { return };
-        for dir in dirs.flatten() {
-            for conn in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
-                let socket = conn.path().join("master");
-                if socket.exists() {
-                    let _ = Command::new("ssh").arg("-S").arg(&socket).args(["-O", "exit", "none"]).output();
-                }
-            }
-        }
-    }
-}
-
-/// Waits until the host's profile link reads `want`, looking at the host's
-/// file system from outside, which needs no SSH login. `deployer`'s output
-/// goes into the failure message.
-fn wait_for_profile(host: &TestHost, want: &str, within: Duration, deployer: Option<&Deployer>) {
-    let link: PathBuf = host.root().join("nix/var/nix/profiles/epnix/demo");
-    let deadline = Instant::now() + within;
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = std::fs::read_link(&link).ok();
-        if last.as_deref().is_some_and(|l| l.as_os_str() == want) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = deployer.map(Deployer::stderr).unwrap_or_default();
-    panic!("the profile never pointed at {want}; last {last:?}\n{log}");
 }
 
 #[test]

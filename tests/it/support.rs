@@ -3,9 +3,11 @@
 //! commit) the flake between deploys to move from one version of a top to
 //! the next; each commit is the revision a generation records.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use crate::testbed::TestHost;
 
@@ -181,4 +183,125 @@ pub fn stderr(output: &std::process::Output) -> String {
 pub fn assert_untouched(host: &TestHost) {
     let found = host.ssh_ok("ls -d /nix/var/nix/profiles/epnix /etc/systemd/system/epnix-* 2>/dev/null || true");
     assert_eq!(found.trim(), "", "the host was changed");
+}
+
+/// The deployer, started in the background with its own temporary
+/// directory, so the SSH master it leaves behind when killed can be ended.
+pub struct Deployer {
+    child: Option<Child>,
+    tmp: tempfile::TempDir,
+}
+
+impl Deployer {
+    pub fn start(flake: &TestFlake, args: &[&str]) -> Deployer {
+        let tmp = tempfile::Builder::new().prefix("epd-").tempdir().expect("temp dir");
+        let child = Command::new(env!("CARGO_BIN_EXE_epnix-deploy"))
+            .args(args)
+            .arg("--flake")
+            .arg(flake.reference())
+            .env("NIX_CONFIG", "substituters =")
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(tmp.path().join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("starting epnix-deploy");
+        Deployer { child: Some(child), tmp }
+    }
+
+    /// Kills the deployer (a process this test started) and reaps it.
+    pub fn kill(&mut self) {
+        let child = self.child.as_mut().expect("running");
+        child.kill().expect("killing the deployer");
+        let _ = child.wait();
+    }
+
+    pub fn wait(mut self) -> std::process::Output {
+        let child = self.child.take().expect("running");
+        let mut output = child.wait_with_output().expect("waiting for epnix-deploy");
+        output.stderr = self.stderr().into_bytes();
+        eprintln!("background deploy: {}\n{}", output.status, self.stderr());
+        output
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for Deployer {
+    /// Ends the SSH masters of a killed deployer through their control
+    /// sockets, the way their owner would have.
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.tmp.path()) else { return };
+        for dir in dirs.flatten() {
+            for conn in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+                let socket = conn.path().join("master");
+                if socket.exists() {
+                    let _ = Command::new("ssh").arg("-S").arg(&socket).args(["-O", "exit", "none"]).output();
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the host's profile link reads `want`, looking at the host's
+/// file system from outside, which needs no SSH login. `deployer`'s output
+/// goes into the failure message.
+pub fn wait_for_profile(host: &TestHost, want: &str, within: Duration, deployer: Option<&Deployer>) {
+    let link: PathBuf = host.root().join("nix/var/nix/profiles/epnix/demo");
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = std::fs::read_link(&link).ok();
+        if last.as_deref().is_some_and(|l| l.as_os_str() == want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = deployer.map(Deployer::stderr).unwrap_or_default();
+    panic!("the profile never pointed at {want}; last {last:?}\n{log}");
+}
+
+pub fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+}
+
+/// `list --json` of the demo top.
+pub fn list(host: &TestHost, flake: &TestFlake) -> Value {
+    let out = epnix_deploy(flake, &["list", host.name.as_str(), "demo", "--json"]);
+    assert_exit(&out, 0);
+    json(&out)
+}
+
+pub fn numbers(list: &Value) -> Vec<u64> {
+    list.as_array().unwrap().iter().map(|g| g["generation"].as_u64().unwrap()).collect()
+}
+
+/// Each generation's number and outcome, from `list --json`.
+pub fn outcomes(list: &Value) -> Vec<(u64, String)> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["generation"].as_u64().unwrap(), g["outcome"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// A shell snippet that sets `$ioc` to the PID of the IOC process of `unit`
+/// (procServ's child).
+fn ioc_pid(unit: &str) -> String {
+    format!(
+        "pid=$(systemctl show --property=MainPID --value {unit}); ioc=$(cat /proc/$pid/task/*/children | cut -d' ' -f1)"
+    )
+}
+
+/// The value of `var` in the environment of the running IOC of `unit`.
+pub fn ioc_env(host: &TestHost, unit: &str, var: &str) -> String {
+    host.ssh_ok(&format!("{}; tr '\\0' '\\n' < /proc/$ioc/environ | sed -n 's/^{var}=//p'", ioc_pid(unit)))
+        .trim()
+        .to_owned()
+}
+
+/// The directory the running IOC of `unit` works in.
+pub fn ioc_cwd(host: &TestHost, unit: &str) -> String {
+    host.ssh_ok(&format!("{}; readlink /proc/$ioc/cwd", ioc_pid(unit))).trim().to_owned()
 }
