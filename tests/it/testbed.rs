@@ -197,6 +197,26 @@ impl TestHost {
         }
     }
 
+    /// A power cut, then a boot (`testbed reboot`): every process of the host is killed
+    /// at once, its disk keeps every write, and it comes back with the same name, port,
+    /// keys and machine id, with an empty `/run`. Returns once it is ready, as
+    /// [`Self::boot`] does. Panics with the script's stderr on failure.
+    pub fn reboot(&self) {
+        let out = Command::new(script())
+            .arg("reboot")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run testbed reboot");
+        assert!(
+            out.status.success(),
+            "testbed reboot {} failed ({}):\n{}",
+            self.dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The client private key that logs in as root.
     pub fn key_path(&self) -> PathBuf {
         self.dir.join("id_ed25519")
@@ -400,7 +420,58 @@ mod tests {
         assert!(!dir.exists(), "{} still exists", dir.display());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(dir.to_str().unwrap()), "still mounted: {}", dir.display());
-        // The nspawn process is gone (or a zombie its new parent has yet to reap).
+        assert_dead(&pid);
+    }
+
+    /// `reboot` is a power cut: what is on disk stays, what lives in `/run` (a transient
+    /// timer, like the armed rollback's) goes, and the host is the same host. `down`
+    /// after it still leaves nothing behind.
+    #[test]
+    fn reboot_keeps_the_disk_and_empties_run() {
+        let host = TestHost::boot();
+        host.ssh_ok(
+            "echo kept >/var/lib/epnix-reboot-test && echo gone >/run/epnix-reboot-test && \
+             systemd-run --quiet --on-active=300 --unit=x true && systemctl is-active --quiet x.timer",
+        );
+        let machine_id = host.ssh_ok("cat /etc/machine-id");
+        let pid = std::fs::read_to_string(host.dir.join("pid")).unwrap();
+
+        host.reboot();
+
+        assert_ne!(std::fs::read_to_string(host.dir.join("pid")).unwrap(), pid, "systemd-nspawn was not restarted");
+        assert_dead(&pid);
+        // ssh_ok: the same client key and the same known_hosts (StrictHostKeyChecking=yes).
+        assert_eq!(host.ssh_ok("cat /var/lib/epnix-reboot-test"), "kept\n", "a file on disk was lost");
+        assert_eq!(
+            host.ssh_ok("test -e /run/epnix-reboot-test && echo present || echo absent"),
+            "absent\n",
+            "/run survived the reboot"
+        );
+        let timer = host.ssh("systemctl is-active x.timer");
+        assert!(!timer.status.success(), "the transient timer survived the reboot");
+        assert_eq!(host.ssh_ok("hostname").trim(), host.name);
+        assert_eq!(host.ssh_ok("cat /etc/machine-id"), machine_id);
+        assert!(
+            host.ssh_ok("systemctl is-system-running || true").trim() == "running",
+            "after the reboot: {}",
+            host.ssh_ok("systemctl --failed --no-legend || true")
+        );
+
+        let dir = host.dir.clone();
+        let nspawn = std::fs::read_to_string(dir.join("pid")).unwrap();
+        let cgroups = std::fs::read_to_string(dir.join("cgroups")).unwrap();
+        drop(host);
+        assert!(!dir.parent().unwrap().exists(), "{} still exists", dir.display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(dir.to_str().unwrap()), "still mounted: {}", dir.display());
+        assert_dead(&nspawn);
+        for cgroup in cgroups.lines() {
+            assert!(!Path::new(cgroup).exists(), "cgroup {cgroup} is left behind");
+        }
+    }
+
+    /// The process `pid` is gone (or a zombie its new parent has yet to reap).
+    fn assert_dead(pid: &str) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
         assert!(status.is_empty() || status.contains("State:\tZ"), "systemd-nspawn {} still runs", pid.trim());
     }
