@@ -2,6 +2,7 @@
 
 mod activation;
 mod deploy;
+mod faults;
 mod generations;
 mod parity;
 mod support;

@@ -3,6 +3,7 @@
 //! commit) the flake between deploys to move from one version of a top to
 //! the next; each commit is the revision a generation records.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -203,6 +204,9 @@ impl Deployer {
             .env("TMPDIR", tmp.path())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(tmp.path().join("stderr")).expect("stderr file"))
+            // A group of its own, as a shell gives a foreground job: Ctrl-C
+            // reaches the tool and the `nix` it runs, as on a terminal.
+            .process_group(0)
             .spawn()
             .expect("starting epnix-deploy");
         Deployer { child: Some(child), tmp }
@@ -213,6 +217,22 @@ impl Deployer {
         let child = self.child.as_mut().expect("running");
         child.kill().expect("killing the deployer");
         let _ = child.wait();
+    }
+
+    /// Ctrl-C, as a terminal sends it: SIGINT to the deployer's process group.
+    pub fn interrupt(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill").args(["-INT", "--", &format!("-{pid}")]).status().expect("running kill");
+        assert!(status.success(), "kill -INT -{pid} failed");
+    }
+
+    /// Waits until the deployer's stderr contains `text`.
+    pub fn wait_for_stderr(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.stderr().contains(text) {
+            assert!(Instant::now() < deadline, "the deployer never said {text:?}:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn wait(mut self) -> std::process::Output {
@@ -229,9 +249,16 @@ impl Deployer {
 }
 
 impl Drop for Deployer {
-    /// Ends the SSH masters of a killed deployer through their control
-    /// sockets, the way their owner would have.
     fn drop(&mut self) {
+        self.end_masters();
+    }
+}
+
+impl Deployer {
+    /// Ends the SSH masters of a killed deployer through their control
+    /// sockets, the way their owner would have; with them goes the lock it
+    /// held on the host.
+    pub fn end_masters(&self) {
         let Ok(dirs) = std::fs::read_dir(self.tmp.path()) else { return };
         for dir in dirs.flatten() {
             for conn in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
