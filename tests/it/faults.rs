@@ -84,6 +84,38 @@ fn a_check_command_is_ended_with_everything_it_started() {
     assert_on(&host, 2, &unit_v1, &ioc, "v2");
 }
 
+/// 3: a reboot while the rollback is armed still rolls back, at boot; the
+/// lock holder the reboot left is seen as stale.
+#[test]
+fn a_reboot_with_the_rollback_armed_rolls_back_at_boot() {
+    let (host, flake, ioc, unit_v1) = deployed_v1();
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", "healthCheck.settleTime = 60;", "confirmTimeout = 60;"));
+    let deployer = Deployer::start(&flake, &[host.name.as_str(), "demo"]);
+    wait_for_profile(&host, "demo-2-link", Duration::from_secs(60), Some(&deployer));
+    // The host goes down in the middle of the checks, with the deploy lock held.
+    host.reboot();
+    let out = deployer.wait();
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("or at its next boot"), "{}", stderr(&out));
+
+    // Well before the 60 s confirmTimeout: at boot.
+    wait_for_profile(&host, "demo-1-link", Duration::from_secs(30), None);
+    assert_on(&host, 1, &unit_v1, &ioc, "v1");
+    let generations = list(&host, &flake);
+    assert_eq!(outcomes(&generations)[1], (2, "unconfirmed".to_owned()));
+    assert_eq!(generations[1]["rolledBack"]["reason"], "reboot");
+
+    flake.write(&host, &demo(&ioc, "version = \"v3\";", "", ""));
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("took over the lock of a deploy that ended without releasing it"),
+        "{}",
+        stderr(&out)
+    );
+    caget_eventually(&host, "iocDemo:version", &ioc, "v3");
+}
+
 /// 4: `rollback` and `delete-generation` are refused while the host has a
 /// rollback pending, as a deploy is: it would undo them, or fail for them.
 #[test]
