@@ -81,3 +81,6 @@ pub fn context(top: &str) -> Vec<String> {
         layout::GENERATION_DIR.to_owned(),
     ]
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,671 @@
+//! The host-side scripts' branches, run for real against a temporary directory
+//! that stands in for a host: its unit directory, the top's profile and its
+//! state directory. `sh`, coreutils, grep, sed, cmp and flock are the real
+//! ones; `systemctl` and `nix-env` are small stand-ins on `PATH` that append
+//! their argv to a log, and `nix-env` moves the profile links as the real one
+//! does.
+
+use super::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const TOP: &str = "demo";
+
+/// Logs its argv; while the file `$HOLD` exists (at most ~10 s), it waits,
+/// and says so by creating `$HOLD.held`: a test can stop a script right after
+/// its first `systemctl` call.
+const SYSTEMCTL: &str = r#"#!/bin/sh
+echo "systemctl $*" >>"$CALLS"
+i=0
+while [ -e "$HOLD" ] && [ $i -lt 1000 ]; do
+  : >"$HOLD.held"
+  sleep 0.01
+  i=$((i + 1))
+done
+"#;
+
+/// Logs its argv, and does to the profile links what the real nix-env does:
+/// `--switch-generation N` points the profile at `PROFILE-N-link` (which
+/// must exist), `--set PATH` makes the next `PROFILE-N-link` and points the
+/// profile at it.
+const NIX_ENV: &str = r#"#!/bin/sh
+echo "nix-env $*" >>"$CALLS"
+profile='' op='' arg=''
+while [ $# -gt 0 ]; do
+  case $1 in
+    --profile) profile=$2 ;;
+    --switch-generation) op=switch arg=$2 ;;
+    --set) op=set arg=$2 ;;
+    *) echo "nix-env stand-in: unexpected argument $1" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+name=${profile##*/}
+case $op in
+  switch)
+    if [ ! -L "$profile-$arg-link" ]; then echo "error: generation $arg does not exist" >&2; exit 1; fi
+    ln -sfn "$name-$arg-link" "$profile"
+    ;;
+  set)
+    last=0
+    for link in "$profile"-*-link; do
+      n=${link#"$profile"-}
+      n=${n%-link}
+      case $n in '' | *[!0-9]*) continue ;; esac
+      if [ "$n" -gt "$last" ]; then last=$n; fi
+    done
+    ln -s "$arg" "$profile-$((last + 1))-link"
+    ln -sfn "$name-$((last + 1))-link" "$profile"
+    ;;
+esac
+"#;
+
+/// A temporary directory standing in for a host, for the top `demo`.
+struct FakeHost {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+/// What a script did: its exit code and output.
+#[derive(Debug)]
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl FakeHost {
+    fn new() -> FakeHost {
+        let tmp = tempfile::Builder::new().prefix("epnix-remote-").tempdir().expect("create a temporary directory");
+        // Canonical: break_lock.sh compares the lock's path with what /proc says.
+        let root = tmp.path().canonicalize().unwrap();
+        let host = FakeHost { _tmp: tmp, root };
+        for dir in [host.unit_dir(), host.profile().parent().unwrap().to_owned(), host.bin(), host.root.join("store")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for (name, text) in [("systemctl", SYSTEMCTL), ("nix-env", NIX_ENV)] {
+            std::fs::write(host.bin().join(name), text).unwrap();
+            std::fs::set_permissions(host.bin().join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        host
+    }
+
+    fn unit_dir(&self) -> PathBuf {
+        self.root.join("etc/systemd/system")
+    }
+
+    fn profile(&self) -> PathBuf {
+        self.root.join("profiles/epnix").join(TOP)
+    }
+
+    fn records(&self) -> PathBuf {
+        self.root.join("state").join(TOP)
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.root.join("bin")
+    }
+
+    fn hold(&self) -> PathBuf {
+        self.root.join("hold")
+    }
+
+    /// The six leading arguments, as `remote::context` gives them for a real
+    /// host, pointing into this one.
+    fn context(&self) -> Vec<String> {
+        let real = context(TOP);
+        vec![
+            path_str(&self.unit_dir()),
+            real[1].clone(),
+            real[2].clone(),
+            path_str(&self.profile()),
+            path_str(&self.records()),
+            real[5].clone(),
+        ]
+    }
+
+    /// `sh -c TEXT epnix-deploy ARGS...`, as the host runs a script, with the
+    /// stand-ins first on PATH.
+    fn command(&self, script: Script, args: &[String]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script.text()).arg("epnix-deploy").args(args);
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", self.bin().display()))
+            .env("CALLS", self.root.join("calls"))
+            .env("HOLD", self.hold());
+        cmd
+    }
+
+    /// Runs `script` with the context, then `extra`; `stdin` on its stdin.
+    fn run_with_stdin(&self, script: Script, extra: &[&str], stdin: &str) -> Ran {
+        let mut args = self.context();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut child = self
+            .command(script, &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, script: Script, extra: &[&str]) -> Ran {
+        self.run_with_stdin(script, extra, "")
+    }
+
+    /// A store path (a directory under `store/`).
+    fn store_path(&self, name: &str) -> PathBuf {
+        let path = self.root.join("store").join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    /// Generation `n` of the profile `name` (ours by default), pointing at a
+    /// new store path; the profile points at it.
+    fn add_generation_of(&self, name: &str, n: u32, store: &str) -> PathBuf {
+        let profile = self.profile().with_file_name(name);
+        let path = self.store_path(store);
+        symlink(&path, link_of(&profile, n)).unwrap();
+        let _ = std::fs::remove_file(&profile);
+        symlink(format!("{name}-{n}-link"), &profile).unwrap();
+        path
+    }
+
+    fn add_generation(&self, n: u32, store: &str) -> PathBuf {
+        self.add_generation_of(TOP, n, store)
+    }
+
+    fn write_unit(&self, name: &str, text: &str) {
+        std::fs::write(self.unit_dir().join(name), text).unwrap();
+    }
+
+    fn unit(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.unit_dir().join(name)).ok()
+    }
+
+    fn remove_unit(&self, name: &str) {
+        std::fs::remove_file(self.unit_dir().join(name)).unwrap();
+    }
+
+    /// Saves the restore point the way a deploy does: prepare.sh, with the
+    /// rollback script on stdin.
+    fn prepare(&self, touched: &[&str]) {
+        let ran = self.run_with_stdin(PREPARE, touched, &ROLLBACK.text());
+        assert_eq!(ran.code, Some(0), "prepare.sh: {ran:?}");
+        self.forget_calls();
+    }
+
+    /// The stand-ins' calls so far, one line each.
+    fn calls(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.root.join("calls")).unwrap_or_default();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn forget_calls(&self) {
+        let _ = std::fs::remove_file(self.root.join("calls"));
+    }
+
+    /// Where the profile points (its own link target), if it exists.
+    fn profile_target(&self) -> Option<String> {
+        std::fs::read_link(self.profile()).ok().map(|t| path_str(&t))
+    }
+
+    /// The lines of a file in the state directory, split into words.
+    fn record_lines(&self, file: &str) -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(self.records().join(file)).unwrap_or_default();
+        text.lines().map(|l| l.split(' ').map(str::to_owned).collect()).collect()
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.symlink_metadata().is_ok()
+    }
+
+    /// Every file, link and directory of the host, with contents and targets:
+    /// equal snapshots mean nothing changed.
+    fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+        let mut all = BTreeMap::new();
+        for dir in [self.unit_dir(), self.profile().parent().unwrap().to_owned(), self.root.join("state")] {
+            walk(&dir, &mut all);
+        }
+        all
+    }
+}
+
+fn walk(path: &Path, all: &mut BTreeMap<PathBuf, String>) {
+    let Ok(meta) = path.symlink_metadata() else { return };
+    let what = if meta.file_type().is_symlink() {
+        format!("-> {}", std::fs::read_link(path).unwrap().display())
+    } else if meta.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            walk(&entry.unwrap().path(), all);
+        }
+        "directory".to_owned()
+    } else {
+        std::fs::read_to_string(path).unwrap_or_else(|_| "(not text)".to_owned())
+    };
+    all.insert(path.to_owned(), what);
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
+
+fn link_of(profile: &Path, n: u32) -> PathBuf {
+    let name = profile.file_name().unwrap().to_str().unwrap();
+    profile.with_file_name(format!("{name}-{n}-link"))
+}
+
+/// A unit file of `top`, at some version.
+fn unit_of(top: &str, version: &str) -> String {
+    format!(
+        "[Unit]\nDescription=an IOC, {version}\n{}\n\n[Service]\nExecStart=/bin/true {version}\n",
+        unit::owner_line(top)
+    )
+}
+
+/// A time written by a script: now, give or take a minute.
+fn assert_recent(time: &str) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let time: u64 = time.parse().unwrap_or_else(|_| panic!("not a time: {time:?}"));
+    assert!(time.abs_diff(now) < 60, "time {time} is not now ({now})");
+}
+
+/// A child process of this test, killed (by its PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+// ---------------------------------------------------------------- rollback.sh
+
+/// A deploy of `demo` switched from generation 1 to 2 and was not confirmed.
+/// Generation 1 ran `changed`, `removed`, `drifted` and `kept`; the switch
+/// rewrote `changed`, removed `removed` and added `added` (what the restore
+/// point lists as touched), then someone edited `drifted` by hand. Units of
+/// another top and one without a marker sit beside them. Returns the host
+/// and generation 2's store path.
+fn switched_host() -> (FakeHost, PathBuf) {
+    let host = FakeHost::new();
+    host.add_generation(1, "v1-top");
+    for u in ["changed", "removed", "drifted", "kept"] {
+        host.write_unit(&format!("epnix-{u}.service"), &unit_of(TOP, "v1"));
+    }
+    host.write_unit("epnix-theirs.service", &unit_of("other", "v1"));
+    host.write_unit("epnix-handmade.service", "[Service]\nExecStart=/bin/true\n");
+    host.prepare(&["epnix-changed.service", "epnix-removed.service", "epnix-added.service"]);
+
+    let v2 = host.add_generation(2, "v2-top");
+    host.write_unit("epnix-changed.service", &unit_of(TOP, "v2"));
+    host.remove_unit("epnix-removed.service");
+    host.write_unit("epnix-added.service", &unit_of(TOP, "v2"));
+    host.write_unit("epnix-drifted.service", &unit_of(TOP, "v1, edited by hand"));
+    (host, v2)
+}
+
+fn rollback(host: &FakeHost, reason: &str) -> Ran {
+    host.run(ROLLBACK, &[reason])
+}
+
+#[test]
+fn rollback_restores_the_previous_generation_and_its_units() {
+    let (host, v2) = switched_host();
+    let ran = rollback(&host, "failed-checks");
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.stdout.ends_with("rolled back from 2 to 1\n"), "{ran:?}");
+    // Units: byte for byte as the restore point saved them.
+    for u in ["changed", "removed", "drifted", "kept"] {
+        assert_eq!(host.unit(&format!("epnix-{u}.service")), Some(unit_of(TOP, "v1")), "epnix-{u}.service");
+    }
+    assert_eq!(host.unit("epnix-added.service"), None, "the unit the switch added is still there");
+    assert_eq!(host.unit("epnix-theirs.service"), Some(unit_of("other", "v1")), "another top's unit changed");
+    assert_eq!(host.unit("epnix-handmade.service").as_deref(), Some("[Service]\nExecStart=/bin/true\n"));
+    // The build: generation 1 again.
+    assert_eq!(host.profile_target().as_deref(), Some("demo-1-link"));
+    let calls = host.calls();
+    let switch = format!("nix-env --profile {} --switch-generation 1", host.profile().display());
+    assert!(calls.contains(&switch), "no `{switch}` in {calls:#?}");
+    // systemd: the added unit stopped and disabled, a reload, then the
+    // touched and rewritten units restarted and the others only started.
+    assert!(calls.contains(&"systemctl disable --now --quiet epnix-added.service".into()), "{calls:#?}");
+    let reload = calls.iter().position(|c| c == "systemctl daemon-reload").expect("no daemon-reload");
+    for u in ["changed", "removed", "drifted"] {
+        let restart = calls.iter().position(|c| *c == format!("systemctl restart epnix-{u}.service"));
+        assert!(restart.is_some_and(|i| i > reload), "epnix-{u}.service not restarted after the reload: {calls:#?}");
+        assert!(ran.stdout.contains(&format!("restored epnix-{u}.service\n")), "{ran:?}");
+    }
+    assert!(calls.contains(&"systemctl start epnix-kept.service".into()), "{calls:#?}");
+    assert!(!calls.contains(&"systemctl restart epnix-kept.service".into()), "an untouched unit restarted");
+    for u in ["changed", "removed", "drifted", "kept"] {
+        assert!(calls.contains(&format!("systemctl enable --quiet epnix-{u}.service")), "{calls:#?}");
+    }
+    assert!(!calls.iter().any(|c| c.contains("theirs") || c.contains("handmade")), "{calls:#?}");
+    // What happened, for `list` and `status`.
+    let outcomes = host.record_lines("outcomes");
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_recent(&outcomes[0][0]);
+    assert_eq!(outcomes[0][1..], ["2", "failed", path_str(&v2).as_str()]);
+    let events = host.record_lines("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_recent(&events[0][0]);
+    assert_eq!(events[0][1..], ["2", "1", "failed-checks", "0"]);
+    // The restore point is used up.
+    assert!(!host.exists(&host.records().join("restore")), "restore/ is left");
+    assert!(!host.exists(&host.records().join("restore.rolling")), "restore.rolling/ is left");
+}
+
+#[test]
+fn rollback_outcome_says_why() {
+    for (reason, outcome) in [("failed-checks", "failed"), ("unconfirmed", "unconfirmed"), ("reboot", "unconfirmed")] {
+        let (host, v2) = switched_host();
+        let ran = rollback(&host, reason);
+        assert_eq!(ran.code, Some(0), "{reason}: {ran:?}");
+        let outcomes = host.record_lines("outcomes");
+        assert_eq!(outcomes.len(), 1, "{reason}: {outcomes:?}");
+        assert_eq!(outcomes[0][1..], ["2", outcome, path_str(&v2).as_str()], "reason {reason}");
+        assert_eq!(host.record_lines("events")[0][3], reason);
+    }
+}
+
+#[test]
+fn rollback_of_a_failed_first_deploy_takes_the_top_away() {
+    let host = FakeHost::new();
+    // Another top whose name starts with ours: its links match our glob.
+    host.add_generation_of("demo-b", 1, "other-top");
+    host.prepare(&["epnix-a.service"]);
+    assert_eq!(std::fs::read_to_string(host.records().join("restore/generation")).unwrap(), "none\n");
+
+    host.add_generation(1, "v1-top");
+    host.write_unit("epnix-a.service", &unit_of(TOP, "v1"));
+    let ran = rollback(&host, "failed-checks");
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.stdout.ends_with("rolled back from 1 to none\n"), "{ran:?}");
+    assert_eq!(host.unit("epnix-a.service"), None, "the first deploy's unit is still there");
+    let calls = host.calls();
+    assert!(calls.contains(&"systemctl disable --now --quiet epnix-a.service".into()), "{calls:#?}");
+    assert!(!calls.iter().any(|c| c.starts_with("nix-env")), "{calls:#?}");
+    assert!(!host.exists(&host.profile()), "the profile is still there");
+    assert!(!host.exists(&link_of(&host.profile(), 1)), "generation 1's link is still there");
+    let other = host.profile().with_file_name("demo-b");
+    assert!(host.exists(&link_of(&other, 1)), "another top's generation went too");
+    assert!(host.exists(&other), "another top's profile went too");
+    let events = host.record_lines("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0][1..], ["1", "none", "failed-checks", "0"]);
+    assert!(!host.exists(&host.records().join("restore")), "restore/ is left");
+    assert!(!host.exists(&host.records().join("restore.rolling")), "restore.rolling/ is left");
+}
+
+#[test]
+fn rollback_without_a_restore_point_changes_nothing() {
+    let host = FakeHost::new();
+    host.add_generation(1, "v1-top");
+    host.add_generation(2, "v2-top");
+    host.write_unit("epnix-a.service", &unit_of(TOP, "v2"));
+    std::fs::create_dir_all(host.records()).unwrap();
+    let before = host.snapshot();
+
+    let ran = rollback(&host, "unconfirmed");
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.stdout, "nothing to roll back\n");
+    assert_eq!(host.snapshot(), before, "the host changed");
+    assert_eq!(host.calls(), Vec::<String>::new());
+}
+
+/// The timer and the deployer (or the boot unit) may start a rollback at
+/// once: the one that claims the restore point acts, the other does nothing.
+#[test]
+fn of_two_racing_rollbacks_only_the_first_acts() {
+    let (host, _) = switched_host();
+    // The first stops at its first systemctl call, having claimed the restore point.
+    std::fs::write(host.hold(), "").unwrap();
+    let mut args = host.context();
+    args.push("unconfirmed".into());
+    let mut first = Proc(host.command(ROLLBACK, &args).stdout(Stdio::piped()).spawn().expect("run sh"));
+    let held = host.hold().with_extension("held");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.exists() {
+        assert!(first.running(), "the first rollback ended without calling systemctl");
+        assert!(Instant::now() < deadline, "the first rollback did not reach systemctl in 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(host.exists(&host.records().join("restore.rolling")), "the first rollback has not claimed it");
+    let calls_before = host.calls();
+
+    let second = rollback(&host, "failed-checks");
+
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(second.stdout, "nothing to roll back\n");
+    assert_eq!(host.calls(), calls_before, "the second rollback called something");
+    std::fs::remove_file(host.hold()).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(first.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(first.0.wait().unwrap().success());
+    assert!(stdout.ends_with("rolled back from 2 to 1\n"), "first rollback: {stdout}");
+    let events = host.record_lines("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0][3], "unconfirmed", "the second rollback's reason was recorded");
+    assert_eq!(host.record_lines("outcomes").len(), 1);
+}
+
+// ---------------------------------------------------------------- switch.sh
+
+/// A host running generation 1 of `demo` with its unit `mine`, beside a unit
+/// of another top and one without a marker; and new unit files to install.
+fn host_with_neighbours() -> (FakeHost, PathBuf) {
+    let host = FakeHost::new();
+    host.add_generation(1, "v1-top");
+    host.write_unit("epnix-mine.service", &unit_of(TOP, "v1"));
+    host.write_unit("epnix-theirs.service", &unit_of("other", "v1"));
+    host.write_unit("epnix-handmade.service", "[Service]\nExecStart=/bin/true\n");
+    let src = host.root.join("new-units");
+    std::fs::create_dir_all(&src).unwrap();
+    for u in ["mine", "theirs", "handmade", "new"] {
+        std::fs::write(src.join(format!("epnix-{u}.service")), unit_of(TOP, "v2")).unwrap();
+    }
+    (host, src)
+}
+
+fn switch(host: &FakeHost, src: &Path, target: &Path, units: &[&str]) -> Ran {
+    let units_lock = host.root.join("units.lock");
+    let mut args = vec!["set".to_owned(), path_str(target), path_str(src), path_str(&units_lock)];
+    for u in units {
+        args.extend(["write", "enable", "restart"].map(|verb| format!("{verb}:{u}")));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.run(SWITCH, &args)
+}
+
+#[test]
+fn switch_refuses_a_unit_it_does_not_own_and_changes_nothing() {
+    for (unit, owner) in [("epnix-theirs.service", "other"), ("epnix-handmade.service", "-")] {
+        let (host, src) = host_with_neighbours();
+        let v2 = host.store_path("v2-top");
+        let before = host.snapshot();
+
+        // Ours first: the check comes before any change, whatever the order.
+        let ran = switch(&host, &src, &v2, &["epnix-mine.service", unit]);
+
+        assert_eq!(ran.code, Some(20), "{unit}: {ran:?}");
+        assert_eq!(ran.stdout, format!("claimed {unit} {owner}\n"));
+        assert_eq!(host.snapshot(), before, "{unit}: the host changed");
+        assert_eq!(host.calls(), Vec::<String>::new(), "{unit}: something was called");
+    }
+}
+
+#[test]
+fn switch_sets_the_profile_and_installs_its_units() {
+    let (host, src) = host_with_neighbours();
+    let v2 = host.store_path("v2-top");
+
+    let ran = switch(&host, &src, &v2, &["epnix-mine.service", "epnix-new.service"]);
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.stdout, "generation demo-2-link\n");
+    assert_eq!(std::fs::read_link(link_of(&host.profile(), 2)).unwrap(), v2);
+    assert_eq!(host.unit("epnix-mine.service"), Some(unit_of(TOP, "v2")));
+    assert_eq!(host.unit("epnix-new.service"), Some(unit_of(TOP, "v2")));
+    assert_eq!(
+        host.calls()[1..],
+        [
+            "systemctl daemon-reload",
+            "systemctl enable --quiet epnix-mine.service epnix-new.service",
+            "systemctl restart epnix-mine.service epnix-new.service",
+        ]
+    );
+}
+
+// ---------------------------------------------------------------- confirm.sh
+
+const TIMER: &str = "epnix.rollback-demo";
+
+#[test]
+fn confirm_takes_the_restore_point_and_notes_a_healthy_generation() {
+    let (host, v2) = switched_host();
+
+    let ran = host.run(CONFIRM, &[TIMER, "2", path_str(&v2).as_str()]);
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(host.calls(), [format!("systemctl stop {TIMER}.timer")]);
+    for dir in ["restore", "restore.confirmed", "restore.rolling"] {
+        assert!(!host.exists(&host.records().join(dir)), "{dir}/ is left");
+    }
+    let outcomes = host.record_lines("outcomes");
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_recent(&outcomes[0][0]);
+    assert_eq!(outcomes[0][1..], ["2", "healthy", path_str(&v2).as_str()]);
+    // And a rollback has nothing left to act on.
+    assert_eq!(rollback(&host, "unconfirmed").stdout, "nothing to roll back\n");
+}
+
+#[test]
+fn confirm_of_a_switch_that_changed_nothing_notes_no_outcome() {
+    let (host, _) = switched_host();
+
+    let ran = host.run(CONFIRM, &[TIMER, "-", "-"]);
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(!host.exists(&host.records().join("restore")), "restore/ is left");
+    assert!(!host.exists(&host.records().join("outcomes")), "an outcome was written");
+}
+
+#[test]
+fn confirm_fails_once_the_host_has_rolled_back() {
+    let (host, v2) = switched_host();
+    assert_eq!(rollback(&host, "unconfirmed").code, Some(0));
+    let outcomes = host.record_lines("outcomes");
+
+    let ran = host.run(CONFIRM, &[TIMER, "2", path_str(&v2).as_str()]);
+
+    assert_eq!(ran.code, Some(3), "{ran:?}");
+    assert!(ran.stderr.contains("already rolled back"), "{ran:?}");
+    assert_eq!(host.record_lines("outcomes"), outcomes, "confirm wrote an outcome");
+}
+
+// ---------------------------------------------------------------- lock.sh and break_lock.sh
+
+/// A process of this test that holds nothing.
+fn innocent() -> Proc {
+    Proc(Command::new("sleep").arg("60").spawn().expect("run sleep"))
+}
+
+fn forge_holder(host: &FakeHost, pid: u32) {
+    std::fs::create_dir_all(host.records()).unwrap();
+    let holder = format!("someone@elsewhere, since 2024-01-01 00:00:00 UTC, pid {pid}\n");
+    std::fs::write(host.records().join("lock.holder"), holder).unwrap();
+}
+
+/// Starts `sh -c SCRIPT sh LOCK` and waits for its first line (`locked`).
+fn holding(script: &str, lock: &Path) -> Proc {
+    let mut p =
+        Proc(Command::new("sh").args(["-c", script, "sh"]).arg(lock).stdout(Stdio::piped()).spawn().expect("run sh"));
+    let mut line = String::new();
+    BufReader::new(p.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "locked\n");
+    p
+}
+
+#[test]
+fn break_lock_spares_a_forged_holder_of_a_free_lock() {
+    let host = FakeHost::new();
+    let mut victim = innocent();
+    forge_holder(&host, victim.0.id());
+    std::fs::write(host.records().join("lock"), "").unwrap();
+
+    let ran = host.run(BREAK_LOCK, &[]);
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.stdout, "free\n");
+    assert!(victim.running(), "break_lock.sh killed the PID of a forged holder line");
+    assert!(!host.exists(&host.records().join("lock.holder")), "the stale holder line is left");
+}
+
+#[test]
+fn break_lock_spares_a_forged_holder_and_a_foreign_holder() {
+    let host = FakeHost::new();
+    let mut victim = innocent();
+    forge_holder(&host, victim.0.id());
+    let lock = host.records().join("lock");
+    // Holds the lock, but not on fd 9 as lock.sh does: not a deploy.
+    let mut foreign = holding(r#"exec 3>>"$1"; flock 3; echo locked; exec sleep 60"#, &lock);
+
+    let ran = host.run(BREAK_LOCK, &[]);
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.stdout, format!("foreign {}\n", foreign.0.id()));
+    assert!(victim.running(), "break_lock.sh killed the PID of a forged holder line");
+    assert!(foreign.running(), "break_lock.sh killed a process that is not a deploy");
+}
+
+#[test]
+fn lock_is_held_while_its_connection_lasts_and_break_lock_ends_it() {
+    let host = FakeHost::new();
+    let lock_cmd = |want: &str| {
+        let mut args = host.context();
+        args.extend(["tester@here".to_owned(), want.to_owned()]);
+        host.command(LOCK, &args)
+    };
+    let mut first = Proc(lock_cmd("").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("run sh"));
+    let mut line = String::new();
+    BufReader::new(first.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "locked \n", "no stale holder expected");
+    let holder = std::fs::read_to_string(host.records().join("lock.holder")).unwrap();
+    assert!(holder.starts_with("tester@here, since "), "{holder}");
+    assert!(holder.ends_with(&format!(", pid {}\n", first.0.id())), "{holder} (lock.sh is {})", first.0.id());
+
+    let busy = lock_cmd("").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&busy.stdout), format!("busy {holder}"));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let wrong = lock_cmd("not-this-host").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&wrong.stdout), format!("wronghost {hostname}"));
+
+    let ran = host.run(BREAK_LOCK, &[]);
+
+    assert_eq!(ran.stdout, format!("ended {}\n", first.0.id()), "{ran:?}");
+    assert!(!first.0.wait().unwrap().success(), "lock.sh was not ended");
+    assert!(!host.exists(&host.records().join("lock.holder")), "the holder line is left");
+    assert_eq!(host.run(BREAK_LOCK, &[]).stdout, "free\n");
+}
