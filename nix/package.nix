@@ -18,6 +18,10 @@ rustPlatform.buildRustPackage {
       ../Cargo.toml
       ../Cargo.lock
       ../src
+      # Built into the tool: each generation's derivation.
+      ../nix/generation.nix
+      # A unit test pins its exit code table to the code.
+      ../README.md
     ];
   };
   cargoLock.lockFile = ../Cargo.lock;

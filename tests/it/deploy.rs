@@ -90,6 +90,14 @@ fn bad_configs_are_refused_before_the_host_is_touched() {
             "hint:",
         ),
         (ioc.nix("procServ.console = \"tcp\";"), "procServ.console: must be \"unix\" or a TCP port number", ""),
+        // Values the unit cannot carry (issue "Safe activation under every fault", 11).
+        (ioc.nix("description = \"ends in \\\\\";"), "description: ends in a backslash", ""),
+        (ioc.nix("procServ.console = 80;"), "TCP port 80 is below 1024", "hint:"),
+        (
+            ioc.nix("healthCheck.command = \"true\"; healthCheck.commandTimeout = 90;"),
+            "more than the top's activationTimeout of 60",
+            "hint:",
+        ),
         (
             ioc.nix("startupScript = \"./missing.cmd\";"),
             "startupScript: `./missing.cmd` is not in the built top",

@@ -341,3 +341,21 @@ fn paths_that_leave_the_top_through_a_symlink_are_refused() {
         assert_untouched(&host);
     }
 }
+
+/// 9: when the host has begun its own rollback, the deployer does not roll
+/// back a second time: it waits for the host's and reports where it ended.
+#[test]
+fn a_host_that_rolls_back_by_itself_is_not_rolled_back_twice() {
+    let (host, flake, ioc, unit_v1) = deployed_v1();
+    // The check fires the armed rollback at once, as an expired timer would.
+    let fire = "healthCheck.command = \"systemctl start epnix.rollback-demo.service; sleep 4\"; healthCheck.commandTimeout = 20;";
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", fire, ""));
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("the host began to roll back by itself"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is back to generation 1, and its IOCs are active"), "{}", stderr(&out));
+    assert_on(&host, 1, &unit_v1, &ioc, "v1");
+    let events = host.ssh_ok("cat /var/lib/epnix-deploy/demo/events");
+    assert_eq!(events.lines().count(), 1, "{events}");
+    assert!(events.contains(" 2 1 unconfirmed 0"), "{events}");
+}
