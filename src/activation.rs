@@ -529,6 +529,7 @@ fn parse_rollback(output: &str) -> Result<RolledBack> {
         if let Some(unit) = line.strip_prefix("restored ") {
             iocs.extend(layout::ioc_of_unit(unit).map(str::to_owned));
         } else if let Some(rest) = line.strip_prefix("rolled back from ") {
+            let rest = rest.split(',').next().unwrap_or(rest);
             let target = rest.rsplit(' ').next().unwrap_or("none");
             to = target.parse().ok();
         } else if line == "nothing to roll back" {
@@ -736,6 +737,7 @@ mod tests {
         let out = "restored epnix-a.service\nrestored epnix-b.service\nrolled back from 4 to 3\n";
         assert_eq!(parse_rollback(out).unwrap(), RolledBack { to: Some(3), iocs: vec!["a".into(), "b".into()] });
         assert_eq!(parse_rollback("rolled back from 1 to none\n").unwrap().to, None);
+        assert_eq!(parse_rollback("rolled back from 4 to 3, with errors (see above)\n").unwrap().to, Some(3));
         assert!(parse_rollback("nothing to roll back\n").is_err());
     }
 }

@@ -274,7 +274,7 @@ impl Plan {
             }
             Switch::To(n) => ("switch", n.to_string(), units_in(&format!("{profile}-{n}-link"))),
         };
-        let mut args = vec![mode.to_owned(), target, source, layout::units_lock().into_string()];
+        let mut args = vec![mode.to_owned(), target, source];
         args.extend(self.actions());
         remote::SWITCH.for_top(&self.top, &args)
     }

@@ -4,7 +4,8 @@
 # sure a reboot cannot lose that promise: the timer lives in /run, so a unit
 # on disk rolls back at boot whatever restore point is left.
 context "$@"
-unit=$7 secs=$8 boot=$9 state=${10}
+shift 7
+unit=$1 secs=$2 boot=$3 state=$4
 cat >"$state/rollback-at-boot.sh.epnix-tmp"
 mv -f "$state/rollback-at-boot.sh.epnix-tmp" "$state/rollback-at-boot.sh"
 printf '%s\n' \
@@ -34,4 +35,4 @@ systemctl reset-failed "$unit.service" "$unit.timer" 2>/dev/null || true
 systemd-run --quiet --unit="$unit" --on-active="$secs" --timer-property=AccuracySec=100ms \
   --timer-property=StartLimitIntervalSec=0 \
   --description="epnix-deploy: roll back an unconfirmed switch of $top" \
-  /bin/sh "$records/restore/rollback.sh" "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" unconfirmed
+  /bin/sh "$records/restore/rollback.sh" "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" "$units_lock" unconfirmed

@@ -4,7 +4,8 @@
 # GENERATION of `-` only discards the restore point of a switch that
 # changed nothing.
 context "$@"
-unit=$7 gen=$8 path=$9
+shift 7
+unit=$1 gen=$2 path=$3
 systemctl stop "$unit.timer" 2>/dev/null || true
 if ! mv "$records/restore" "$records/restore.confirmed" 2>/dev/null; then
   echo "the host has already rolled back" >&2

@@ -1,5 +1,5 @@
 # delete: context, then generation NUMBERS. Deletes those generations.
 context "$@"
-shift 6
+shift 7
 use_nix
 nix-env --profile "$profile" --delete-generations "$@"

@@ -2,7 +2,8 @@
 # the units and health checks stored in that generation, or `none` for a
 # generation that epnix-deploy did not make.
 context "$@"
-nonce=$7 n=$8
+shift 7
+nonce=$1 n=$2
 dir=$profile-$n-link/$gendir
 if [ ! -d "$dir/units" ]; then
   printf '%s none\n' "$nonce"

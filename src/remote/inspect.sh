@@ -2,7 +2,8 @@
 # record per fact, each opened by the nonce (which no file can contain by
 # accident), so unit texts need no escaping.
 context "$@"
-nonce=$7
+shift 7
+nonce=$1
 say() { printf '%s %s %s\n' "$nonce" "$1" "$2"; }
 # Before use_nix: `nix copy` finds nix-store only on the plain SSH PATH.
 if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi

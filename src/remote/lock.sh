@@ -3,7 +3,7 @@
 # is taken, holds it while stdin (the deployer's connection) stays open:
 #   notroot USER | wronghost NAME | busy HOLDER | locked [STALE HOLDER]
 context "$@"
-shift 6
+shift 7
 who=$1 want=$2
 if [ "$(id -u)" != 0 ]; then
   echo "notroot $(id -un)"

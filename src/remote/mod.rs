@@ -3,7 +3,7 @@
 //! Each `.sh` file beside this one is a constant `sh` script that reads its
 //! values from positional arguments only, so a value from the configuration
 //! never becomes shell syntax. Every script gets `prelude.sh` in front of
-//! it. Scripts about one top start with the same six arguments, the
+//! it. Scripts about one top start with the same seven arguments, the
 //! [`context`], built from `layout`: no script hard-codes a path or name.
 //! `./scripts/test` runs `shellcheck` on them; `tests` below runs their
 //! branches against a temporary root.
@@ -70,7 +70,8 @@ impl Script {
 
 /// The arguments every script about `top` starts with (`context` in
 /// `prelude.sh`): unit directory, top, ownership marker line, profile, state
-/// directory and the generation's own directory name.
+/// directory, the generation's own directory name, and the lock under which
+/// unit names are claimed.
 pub fn context(top: &str) -> Vec<String> {
     vec![
         layout::UNIT_DIR.to_owned(),
@@ -79,6 +80,7 @@ pub fn context(top: &str) -> Vec<String> {
         layout::profile(top).into_string(),
         layout::records(top).into_string(),
         layout::GENERATION_DIR.to_owned(),
+        layout::units_lock().into_string(),
     ]
 }
 

@@ -9,11 +9,12 @@ set -u
 # prelude and a script together) would call the rest unreachable (SC2317) and
 # the variables unused (SC2034): hence the directives.
 
-# context UNIT_DIR TOP MARKER PROFILE RECORDS GENDIR: the arguments every
-# script about one top starts with (`remote::context`).
+# context UNIT_DIR TOP MARKER PROFILE RECORDS GENDIR UNITS_LOCK: the seven
+# arguments every script about one top starts with (`remote::context`); the
+# script then does `shift 7` and reads its own.
 # shellcheck disable=SC2034,SC2317
 context() {
-  unit_dir=$1 top=$2 marker=$3 profile=$4 records=$5 gendir=$6
+  unit_dir=$1 top=$2 marker=$3 profile=$4 records=$5 gendir=$6 units_lock=$7
 }
 
 # Multi-user Nix and NixOS put their tools outside a non-interactive PATH.

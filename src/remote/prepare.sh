@@ -3,7 +3,7 @@
 # current units and generation, what the rollback needs, and its own
 # arguments for a rollback at boot.
 context "$@"
-shift 6
+shift 7
 rp=$records/restore
 rm -rf "$rp" "$rp.rolling"
 mkdir -p "$rp/units"
@@ -11,4 +11,4 @@ cat >"$rp/rollback.sh"
 if [ -L "$profile" ]; then gen_of "$(readlink "$profile")" >"$rp/generation"; else echo none >"$rp/generation"; fi
 for f in $(our_units); do cp -p "$f" "$rp/units/"; done
 printf '%s\n' "$@" >"$rp/touched"
-printf '%s\n' "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" >"$rp/argv"
+printf '%s\n' "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" "$units_lock" >"$rp/argv"

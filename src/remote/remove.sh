@@ -2,7 +2,8 @@
 # stops and removes its units; with PURGE also its profile, its generations
 # and its state (but the lock, which this run holds).
 context "$@"
-purge=$7
+shift 7
+purge=$1
 status=0
 for f in $(our_units); do
   u=${f##*/}

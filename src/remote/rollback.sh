@@ -4,10 +4,22 @@
 # the armed timer, or at boot. Whoever moves the restore point away first
 # owns the outcome, so a late confirmation and a rollback never both happen.
 context "$@"
-reason=$7
+shift 7
+reason=$1
 use_nix
+# A rollback must finish even when the connection that started it closes:
+# its output then goes nowhere, and it goes on.
+trap '' HUP PIPE
 rp=$records/restore.rolling
-if ! mv "$records/restore" "$rp" 2>/dev/null; then
+if [ ! -d "$records/restore" ] && [ ! -d "$rp" ]; then
+  echo "nothing to roll back"
+  exit 0
+fi
+# One rollback at a time. A restore point claimed by a rollback that is no
+# longer running (the lock is free) was left half done: this one resumes it.
+exec 7>>"$records/rollback.lock"
+flock 7
+if ! mv "$records/restore" "$rp" 2>/dev/null && [ ! -d "$rp" ]; then
   echo "nothing to roll back"
   exit 0
 fi
@@ -16,6 +28,10 @@ from=none
 if [ -L "$profile" ]; then from=$(gen_of "$(readlink "$profile")"); fi
 from_path=$(readlink -f "$profile" 2>/dev/null || echo -)
 status=0
+# Unit names are claimed under the host-wide lock, as the switch does: a
+# name another top took meanwhile stays that top's.
+exec 8>>"$units_lock"
+flock -w 60 8 || status=1
 for f in $(our_units); do
   u=${f##*/}
   if [ ! -f "$rp/units/$u" ]; then
@@ -27,6 +43,11 @@ for f in "$rp"/units/*.service; do
   [ -f "$f" ] || continue
   u=${f##*/}
   cmp -s "$f" "$unit_dir/$u" && continue
+  if [ -e "$unit_dir/$u" ] && ! grep -qxF "$marker" "$unit_dir/$u"; then
+    echo "not restored $u: another top claimed it meanwhile" >&2
+    status=1
+    continue
+  fi
   install_file "$f" "$unit_dir/$u" || status=1
   echo "$u" >>"$rp/touched"
 done
@@ -35,12 +56,14 @@ if [ "$prev" = none ]; then
   rm -f "$profile"
   generation_links | while read -r _ link; do rm -f "$link"; done
 else
-  nix-env --profile "$profile" --switch-generation "$prev" 2>/dev/null || status=1
+  nix-env --profile "$profile" --switch-generation "$prev" || status=1
 fi
 systemctl daemon-reload || status=1
+flock -u 8
 for f in "$rp"/units/*.service; do
   [ -f "$f" ] || continue
   u=${f##*/}
+  grep -qxF "$marker" "$unit_dir/$u" 2>/dev/null || continue
   systemctl enable --quiet "$u" || status=1
   # Only what the switch touched runs another build or unit now.
   if grep -qxF "$u" "$rp/touched"; then
@@ -56,5 +79,9 @@ if [ "$reason" = failed-checks ]; then outcome=failed; fi
 if [ "$from" != none ]; then echo "$now $from $outcome $from_path" >>"$records/outcomes"; fi
 echo "$now $from $prev $reason $status" >>"$records/events"
 rm -rf "$rp"
-echo "rolled back from $from to $prev"
+if [ "$status" = 0 ]; then
+  echo "rolled back from $from to $prev"
+else
+  echo "rolled back from $from to $prev, with errors (see above)"
+fi
 exit "$status"

@@ -1,15 +1,15 @@
 # switch: context, then MODE (`set`, `switch` or `stay`), TARGET (a store
 # path, a generation number, or `-`), the directory of the units to install,
-# the unit-claims lock, then actions `remove:U`, `write:U`, `enable:U`,
+# then actions `remove:U`, `write:U`, `enable:U`,
 # `restart:U`, `start:U`. The whole switch, in one round trip.
 #
 # Exit 20 (`claimed UNIT TOP`): a unit to write belongs to another top or to
 # nobody. That is checked under a host-wide lock before anything changes,
 # so two tops can never both claim one unit name.
 context "$@"
-shift 6
-mode=$1 target=$2 src=$3 units_lock=$4
-shift 4
+shift 7
+mode=$1 target=$2 src=$3
+shift 3
 use_nix
 mkdir -p "${units_lock%/*}"
 exec 8>>"$units_lock"
@@ -32,11 +32,11 @@ set -e
 case $mode in
   set)
     mkdir -p "${profile%/*}"
-    nix-env --profile "$profile" --set "$target" 2>/dev/null
+    nix-env --profile "$profile" --set "$target"
     echo "generation $(readlink "$profile")"
     ;;
   switch)
-    nix-env --profile "$profile" --switch-generation "$target" 2>/dev/null
+    nix-env --profile "$profile" --switch-generation "$target"
     echo "generation $(readlink "$profile")"
     ;;
 esac

@@ -114,8 +114,8 @@ impl FakeHost {
         self.root.join("hold")
     }
 
-    /// The six leading arguments, as `remote::context` gives them for a real
-    /// host, pointing into this one.
+    /// The seven leading arguments, as `remote::context` gives them for a
+    /// real host, pointing into this one.
     fn context(&self) -> Vec<String> {
         let real = context(TOP);
         vec![
@@ -125,6 +125,7 @@ impl FakeHost {
             path_str(&self.profile()),
             path_str(&self.records()),
             real[5].clone(),
+            path_str(&self.root.join("units.lock")),
         ]
     }
 
@@ -436,7 +437,8 @@ fn rollback_without_a_restore_point_changes_nothing() {
 }
 
 /// The timer and the deployer (or the boot unit) may start a rollback at
-/// once: the one that claims the restore point acts, the other does nothing.
+/// once: the one that claims the restore point acts; the other waits for it
+/// and then does nothing.
 #[test]
 fn of_two_racing_rollbacks_only_the_first_acts() {
     let (host, _) = switched_host();
@@ -455,20 +457,76 @@ fn of_two_racing_rollbacks_only_the_first_acts() {
     assert!(host.exists(&host.records().join("restore.rolling")), "the first rollback has not claimed it");
     let calls_before = host.calls();
 
-    let second = rollback(&host, "failed-checks");
-
-    assert_eq!(second.code, Some(0), "{second:?}");
-    assert_eq!(second.stdout, "nothing to roll back\n");
+    let mut args = host.context();
+    args.push("failed-checks".into());
+    let mut second = Proc(host.command(ROLLBACK, &args).stdout(Stdio::piped()).spawn().expect("run sh"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(second.running(), "the second rollback did not wait for the first");
     assert_eq!(host.calls(), calls_before, "the second rollback called something");
     std::fs::remove_file(host.hold()).unwrap();
     let mut stdout = String::new();
     std::io::Read::read_to_string(first.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     assert!(first.0.wait().unwrap().success());
     assert!(stdout.ends_with("rolled back from 2 to 1\n"), "first rollback: {stdout}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(second.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(second.0.wait().unwrap().success());
+    assert_eq!(stdout, "nothing to roll back\n");
     let events = host.record_lines("events");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0][3], "unconfirmed", "the second rollback's reason was recorded");
     assert_eq!(host.record_lines("outcomes").len(), 1);
+}
+
+/// A unit name that another top claimed while this top's switch was
+/// unconfirmed stays that top's: the rollback does not take it back.
+#[test]
+fn rollback_leaves_a_unit_name_another_top_claimed_meanwhile() {
+    let (host, _) = switched_host();
+    // `removed` went with the switch; another top took the name since.
+    host.write_unit("epnix-removed.service", &unit_of("other", "v1"));
+    let ran = rollback(&host, "unconfirmed");
+
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("not restored epnix-removed.service: another top claimed it"), "{ran:?}");
+    assert!(ran.stdout.ends_with("rolled back from 2 to 1, with errors (see above)\n"), "{ran:?}");
+    assert_eq!(host.unit("epnix-removed.service"), Some(unit_of("other", "v1")));
+    assert!(!host.calls().iter().any(|c| c.contains("epnix-removed")), "{:#?}", host.calls());
+    // The rest went back all the same.
+    assert_eq!(host.unit("epnix-changed.service"), Some(unit_of(TOP, "v1")));
+    assert_eq!(host.profile_target().as_deref(), Some("demo-1-link"));
+    assert_eq!(host.record_lines("events")[0][4], "1", "the event does not say it failed");
+}
+
+/// A rollback that died after it claimed the restore point (its connection
+/// closed, the host lost power) is resumed by the next one, instead of
+/// leaving the top pending for good.
+#[test]
+fn a_rollback_left_half_done_is_resumed() {
+    let (host, _) = switched_host();
+    std::fs::rename(host.records().join("restore"), host.records().join("restore.rolling")).unwrap();
+    let ran = rollback(&host, "unconfirmed");
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.stdout.ends_with("rolled back from 2 to 1\n"), "{ran:?}");
+    assert_eq!(host.unit("epnix-removed.service"), Some(unit_of(TOP, "v1")));
+    assert!(!host.exists(&host.records().join("restore.rolling")), "restore.rolling/ is left");
+}
+
+/// The deployer's connection may close while its rollback runs: the
+/// rollback's output then goes nowhere, and it goes on to the end.
+#[test]
+fn a_rollback_whose_output_is_gone_finishes() {
+    let (host, _) = switched_host();
+    let mut args = host.context();
+    args.push("failed-checks".into());
+    let mut child = host.command(ROLLBACK, &args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(host.profile_target().as_deref(), Some("demo-1-link"));
+    assert_eq!(host.unit("epnix-removed.service"), Some(unit_of(TOP, "v1")));
+    assert_eq!(host.record_lines("events").len(), 1);
+    assert!(!host.exists(&host.records().join("restore.rolling")), "restore.rolling/ is left");
 }
 
 // ---------------------------------------------------------------- switch.sh
@@ -490,8 +548,7 @@ fn host_with_neighbours() -> (FakeHost, PathBuf) {
 }
 
 fn switch(host: &FakeHost, src: &Path, target: &Path, units: &[&str]) -> Ran {
-    let units_lock = host.root.join("units.lock");
-    let mut args = vec!["set".to_owned(), path_str(target), path_str(src), path_str(&units_lock)];
+    let mut args = vec!["set".to_owned(), path_str(target), path_str(src)];
     for u in units {
         args.extend(["write", "enable", "restart"].map(|verb| format!("{verb}:{u}")));
     }
