@@ -124,6 +124,24 @@ pub fn rollback_pending(target: &Target, top: &str) -> Failure {
     )
 }
 
+/// Saves the restore point and, with magic rollback, arms the timer and the
+/// rollback at boot, in one call: the host is never left with one of them
+/// and not the other.
+pub fn prepare_cmd(plan: &Plan, safety: &Safety) -> RemoteCmd {
+    let top = plan.top.as_str();
+    let mut args = vec![
+        if safety.magic_rollback { "yes" } else { "no" }.to_owned(),
+        layout::rollback_unit(top),
+        format!("{}s", safety.confirm_timeout.as_secs()),
+        layout::boot_rollback_unit(),
+        layout::STATE_DIR.to_owned(),
+        remote::ROLLBACK.text(),
+        remote::ROLLBACK_AT_BOOT.text(),
+    ];
+    args.extend(plan.touched());
+    remote::PREPARE.for_top(top, &args)
+}
+
 /// The heartbeats of an armed rollback, on a thread of their own. Each is a
 /// new channel of the master connection, run by `ssh` itself, so no check
 /// command, journal read or switch can hold one up.
@@ -232,12 +250,9 @@ pub fn switch_safely(
 ) -> Result<Option<u32>> {
     let top = plan.top.as_str();
     let step = progress.step(&target.label, "arm rollback");
-    remote.run(&remote::PREPARE.for_top(top, &plan.touched()).with_stdin(remote::ROLLBACK.text()))?;
+    remote.run(&prepare_cmd(plan, safety))?;
     let mut heartbeat = None;
     if safety.magic_rollback {
-        let secs = format!("{}s", safety.confirm_timeout.as_secs());
-        let args = [layout::rollback_unit(top), secs, layout::boot_rollback_unit(), layout::STATE_DIR.to_owned()];
-        remote.run(&remote::ARM.for_top(top, &args).with_stdin(remote::ROLLBACK_AT_BOOT.text()))?;
         heartbeat = Some(Heartbeat::start(
             remote.control_socket().to_owned(),
             remote::HEARTBEAT.for_top(top, &[layout::rollback_unit(top)]),
@@ -266,13 +281,12 @@ pub fn switch_safely(
         Ok(generation)
     })();
     let host_rolled_back = heartbeat.as_ref().is_some_and(Heartbeat::host_rolls_back);
-    if let Some(h) = heartbeat.as_mut() {
-        h.end();
-    }
     let back_to = before.describe(top);
 
     match outcome {
         Ok(generation) => {
+            // The heartbeats go on until the confirmation is in: a slow new
+            // login must not let the timer fire.
             let step = progress.step(&target.label, "confirm");
             let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
             let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());
@@ -286,6 +300,9 @@ pub fn switch_safely(
             } else {
                 remote.run(&remote::CONFIRM.for_top(top, &args))
             };
+            if let Some(h) = heartbeat.as_mut() {
+                h.end();
+            }
             match confirmed {
                 Ok(_) => {
                     step.done(if safety.magic_rollback { "over a new SSH login; rollback disarmed" } else { "" });
@@ -309,9 +326,11 @@ pub fn switch_safely(
             }
         }
         Err(err) if host_rolled_back || err.downcast_ref::<HostRollsBack>().is_some() => {
+            drop(heartbeat);
             Err(settled(remote, target, top, before, format!("{err:#}")))
         }
         Err(err) if ssh::is_connection_lost(&err) || interrupted() => {
+            drop(heartbeat);
             let now_on = switched.map_or("the new generation".to_owned(), |g| format!("generation {g}"));
             let fate = if safety.magic_rollback {
                 format!(
@@ -331,6 +350,7 @@ pub fn switch_safely(
             .into())
         }
         Err(err) if err.downcast_ref::<Claimed>().is_some() => {
+            drop(heartbeat);
             // Nothing changed: the restore point goes, and with it the timer.
             remote.run(&remote::CONFIRM.for_top(top, &[layout::rollback_unit(top), "-".into(), "-".into()]))?;
             Err(BadInput::new(format!("on `{target}`: {err}; nothing was changed"))
@@ -338,6 +358,7 @@ pub fn switch_safely(
                 .into())
         }
         Err(err) => {
+            drop(heartbeat);
             let step = progress.step(&target.label, "roll back");
             let rolled = roll_back(remote, top, "failed-checks");
             let verified = rolled.and_then(|rb| {

@@ -22,7 +22,6 @@ use crate::nix;
 use crate::plan::{self, Plan, Switch};
 use crate::process::Cmd;
 use crate::progress::Progress;
-use crate::remote;
 use crate::report::{self, Report};
 use crate::ssh::Remote;
 use crate::target::{self, Selection, Target};
@@ -267,6 +266,18 @@ pub fn check_top_contents(top_name: &str, top: &Top, store_path: &Utf8Path) -> R
     Ok(())
 }
 
+/// A host-side command as the dry run shows it: arguments that are scripts
+/// of our own are named, not printed.
+fn short(cmd: &crate::ssh::RemoteCmd) -> String {
+    let mut cmd = cmd.clone();
+    for arg in cmd.argv.iter_mut().skip(4) {
+        if arg.contains('\n') {
+            *arg = format!("<{}-line script>", arg.lines().count());
+        }
+    }
+    cmd.to_string()
+}
+
 /// Lists everything a deploy would do to the host, in order, with the
 /// commands that stay valid after the run.
 fn print_dry_run(plan: &Plan, state: &HostState, target: &Target, safety: &Safety, substitute: bool) {
@@ -300,10 +311,10 @@ fn print_dry_run(plan: &Plan, state: &HostState, target: &Target, safety: &Safet
         println!("  then wait until every IOC is active");
         return;
     }
-    on(format!("save the restore point: {}", remote::PREPARE.for_top(top, &plan.touched())));
+    on(format!("save the restore point: {}", short(&activation::prepare_cmd(plan, safety))));
     if safety.magic_rollback {
         on(format!(
-            "arm the rollback: timer `{}.timer` fires after {}s without a heartbeat; `{}` rolls back at boot",
+            "arm the rollback (same call): timer `{}.timer` fires after {}s without a heartbeat; `{}` rolls back at boot",
             layout::rollback_unit(top),
             safety.confirm_timeout.as_secs(),
             layout::boot_rollback_unit()

@@ -80,9 +80,9 @@ if [ -n "$units" ]; then
   done
 fi
 
-# A restore point means a switch that is not confirmed (yet): its rollback
-# is armed, running, or due at the next boot.
-if [ -d "$records/restore" ] || [ -d "$records/restore.rolling" ]; then say rollback-pending yes; fi
+# An armed restore point means a switch that is not confirmed (yet): its
+# rollback is armed, running, or due at the next boot.
+if [ -f "$records/restore/armed" ] || [ -d "$records/restore.rolling" ]; then say rollback-pending yes; fi
 if [ -f "$records/events" ]; then
   tail -n 20 "$records/events" | while read -r line; do say event "$line"; done
 fi

@@ -30,7 +30,6 @@ macro_rules! scripts {
 }
 
 scripts! {
-    ARM = "arm";
     BREAK_LOCK = "break_lock";
     CONFIRM = "confirm";
     DELETE = "delete";

@@ -3,6 +3,9 @@
 # arguments; names and paths come from the deployer's `layout`, never from
 # here.
 set -u
+# A change to the host must never stop halfway because the connection that
+# started it closed: its output then goes nowhere, and it goes on.
+trap '' HUP PIPE
 
 # The functions below are a library: each script calls only those it needs,
 # and reads only some of the context. shellcheck (run by scripts/test on the

@@ -1,14 +1,64 @@
-# prepare: context, then the units this switch touches (restarts, starts or
-# removes); the rollback script on stdin. Saves the restore point: the top's
-# current units and generation, what the rollback needs, and its own
-# arguments for a rollback at boot.
+# prepare: context, then MAGIC (`yes` or `no`), the timer's UNIT name,
+# SECONDS, the boot unit's name, the state directory, the rollback script's
+# text, the boot script's text, then the units this switch touches
+# (restarts, starts or removes).
+#
+# Saves the restore point: the top's current units and generation, the
+# rollback script, and its own arguments for a rollback at boot. With MAGIC
+# it also arms the host to roll back by itself unless confirmed in time, and
+# makes sure a reboot cannot lose that promise: the timer lives in /run, so a
+# unit on disk rolls back at boot whatever armed restore point is left. The
+# restore point counts as armed (`armed`) only once all of that is in place.
+#
+# The texts come as arguments, not on stdin: a deployer that dies while
+# sending cannot leave half a rollback script behind.
 context "$@"
 shift 7
+magic=$1 unit=$2 secs=$3 boot=$4 state=$5 rollback_text=$6 boot_text=$7
+shift 7
 rp=$records/restore
-rm -rf "$rp" "$rp.rolling"
+if [ -d "$rp.rolling" ]; then
+  echo "a rollback of $top is running" >&2
+  exit 1
+fi
+rm -rf "$rp"
 mkdir -p "$rp/units"
-cat >"$rp/rollback.sh"
+printf '%s\n' "$rollback_text" >"$rp/rollback.sh"
 if [ -L "$profile" ]; then gen_of "$(readlink "$profile")" >"$rp/generation"; else echo none >"$rp/generation"; fi
 for f in $(our_units); do cp -p "$f" "$rp/units/"; done
 printf '%s\n' "$@" >"$rp/touched"
 printf '%s\n' "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" "$units_lock" >"$rp/argv"
+[ "$magic" = yes ] || exit 0
+
+set -e
+printf '%s\n' "$boot_text" >"$state/rollback-at-boot.sh.epnix-tmp"
+mv -f "$state/rollback-at-boot.sh.epnix-tmp" "$state/rollback-at-boot.sh"
+printf '%s\n' \
+  '# Written by epnix-deploy: rolls back switches that a reboot left unconfirmed.' \
+  '[Unit]' \
+  'Description=epnix-deploy: roll back unconfirmed switches after a reboot' \
+  'After=local-fs.target' \
+  '' \
+  '[Service]' \
+  'Type=oneshot' \
+  "ExecStart=/bin/sh $state/rollback-at-boot.sh $state" \
+  '' \
+  '[Install]' \
+  'WantedBy=multi-user.target' >"$unit_dir/$boot.epnix-tmp"
+if cmp -s "$unit_dir/$boot.epnix-tmp" "$unit_dir/$boot"; then
+  rm -f "$unit_dir/$boot.epnix-tmp"
+else
+  chmod 0644 "$unit_dir/$boot.epnix-tmp"
+  mv -f "$unit_dir/$boot.epnix-tmp" "$unit_dir/$boot"
+  systemctl daemon-reload
+fi
+systemctl is-enabled --quiet "$boot" 2>/dev/null || systemctl enable --quiet "$boot"
+systemctl stop "$unit.timer" 2>/dev/null || true
+systemctl reset-failed "$unit.service" "$unit.timer" 2>/dev/null || true
+# Timers default to a minute of accuracy. The heartbeats restart the timer,
+# which the default start rate limit (5 in 10 s) would soon refuse.
+systemd-run --quiet --unit="$unit" --on-active="$secs" --timer-property=AccuracySec=100ms \
+  --timer-property=StartLimitIntervalSec=0 \
+  --description="epnix-deploy: roll back an unconfirmed switch of $top" \
+  /bin/sh "$rp/rollback.sh" "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" "$units_lock" unconfirmed
+: >"$rp/armed"

@@ -7,9 +7,6 @@ context "$@"
 shift 7
 reason=$1
 use_nix
-# A rollback must finish even when the connection that started it closes:
-# its output then goes nowhere, and it goes on.
-trap '' HUP PIPE
 rp=$records/restore.rolling
 if [ ! -d "$records/restore" ] && [ ! -d "$rp" ]; then
   echo "nothing to roll back"

@@ -161,6 +161,17 @@ impl FakeHost {
         }
     }
 
+    /// Runs `script` with `args` alone, for scripts not about one top.
+    fn run_bare(&self, script: Script, args: &[&str]) -> Ran {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let output = self.command(script, &args).stdin(Stdio::null()).output().expect("run sh");
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     fn run(&self, script: Script, extra: &[&str]) -> Ran {
         self.run_with_stdin(script, extra, "")
     }
@@ -199,10 +210,14 @@ impl FakeHost {
         std::fs::remove_file(self.unit_dir().join(name)).unwrap();
     }
 
-    /// Saves the restore point the way a deploy does: prepare.sh, with the
-    /// rollback script on stdin.
+    /// Saves the restore point the way a deploy without magic rollback does
+    /// (arming needs systemd-run): prepare.sh.
     fn prepare(&self, touched: &[&str]) {
-        let ran = self.run_with_stdin(PREPARE, touched, &ROLLBACK.text());
+        let (rollback, boot) = (ROLLBACK.text(), ROLLBACK_AT_BOOT.text());
+        let mut args = vec!["no", "epnix.rollback-demo", "30s", "epnix.rollback-at-boot.service", "/nonexistent"];
+        args.extend([rollback.as_str(), boot.as_str()]);
+        args.extend(touched);
+        let ran = self.run(PREPARE, &args);
         assert_eq!(ran.code, Some(0), "prepare.sh: {ran:?}");
         self.forget_calls();
     }
@@ -527,6 +542,29 @@ fn a_rollback_whose_output_is_gone_finishes() {
     assert_eq!(host.unit("epnix-removed.service"), Some(unit_of(TOP, "v1")));
     assert_eq!(host.record_lines("events").len(), 1);
     assert!(!host.exists(&host.records().join("restore.rolling")), "restore.rolling/ is left");
+}
+
+/// At boot, an armed restore point is rolled back (its timer died with the
+/// reboot); one that was never armed (magic rollback off) is left alone.
+#[test]
+fn at_boot_only_armed_restore_points_roll_back() {
+    for armed in [true, false] {
+        let (host, _) = switched_host();
+        if armed {
+            std::fs::write(host.records().join("restore/armed"), "").unwrap();
+        }
+        let state = host.records().parent().unwrap().to_owned();
+        let ran = host.run_bare(ROLLBACK_AT_BOOT, &[&path_str(&state)]);
+        assert_eq!(ran.code, Some(0), "{ran:?}");
+        let back = host.profile_target().as_deref() == Some("demo-1-link");
+        assert_eq!(back, armed, "armed: {armed}: {ran:?}");
+        if armed {
+            assert_eq!(host.record_lines("events")[0][3], "reboot");
+            assert!(!host.exists(&host.records().join("restore")), "restore/ is left");
+        } else {
+            assert!(host.exists(&host.records().join("restore")), "an unarmed restore point went");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- switch.sh
