@@ -399,7 +399,7 @@ fn settled(remote: &Remote, target: &Target, top: &str, before: &Before, why: St
     let back_to = before.describe(top);
     let deadline = Instant::now() + Duration::from_secs(120);
     let state = loop {
-        match host::inspect(remote, top) {
+        match host::inspect(remote, top, host::Depth::Current) {
             Ok(state) if !state.rollback_pending || Instant::now() > deadline => break Ok(state),
             Ok(_) => std::thread::sleep(Duration::from_millis(500)),
             Err(err) => break Err(err),

@@ -65,7 +65,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     let mut remote = Remote::connect(&target)?;
     let expect_name = target.name.as_deref().filter(|_| !opts.skip_hostname_check);
     let state = if opts.dry_run {
-        let state = host::inspect(&remote, &sel.top)?;
+        let state = host::inspect(&remote, &sel.top, host::Depth::Current)?;
         if let Some(name) = expect_name {
             check_hostname(&target, name, &state.hostname)?;
         }
@@ -76,7 +76,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
         {
             progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
         }
-        let state = host::inspect(&remote, &sel.top)?;
+        let state = host::inspect(&remote, &sel.top, host::Depth::Current)?;
         if state.rollback_pending {
             return Err(activation::rollback_pending(&target, &sel.top).into());
         }

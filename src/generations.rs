@@ -59,6 +59,7 @@ fn connect(
     sel: &Selection,
     progress: &Progress,
     changing: Option<Changing>,
+    depth: host::Depth,
 ) -> Result<(Target, Option<Config>, Remote, HostState)> {
     let (target, config) = target(sel)?;
     let step = progress.step(&target.label, "connect");
@@ -70,7 +71,7 @@ fn connect(
             progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
         }
     }
-    let state = host::inspect(&remote, &sel.top)?;
+    let state = host::inspect(&remote, &sel.top, depth)?;
     if changing.is_some() {
         if state.rollback_pending {
             return Err(activation::rollback_pending(&target, &sel.top).into());
@@ -149,7 +150,7 @@ fn info(state: &HostState, g: &Generation) -> GenerationInfo {
 }
 
 pub fn list(sel: &Selection, progress: &Progress) -> Result<Vec<GenerationInfo>> {
-    let (target, _, remote, state) = connect(sel, progress, None)?;
+    let (target, _, remote, state) = connect(sel, progress, None, host::Depth::History)?;
     remote.close();
     current(&state, &target, &sel.top)?;
     Ok(state.generations.iter().map(|g| info(&state, g)).collect())
@@ -232,7 +233,7 @@ pub struct IocStatus {
 }
 
 pub fn status(sel: &Selection, progress: &Progress) -> Result<Status> {
-    let (target, _, remote, state) = connect(sel, progress, None)?;
+    let (target, _, remote, state) = connect(sel, progress, None, host::Depth::Current)?;
     remote.close();
     let iocs = state
         .units_of(&sel.top)
@@ -380,7 +381,7 @@ fn rollback_target<'a>(
 /// back to where it was before the rollback.
 pub fn rollback(opts: &RollbackOptions, progress: &Progress) -> Result<Report> {
     let sel = &opts.selection;
-    let (target, config, remote, state) = connect(sel, progress, Some(opts.changing))?;
+    let (target, config, remote, state) = connect(sel, progress, Some(opts.changing), host::Depth::Current)?;
     let current = current(&state, &target, &sel.top)?;
     let drifted = state.units_of(&sel.top).any(|(ioc, _)| state.drift(ioc).is_some());
     let (wanted, skipped) = rollback_target(&state, current, opts.to, opts.force, drifted, &target, &sel.top)?;
@@ -494,7 +495,7 @@ fn doomed_numbers(state: &HostState, current: u32, doomed: &Doomed, now: i64) ->
 pub fn delete(opts: &DeleteOptions, progress: &Progress) -> Result<DeleteReport> {
     let sel = &opts.selection;
     let changing = (!opts.dry_run).then_some(opts.changing);
-    let (target, _, remote, state) = connect(sel, progress, changing)?;
+    let (target, _, remote, state) = connect(sel, progress, changing, host::Depth::Current)?;
     let current = current(&state, &target, &sel.top)?.number;
     if let Doomed::Numbers(numbers) = &opts.doomed {
         if numbers.contains(&current) {
@@ -602,7 +603,7 @@ pub struct RemoveReport {
 /// stay (a later deploy or rollback brings it back) unless `purge`.
 pub fn remove(opts: &RemoveOptions, progress: &Progress) -> Result<RemoveReport> {
     let sel = &opts.selection;
-    let (target, _, remote, state) = connect(sel, progress, Some(opts.changing))?;
+    let (target, _, remote, state) = connect(sel, progress, Some(opts.changing), host::Depth::Current)?;
     if state.current.is_none() && state.units_of(&sel.top).next().is_none() && state.generations.is_empty() {
         return Err(BadInput::new(format!("top `{}` is not on `{target}`: nothing to remove", sel.top)).into());
     }

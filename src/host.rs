@@ -225,15 +225,22 @@ fn store_path_of(path: &camino::Utf8Path) -> Option<&str> {
     Some(&path.as_str()[..end])
 }
 
-/// Reads the host's state for `top`.
-pub fn inspect(remote: &Remote, top: &str) -> Result<HostState> {
-    let nonce = nonce();
-    let output = remote.run(&inspect_cmd(&nonce, top))?;
-    parse_inspect(&nonce, &output)
+/// How much of the past an inspection reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// What a plan needs: generations, outcomes, units, processes.
+    Current,
+    /// Also who made each generation and which IOCs it runs, for `list`:
+    /// one more read per generation.
+    History,
 }
 
-pub fn inspect_cmd(nonce: &str, top: &str) -> RemoteCmd {
-    remote::INSPECT.for_top(top, &[nonce])
+/// Reads the host's state for `top`.
+pub fn inspect(remote: &Remote, top: &str, depth: Depth) -> Result<HostState> {
+    let nonce = nonce();
+    let history = if depth == Depth::History { "yes" } else { "no" };
+    let output = remote.run(&remote::INSPECT.for_top(top, &[nonce.as_str(), history]))?;
+    parse_inspect(&nonce, &output)
 }
 
 /// The units and health checks stored in generation `number`; `None` when

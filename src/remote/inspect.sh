@@ -1,9 +1,11 @@
-# inspect: context, then a NONCE. Prints the host's state for one top, one
-# record per fact, each opened by the nonce (which no file can contain by
-# accident), so unit texts need no escaping.
+# inspect: context, then a NONCE and HISTORY (`yes` or `no`). Prints the
+# host's state for one top, one record per fact, each opened by the nonce
+# (which no file can contain by accident), so unit texts need no escaping.
+# With HISTORY, also who made each generation and which IOCs it runs: one
+# more read per generation, which only `list` needs.
 context "$@"
 shift 7
-nonce=$1
+nonce=$1 history=$2
 say() { printf '%s %s %s\n' "$nonce" "$1" "$2"; }
 # Before use_nix: `nix copy` finds nix-store only on the plain SSH PATH.
 if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi
@@ -24,7 +26,7 @@ generation_links | while read -r n link; do
   build=-
   if [ -L "$path/$gendir/top" ]; then build=$(readlink "$path/$gendir/top"); fi
   say generation "$n $(stat -c %Y "$link") $path $build"
-  if [ -d "$path/$gendir/units" ]; then
+  if [ "$history" = yes ] && [ -d "$path/$gendir/units" ]; then
     printf '%s meta %s\n' "$nonce" "$n"
     cat "$path/$gendir/meta" 2>/dev/null
     for u in "$path/$gendir"/units/*.service; do
