@@ -7,6 +7,11 @@
 # Errors name the attribute path, as the tool's do. tests/it/parity.rs
 # checks that both sides refuse the same configurations at the same path.
 #
+# What the two sides share as data (the keys of each level, which are
+# required, the defaults, the limits) comes from ./schema.json, which the
+# tool's `config::schema` writes. Each level's checks below must name every
+# key the schema gives it, or evaluation stops and says which is missing.
+#
 # Builtins only, no nixpkgs `lib`: it is evaluated where nixpkgs is absent,
 # and a top's flake need not pull nixpkgs for it.
 let
@@ -28,8 +33,10 @@ let
     isPath
     isString
     length
+    lessThan
     map
     match
+    sort
     split
     stringLength
     substring
@@ -39,25 +46,24 @@ let
 
   root = "epnixDeploy";
 
+  schema = builtins.fromJSON (builtins.readFile ./schema.json);
+  inherit (schema) levels;
+
   # The limits of `src/config.rs`, whose comments say why each is what it is.
   # The deployer sends a heartbeat every `heartbeatInterval` seconds, and a
   # `confirmTimeout` must outlast two of them (HEARTBEAT_INTERVAL_SECS,
-  # MIN_CONFIRM_TIMEOUT_SECS).
-  heartbeatInterval = 2;
-  minConfirmTimeout = 2 * heartbeatInterval + 1;
-  # No setting in seconds may exceed a day (MAX_SECONDS).
-  maxSeconds = 86400;
-  # An environment value, in bytes, must fit in a unit line and in what the
-  # kernel passes to a process (MAX_ENV_VALUE_BYTES).
-  maxEnvValueBytes = 32 * 1024;
-  # Below it, a TCP port needs `CAP_NET_BIND_SERVICE`, which the IOC's
-  # dynamic user does not have (FIRST_UNPRIVILEGED_PORT).
-  firstUnprivilegedPort = 1024;
-  # The defaults the check of a health check against the activation timeout
-  # needs (`Top` and `HealthCheck::default`).
-  defaultActivationTimeout = 60;
-  defaultSettleTime = 5;
-  defaultCommandTimeout = 10;
+  # MIN_CONFIRM_TIMEOUT_SECS). No setting in seconds may exceed a day
+  # (MAX_SECONDS). An environment value, in bytes, must fit in a unit line
+  # and in what the kernel passes to a process (MAX_ENV_VALUE_BYTES). Below
+  # `firstUnprivilegedPort`, a TCP port needs `CAP_NET_BIND_SERVICE`, which
+  # the IOC's dynamic user does not have.
+  inherit (schema.limits)
+    heartbeatInterval
+    minConfirmTimeout
+    maxSeconds
+    maxEnvValueBytes
+    firstUnprivilegedPort
+    ;
 
   # Host, top and IOC names become unit names, paths and profile names.
   isSafeName = name: match "[A-Za-z0-9_][A-Za-z0-9_-]{0,63}" name != null;
@@ -198,6 +204,25 @@ let
       else
         rest;
 
+  # The errors of `value`, at `path`, an attribute set of schema level
+  # `name`: unknown keys, missing required ones, then `checks.<key> path
+  # value` of each key it sets, then `extra` (errors that involve several
+  # keys). `checks` must have exactly the level's keys.
+  level =
+    name: checks: extra: path: value:
+    let
+      known = levels.${name}.keys;
+      missing = filter (key: !(value ? ${key})) levels.${name}.required;
+    in
+    if attrNames checks != sort lessThan known then
+      throw "nix/config.nix: the checks of level `${name}` are for ${concatStringsSep ", " (attrNames checks)}, but nix/schema.json gives it ${concatStringsSep ", " known}: add the check of each new key (see `config::schema` in src/config.rs)"
+    else
+      object path known value (
+        concatMap (key: err "${path}.${key}" "is required but not set") missing
+        ++ optional path value checks
+        ++ extra
+      );
+
   strings =
     path: value:
     if !isList value then
@@ -225,29 +250,23 @@ let
           err p "`${name}` is not a valid ${what} name (letters, digits, `_` and `-`, not starting with `-`, at most 64 characters)"
       ) (attrNames set);
 
-  hostErrors =
-    path: host:
-    object path [ "hostname" "sshUser" "sshPort" "sshOpts" "tags" "magicRollback" ] host (
-      (
-        if !(host ? hostname) then
-          err "${path}.hostname" "is required but not set"
-        else if !isString host.hostname then
-          err "${path}.hostname" "must be a string, not ${kind host.hostname}"
-        else if match "[^-[:space:]][^[:space:]]*" host.hostname == null then
-          err "${path}.hostname" "is not a valid host name or address"
-        else
-          [ ]
-      )
-      ++ optional path host {
-        sshUser = string;
-        sshPort =
-          p: value:
-          if isPort value then [ ] else err p "must be a port number from 1 to 65535, not ${toJSON value}";
-        sshOpts = strings;
-        tags = strings;
-        magicRollback = boolean;
-      }
-    );
+  hostErrors = level "host" {
+    hostname =
+      path: value:
+      if !isString value then
+        err path "must be a string, not ${kind value}"
+      else if match "[^-[:space:]][^[:space:]]*" value == null then
+        err path "is not a valid host name or address"
+      else
+        [ ];
+    sshUser = string;
+    sshPort =
+      path: value:
+      if isPort value then [ ] else err path "must be a port number from 1 to 65535, not ${toJSON value}";
+    sshOpts = strings;
+    tags = strings;
+    magicRollback = boolean;
+  } [ ];
 
   # Errors of a path option that must stay inside the top.
   pathErrors =
@@ -263,123 +282,103 @@ let
     else
       [ ];
 
+  environmentErrors =
+    path: environment:
+    if !isAttrs environment then
+      err path "must be an attribute set, not ${kind environment}"
+    else
+      concatMap (
+        key:
+        let
+          p = "${path}.${attr key}";
+          value = environment.${key};
+        in
+        if match "[A-Za-z_][A-Za-z0-9_]*" key == null then
+          err p "is not a valid environment variable name"
+        else if !stringLike value then
+          err p "must be a string, not ${kind value}"
+        # The length first: `match` overflows Nix's stack on a string of a
+        # few hundred KiB.
+        else if isString value && stringLength value > maxEnvValueBytes then
+          err p "is ${toString (stringLength value)} bytes long, more than the ${toString maxEnvValueBytes} bytes (${toString (maxEnvValueBytes / 1024)} KiB) an environment value may have; put large data in a file of the top, and pass its path"
+        else if isString value && !oneLine value then
+          err p "contains a line break, which a unit's `Environment=` cannot carry"
+        else
+          [ ]
+      ) (attrNames environment);
+
+  consoleErrors =
+    path: console:
+    if console == "unix" then
+      [ ]
+    else if isInt console then
+      (
+        if !isPort console then
+          err path "must be a port number from 1 to 65535, not ${toJSON console}"
+        else if console < firstUnprivilegedPort then
+          err path "TCP port ${toString console} is below ${toString firstUnprivilegedPort}: the IOC runs as a dynamic user without `CAP_NET_BIND_SERVICE`, and cannot bind it; pick a port from ${toString firstUnprivilegedPort} up, e.g. 2001, or use `\"unix\"`"
+        else
+          [ ]
+      )
+    else
+      err path "must be \"unix\" or a TCP port number, not ${kind console}";
+
   iocErrors =
     path: ioc:
-    object path [
-      "workingDirectory"
-      "startupScript"
-      "environment"
-      "procServ"
-      "description"
-      "enable"
-      "healthCheck"
-    ] ioc (
-      if !(ioc ? workingDirectory) then
-        err "${path}.workingDirectory" "is required but not set"
-      else
+    let
+      # `startupScript` is relative to `workingDirectory`: it is checked
+      # only once that is valid.
+      wd = if pathErrors "" "" (ioc.workingDirectory or null) == [ ] then normalize ioc.workingDirectory else null;
+    in
+    level "ioc" {
+      workingDirectory = p: value: pathErrors p "" value;
+      startupScript =
+        p: script:
         let
-          wdErrors = pathErrors "${path}.workingDirectory" "" ioc.workingDirectory;
-          wd = normalize ioc.workingDirectory;
+          scriptErrors = pathErrors p wd script;
         in
-        if wdErrors != [ ] then
-          wdErrors
+        if wd == null then
+          [ ]
+        else if scriptErrors != [ ] then
+          scriptErrors
+        else if inside wd script == wd then
+          err p "must name a file (the EPNix default is `./st.cmd`)"
         else
-          (
-            if !(ioc ? startupScript) then
-              [ ]
-            else
-              let
-                scriptErrors = pathErrors "${path}.startupScript" wd ioc.startupScript;
-              in
-              if scriptErrors != [ ] then
-                scriptErrors
-              else if inside wd ioc.startupScript == wd then
-                err "${path}.startupScript" "must name a file (the EPNix default is `./st.cmd`)"
-              else
-                [ ]
-          )
-          ++ (
-            if !(ioc ? environment) then
-              [ ]
-            else if !isAttrs ioc.environment then
-              err "${path}.environment" "must be an attribute set, not ${kind ioc.environment}"
-            else
-              concatMap (
-                key:
-                let
-                  p = "${path}.environment.${attr key}";
-                  value = ioc.environment.${key};
-                in
-                if match "[A-Za-z_][A-Za-z0-9_]*" key == null then
-                  err p "is not a valid environment variable name"
-                else if !stringLike value then
-                  err p "must be a string, not ${kind value}"
-                # The length first: `match` overflows Nix's stack on a
-                # string of a few hundred KiB.
-                else if isString value && stringLength value > maxEnvValueBytes then
-                  err p "is ${toString (stringLength value)} bytes long, more than the ${toString maxEnvValueBytes} bytes (${toString (maxEnvValueBytes / 1024)} KiB) an environment value may have; put large data in a file of the top, and pass its path"
-                else if isString value && !oneLine value then
-                  err p "contains a line break, which a unit's `Environment=` cannot carry"
-                else
-                  [ ]
-              ) (attrNames ioc.environment)
-          )
-          ++ (
-            if !(ioc ? procServ) then
-              [ ]
-            else
-              object "${path}.procServ" [ "console" ] ioc.procServ (
-                if !(ioc.procServ ? console) then
-                  [ ]
-                else if ioc.procServ.console == "unix" then
-                  [ ]
-                else if isInt ioc.procServ.console then
-                  (
-                    if !isPort ioc.procServ.console then
-                      err "${path}.procServ.console" "must be a port number from 1 to 65535, not ${toJSON ioc.procServ.console}"
-                    else if ioc.procServ.console < firstUnprivilegedPort then
-                      err "${path}.procServ.console" "TCP port ${toString ioc.procServ.console} is below ${toString firstUnprivilegedPort}: the IOC runs as a dynamic user without `CAP_NET_BIND_SERVICE`, and cannot bind it; pick a port from ${toString firstUnprivilegedPort} up, e.g. 2001, or use `\"unix\"`"
-                    else
-                      [ ]
-                  )
-                else
-                  err "${path}.procServ.console" "must be \"unix\" or a TCP port number, not ${kind ioc.procServ.console}"
-              )
-          )
-          ++ optional path ioc {
-            inherit description;
-            enable = boolean;
-            # What the tool waits for after a deploy, before it calls the
-            # IOC up.
-            healthCheck =
-              p: check:
-              object p [ "settleTime" "readyLine" "command" "commandTimeout" ] check (
-                optional p check {
-                  settleTime = seconds 0;
-                  readyLine = orNull singleLine;
-                  command = orNull string;
-                  commandTimeout = seconds 1;
-                }
-              );
-          }
-    );
+          [ ];
+      environment = environmentErrors;
+      procServ = level "iocProcServ" { console = consoleErrors; } [ ];
+      inherit description;
+      enable = boolean;
+      # What the tool waits for after a deploy, before it calls the IOC up.
+      healthCheck = level "healthCheck" {
+        settleTime = seconds 0;
+        readyLine = orNull singleLine;
+        command = orNull string;
+        commandTimeout = seconds 1;
+      } [ ];
+    } [ ] path ioc;
 
   # A checked IOC with its defaults filled in and its paths normalized, as
   # `src/config.rs` makes it: what ./unit.nix renders.
-  ioc = raw: {
-    workingDirectory = normalize raw.workingDirectory;
-    startupScript =
-      let
-        script = raw.startupScript or "./st.cmd";
-      in
-      if match "\\.\\.?/.*" script != null then script else "./${script}";
-    # As `nix eval --json` does: a path is copied to the store, a derivation
-    # becomes its output path.
-    environment = builtins.mapAttrs (_: value: "${value}") (raw.environment or { });
-    console = raw.procServ.console or "unix";
-    description = raw.description or null;
-    enable = raw.enable or true;
-  };
+  ioc =
+    raw:
+    let
+      defaults = levels.ioc.defaults;
+    in
+    {
+      workingDirectory = normalize raw.workingDirectory;
+      startupScript =
+        let
+          script = raw.startupScript or defaults.startupScript;
+        in
+        if match "\\.\\.?/.*" script != null then script else "./${script}";
+      # As `nix eval --json` does: a path is copied to the store, a
+      # derivation becomes its output path.
+      environment = builtins.mapAttrs (_: value: "${value}") (raw.environment or defaults.environment);
+      console = raw.procServ.console or levels.iocProcServ.defaults.console;
+      description = raw.description or defaults.description;
+      enable = raw.enable or defaults.enable;
+    };
 
   # Enabled IOCs that run on one host must differ in name (it names the
   # unit) and in TCP console port. `entries` lists them in order, each
@@ -425,7 +424,7 @@ let
         port = if isInt (c.procServ.console or null) then c.procServ.console else null;
         top = name;
       }
-    ) (filter (iocName: top.iocs.${iocName}.enable or true == true) (attrNames top.iocs));
+    ) (filter (iocName: top.iocs.${iocName}.enable or levels.ioc.defaults.enable == true) (attrNames top.iocs));
 
   # An IOC's health check must fit in its top's activationTimeout: once its
   # ready line appeared, the IOC settles for settleTime, then its command
@@ -434,14 +433,14 @@ let
   fitErrors =
     path: top:
     let
-      activationTimeout = top.activationTimeout or defaultActivationTimeout;
+      activationTimeout = top.activationTimeout or levels.top.defaults.activationTimeout;
       fits =
         name: ioc:
         let
           p = "${path}.iocs.${attr name}.healthCheck";
           check = ioc.healthCheck or { };
-          settle = check.settleTime or defaultSettleTime;
-          commandTimeout = check.commandTimeout or defaultCommandTimeout;
+          settle = check.settleTime or levels.healthCheck.defaults.settleTime;
+          commandTimeout = check.commandTimeout or levels.healthCheck.defaults.commandTimeout;
           command = (check.command or null) != null;
           needed = settle + (if command then commandTimeout else 0);
           parts =
@@ -463,86 +462,68 @@ let
 
   topErrors =
     hosts: path: top:
-    object path [
-      "package"
-      "hosts"
-      "iocs"
-      "activationTimeout"
-      "magicRollback"
-      "confirmTimeout"
-    ] top (
-      (
-        if !(top ? package) then
-          err "${path}.package" "is required but not set"
-        else if !stringLike top.package then
-          err "${path}.package" "must be a derivation or a store path, e.g. `self.packages.x86_64-linux.myTop`"
-        else if isString top.package && substring 0 1 top.package != "/" then
-          err "${path}.package" "`${top.package}` is not a store path"
+    level "top" {
+      package =
+        p: package:
+        if !stringLike package then
+          err p "must be a derivation or a store path, e.g. `self.packages.x86_64-linux.myTop`"
+        else if isString package && substring 0 1 package != "/" then
+          err p "`${package}` is not a store path"
         else
-          [ ]
-      )
-      ++ (
-        if !(top ? hosts) then
-          [ ]
+          [ ];
+      hosts =
+        p: names:
+        let
+          listErrors = strings p names;
+        in
+        if listErrors != [ ] then
+          listErrors
         else
-          let
-            listErrors = strings "${path}.hosts" top.hosts;
-          in
-          if listErrors != [ ] then
-            listErrors
-          else
-            concatMap (
-              host:
-              if isAttrs hosts && hosts ? ${host} then
-                [ ]
-              else
-                err "${path}.hosts" "names host `${host}`, which is not in `${root}.hosts`"
-            ) top.hosts
-      )
-      ++ (
-        if !(top ? iocs) then
-          err "${path}.iocs" "is required but not set"
-        else if isAttrs top.iocs && top.iocs == { } then
-          err "${path}.iocs" "defines no IOC; add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"
+          concatMap (
+            host:
+            if isAttrs hosts && hosts ? ${host} then
+              [ ]
+            else
+              err p "names host `${host}`, which is not in `${root}.hosts`"
+          ) names;
+      iocs =
+        p: iocs:
+        if isAttrs iocs && iocs == { } then
+          err p "defines no IOC; add one, e.g. `iocs.myIoc.workingDirectory = \"iocBoot/iocMyIoc\";`"
         else
-          named "${path}.iocs" "IOC" top.iocs iocErrors
-      )
+          named p "IOC" iocs iocErrors;
       # How the tool activates a deploy of this top.
-      ++ optional path top {
-        activationTimeout = seconds 1;
-        magicRollback = boolean;
-        inherit confirmTimeout;
-      }
-      ++ fitErrors path top
-    );
+      activationTimeout = seconds 1;
+      magicRollback = boolean;
+      inherit confirmTimeout;
+    } (fitErrors path top) path top;
 
   # Every error in `config`, an `epnixDeploy` attribute set; `[ ]` if it is
   # valid.
   errors =
     config:
-    object root [ "hosts" "tops" ] config (
-      let
-        hosts = config.hosts or { };
-        tops = config.tops or { };
-        shapeErrors =
-          (if config ? hosts then named "${root}.hosts" "host" hosts hostErrors else [ ])
-          ++ (if config ? tops then named "${root}.tops" "top" tops (topErrors hosts) else [ ]);
-        topNames = attrNames tops;
-      in
-      # Clashes are only looked for in a configuration of the right shape.
-      if shapeErrors != [ ] then
-        shapeErrors
-      else
-        concatMap (name: clashErrors "one host" false (entriesOf name tops.${name})) topNames
-        ++ concatMap (
-          host:
-          clashErrors "host `${host}`" true (
-            concatMap (name: entriesOf name tops.${name}) (
-              filter (name: elem host (tops.${name}.hosts or [ ])) topNames
-            )
+    let
+      hosts = config.hosts or { };
+      tops = config.tops or { };
+      shapeErrors = level "root" {
+        hosts = p: value: named p "host" value hostErrors;
+        tops = p: value: named p "top" value (topErrors hosts);
+      } [ ] root config;
+      topNames = attrNames tops;
+    in
+    # Clashes are only looked for in a configuration of the right shape.
+    if shapeErrors != [ ] then
+      shapeErrors
+    else
+      concatMap (name: clashErrors "one host" false (entriesOf name tops.${name})) topNames
+      ++ concatMap (
+        host:
+        clashErrors "host `${host}`" true (
+          concatMap (name: entriesOf name tops.${name}) (
+            filter (name: elem host (tops.${name}.hosts or [ ])) topNames
           )
-        ) (attrNames hosts)
-    );
+        )
+      ) (attrNames hosts);
 in
 {
   inherit

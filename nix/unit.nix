@@ -14,9 +14,11 @@ let
     attrNames
     concatStringsSep
     filter
+    fromJSON
     listToAttrs
     map
     match
+    readFile
     replaceStrings
     ;
 
@@ -37,33 +39,10 @@ let
 
   escapeSpecifiers = replaceStrings [ "%" ] [ "%%" ];
 
-  # EPNix's hardening defaults: an IOC needs the network and its own state
-  # directory, and nothing of the kernel's or other users'.
-  hardening = [
-    "CapabilityBoundingSet="
-    "LockPersonality=true"
-    "NoNewPrivileges=true"
-    "PrivateMounts=true"
-    "PrivateTmp=true"
-    "PrivateUsers=true"
-    "ProtectClock=true"
-    "ProtectControlGroups=true"
-    "ProtectHome=true"
-    "ProtectHostname=true"
-    "ProtectKernelLogs=true"
-    "ProtectKernelModules=true"
-    "ProtectKernelTunables=true"
-    "ProtectProc=invisible"
-    "ProtectSystem=strict"
-    "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX"
-    "RestrictNamespaces=true"
-    "RestrictRealtime=true"
-    "RestrictSUIDSGID=true"
-    "SystemCallArchitectures=native"
-    # Not `~@privileged` as well: procServ is killed by it (SIGSYS) at start.
-    "SystemCallFilter=@system-service"
-    "UMask=0077"
-  ];
+  # The hardening lines of `unit::HARDENING`, from ./schema.json, which the
+  # tool writes: an IOC needs the network and its own state directory, and
+  # nothing of the kernel's or other users'.
+  inherit ((fromJSON (readFile ./schema.json)).unit) hardening;
 
   # The unit file text of one IOC.
   render =

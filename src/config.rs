@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::exit::BadInput;
 
@@ -51,6 +51,23 @@ pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
 /// bind (Linux's default `net.ipv4.ip_unprivileged_port_start`). The IOC
 /// runs as a `DynamicUser` with an empty capability bounding set.
 pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+
+// The keys each level of `epnixDeploy` may have: anything else is refused,
+// with a suggestion. `schema` hands them to the Nix twins.
+
+/// `epnixDeploy`.
+pub const ROOT_KEYS: &[&str] = &["hosts", "tops"];
+/// `epnixDeploy.hosts.<name>`.
+pub const HOST_KEYS: &[&str] = &["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback"];
+/// `epnixDeploy.tops.<name>`.
+pub const TOP_KEYS: &[&str] = &["package", "hosts", "iocs", "activationTimeout", "magicRollback", "confirmTimeout"];
+/// `epnixDeploy.tops.<top>.iocs.<name>`.
+pub const IOC_KEYS: &[&str] =
+    &["workingDirectory", "startupScript", "environment", "procServ", "description", "enable", "healthCheck"];
+/// `epnixDeploy.tops.<top>.iocs.<name>.procServ`.
+pub const IOC_PROCSERV_KEYS: &[&str] = &["console"];
+/// `epnixDeploy.tops.<top>.iocs.<name>.healthCheck`.
+pub const HEALTH_CHECK_KEYS: &[&str] = &["settleTime", "readyLine", "command", "commandTimeout"];
 
 /// The whole `epnixDeploy` attribute set.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,7 +190,7 @@ impl Config {
     /// Parses and checks the JSON that `nix eval --json <flake>#epnixDeploy` printed.
     pub fn parse(json: &Value) -> Result<Config, BadInput> {
         let root = Node::root(json);
-        let map = root.object(&["hosts", "tops"])?;
+        let map = root.object(ROOT_KEYS)?;
         let mut config = Config { hosts: BTreeMap::new(), tops: BTreeMap::new() };
         if let Some(hosts) = root.get(map, "hosts") {
             for (name, node) in hosts.attrs()? {
@@ -217,6 +234,94 @@ pub fn evaluate(flake: &str) -> anyhow::Result<Config> {
     Ok(Config::parse(&value)?)
 }
 
+/// What the Nix twins of the checks and of the renderer (`nix/config.nix`,
+/// `nix/unit.nix`) share with this module and `unit`: per level of
+/// `epnixDeploy`, where it is, its keys, which of them are required and the
+/// defaults of the others; the limits; the unit's hardening lines. It is
+/// committed as `nix/schema.json`, which both read with `builtins.fromJSON`;
+/// `tests/it/parity.rs` fails when the file is not this value (and rewrites
+/// it with `UPDATE_SCHEMA=1`).
+pub fn schema() -> Value {
+    // The defaults are what `parse` fills in for a configuration that sets
+    // only what is required; a key is required when leaving it out of that
+    // configuration is refused as "required but not set".
+    let minimal = json!({
+        "hosts": { "h": { "hostname": "h" } },
+        "tops": { "t": { "package": "/nix/store/t", "iocs": { "i": { "workingDirectory": "." } } } },
+    });
+    let config = Config::parse(&minimal).expect("the minimal configuration is valid");
+    let (host, top) = (&config.hosts["h"], &config.tops["t"]);
+    let ioc = &top.iocs["i"];
+    let check = &ioc.health_check;
+    let console = match ioc.console {
+        Console::Unix => json!("unix"),
+        Console::Tcp(port) => json!(port),
+    };
+    let level = |at: &[&str], keys: &[&str], defaults: Value| {
+        let required: Vec<&str> = keys.iter().copied().filter(|key| is_required(&minimal, at, key)).collect();
+        json!({ "at": at, "keys": keys, "required": required, "defaults": defaults })
+    };
+    let ioc_at = ["tops", "*", "iocs", "*"];
+    json!({
+        "generated": "by `config::schema` in src/config.rs: do not edit; rewrite with `UPDATE_SCHEMA=1 cargo test --test it schema`",
+        "levels": {
+            "root": level(&[], ROOT_KEYS, json!({})),
+            "host": level(&["hosts", "*"], HOST_KEYS, json!({
+                "sshOpts": host.ssh_opts,
+                "magicRollback": host.magic_rollback,
+            })),
+            "top": level(&["tops", "*"], TOP_KEYS, json!({
+                "hosts": top.hosts,
+                "activationTimeout": top.activation_timeout,
+                "magicRollback": top.magic_rollback,
+                "confirmTimeout": top.confirm_timeout,
+            })),
+            "ioc": level(&ioc_at, IOC_KEYS, json!({
+                "startupScript": ioc.startup_script,
+                "environment": ioc.environment,
+                "description": ioc.description,
+                "enable": ioc.enable,
+            })),
+            "iocProcServ": level(&[&ioc_at[..], &["procServ"]].concat(), IOC_PROCSERV_KEYS, json!({
+                "console": console,
+            })),
+            "healthCheck": level(&[&ioc_at[..], &["healthCheck"]].concat(), HEALTH_CHECK_KEYS, json!({
+                "settleTime": check.settle_time,
+                "readyLine": check.ready_line,
+                "command": check.command,
+                "commandTimeout": check.command_timeout,
+            })),
+        },
+        "limits": {
+            "heartbeatInterval": HEARTBEAT_INTERVAL_SECS,
+            "minConfirmTimeout": MIN_CONFIRM_TIMEOUT_SECS,
+            "maxSeconds": MAX_SECONDS,
+            "maxEnvValueBytes": MAX_ENV_VALUE_BYTES,
+            "firstUnprivilegedPort": FIRST_UNPRIVILEGED_PORT,
+        },
+        "unit": {
+            "hardening": crate::unit::HARDENING,
+        },
+    })
+}
+
+/// Whether `parse` refuses `config` without `key` at `at` (`*` is the one
+/// attribute there; a level it lacks is added empty) as "required but not
+/// set".
+fn is_required(config: &Value, at: &[&str], key: &str) -> bool {
+    let mut config = config.clone();
+    let mut node = &mut config;
+    for part in at {
+        let map = node.as_object_mut().expect("a level is an attribute set");
+        node = match *part {
+            "*" => map.values_mut().next().expect("the minimal configuration names one of each"),
+            part => map.entry(part).or_insert_with(|| json!({})),
+        };
+    }
+    node.as_object_mut().expect("a level is an attribute set").remove(key);
+    Config::parse(&config).is_err_and(|err| err.to_string().contains(&format!(".{key}: is required but not set")))
+}
+
 /// Checks the enabled IOCs of `tops`, which will run on one host, for clashes.
 pub fn check_iocs_share_host<'a>(
     tops: impl Iterator<Item = (&'a String, &'a Top)>,
@@ -248,7 +353,7 @@ pub fn check_iocs_share_host<'a>(
 }
 
 fn parse_host(node: &Node) -> Result<Host, BadInput> {
-    let map = node.object(&["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback"])?;
+    let map = node.object(HOST_KEYS)?;
     let hostname = node.require(map, "hostname")?.string()?.to_owned();
     if hostname.is_empty() || hostname.starts_with('-') || hostname.chars().any(char::is_whitespace) {
         return Err(node.field("hostname").error("is not a valid host name or address"));
@@ -269,7 +374,7 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
 }
 
 fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInput> {
-    let map = node.object(&["package", "hosts", "iocs", "activationTimeout", "magicRollback", "confirmTimeout"])?;
+    let map = node.object(TOP_KEYS)?;
     let package_node = node.require(map, "package")?;
     let package = package_node.string().map_err(|_| {
         package_node
@@ -376,15 +481,7 @@ fn check_fits_activation(
 }
 
 fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
-    let map = node.object(&[
-        "workingDirectory",
-        "startupScript",
-        "environment",
-        "procServ",
-        "description",
-        "enable",
-        "healthCheck",
-    ])?;
+    let map = node.object(IOC_KEYS)?;
 
     let wd_node = node.require(map, "workingDirectory")?;
     let working_directory = relative_inside_top(&wd_node, wd_node.string()?, Utf8Path::new(""))?;
@@ -435,7 +532,7 @@ fn parse_ioc(node: &Node) -> Result<Ioc, BadInput> {
 
     let console = match node.get(map, "procServ") {
         Some(ps) => {
-            let ps_map = ps.object(&["console"])?;
+            let ps_map = ps.object(IOC_PROCSERV_KEYS)?;
             match ps.get(ps_map, "console") {
                 Some(c) => parse_console(&c)?,
                 None => Console::Unix,
@@ -467,7 +564,7 @@ fn parse_description(node: &Node) -> Result<String, BadInput> {
 }
 
 fn parse_health_check(node: &Node) -> Result<HealthCheck, BadInput> {
-    let map = node.object(&["settleTime", "readyLine", "command", "commandTimeout"])?;
+    let map = node.object(HEALTH_CHECK_KEYS)?;
     let mut check = HealthCheck::default();
     if let Some(n) = node.get(map, "settleTime") {
         check.settle_time = n.seconds(0)?;

@@ -89,9 +89,11 @@ pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
     unit
 }
 
-/// EPNix's hardening defaults: an IOC needs the network and its own state
-/// directory, and nothing of the kernel's or other users'.
-const HARDENING: &[&str] = &[
+/// The unit's hardening: an IOC needs the network and its own state
+/// directory, and nothing of the kernel's or other users'. The README's "The
+/// unit" compares each line with EPNix's unit; `nix/schema.json` carries
+/// them to `nix/unit.nix`.
+pub const HARDENING: &[&str] = &[
     "CapabilityBoundingSet=",
     "LockPersonality=true",
     "NoNewPrivileges=true",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use epnix_deploy::config::Config;
+use epnix_deploy::config::{self, Config};
 use epnix_deploy::layout;
 use epnix_deploy::unit::{self, HostFacts};
 use serde_json::Value;
@@ -150,6 +150,52 @@ fn nix_side(common: &str) -> (Config, Value) {
     ));
     let config = Config::parse(&value["cfg"]).expect("the tool accepts CONFIG");
     (config, value)
+}
+
+/// `nix/schema.json`, which both `.nix` files read, holds what
+/// `config::schema` says. With `UPDATE_SCHEMA=1`, the test writes it instead.
+#[test]
+fn the_schema_file_is_current() {
+    let path = repo().join("nix/schema.json");
+    let want = serde_json::to_string_pretty(&config::schema()).expect("JSON") + "\n";
+    if std::env::var_os("UPDATE_SCHEMA").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &want).expect("writing nix/schema.json");
+        return;
+    }
+    let got = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        got == want,
+        "nix/schema.json is not what src/config.rs says; rewrite it with\n  \
+         UPDATE_SCHEMA=1 cargo test --test it the_schema_file_is_current\nand commit it"
+    );
+}
+
+/// `CONFIG` sets every key of every level of the schema, so that both sides
+/// must accept each: a new option fails here until `CONFIG` uses it.
+#[test]
+fn the_parity_configuration_uses_every_key() {
+    let value = eval(&format!("let config = import {}; in config.check {CONFIG}", repo_file("nix/config.nix")));
+    let schema = config::schema();
+    for (name, level) in schema["levels"].as_object().expect("levels") {
+        let at: Vec<&str> = level["at"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let mut nodes = vec![&value];
+        for part in &at {
+            nodes = nodes
+                .into_iter()
+                .flat_map(|node| match *part {
+                    "*" => node.as_object().map(|map| map.values().collect()).unwrap_or_default(),
+                    part => node.get(part).into_iter().collect::<Vec<_>>(),
+                })
+                .collect();
+        }
+        for key in level["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()) {
+            assert!(
+                nodes.iter().any(|node| node.get(key).is_some()),
+                "CONFIG in tests/it/parity.rs never sets `{key}` at {}: use it there",
+                if at.is_empty() { "the top level".to_owned() } else { format!("`{}` ({name})", at.join(".")) }
+            );
+        }
+    }
 }
 
 fn units_of(value: &Value) -> BTreeMap<String, String> {
