@@ -382,8 +382,10 @@ let
 
   # Enabled IOCs that run on one host must differ in name (it names the
   # unit) and in TCP console port. `entries` lists them in order, each
-  # `{ path; name; port; top; }`. A host's check compares IOCs of different
-  # tops only: each top's own check has reported the clashes within it.
+  # `{ path; name; port; top; }`; `where` names the host in messages. A
+  # host's check compares IOCs of different tops only: each top's own check
+  # has reported the clashes within it. The NixOS module checks its IOCs
+  # with it too.
   clashErrors =
     where: acrossTopsOnly: entries:
     concatLists (
@@ -527,10 +529,12 @@ let
 in
 {
   inherit
+    clashErrors
     errors
     ioc
     iocErrors
     isSafeName
+    levels
     ;
 
   # `config` itself if it is a valid `epnixDeploy`, or an evaluation error

@@ -22,21 +22,50 @@ let
   schema = import ./config.nix;
   unit = import ./unit.nix;
 
-  # An IOC's options as `epnixDeploy` spells them, for the shared checks.
+  # An IOC's options as `epnixDeploy` spells them, for the shared checks:
+  # those the schema knows at each level, less the ones left unset (`null`).
   asDeployConfig =
     ioc:
-    {
-      inherit (ioc)
-        workingDirectory
-        startupScript
-        environment
-        enable
-        ;
-      procServ.console = ioc.procServ.console;
-    }
-    // lib.optionalAttrs (ioc.description != null) { inherit (ioc) description; };
+    let
+      only =
+        level: set:
+        lib.filterAttrs (key: value: lib.elem key schema.levels.${level}.keys && value != null) set;
+    in
+    only "ioc" ioc // { procServ = only "iocProcServ" ioc.procServ; };
 
   iocPath = name: "services.epnix.iocs.${lib.strings.escapeNixIdentifier name}";
+
+  # What the assertion of IOC `name` says is wrong with it.
+  iocErrors = name: ioc: schema.iocErrors (iocPath name) (asDeployConfig ioc);
+
+  # `procServ.options` as procServ arguments: `true` is a bare flag, `false`
+  # and `null` nothing, a list one option per item, any other value
+  # `--name=value` (`-nvalue` for a one-letter name). The value is always in
+  # the option's own word: procServ declares some options with an optional
+  # argument (`--logstamp`), and getopt takes such an argument only from the
+  # same word; as the next word, it would be read as the console endpoint.
+  procServArgs =
+    options:
+    lib.concatLists (
+      lib.mapAttrsToList (
+        key: value:
+        let
+          short = builtins.stringLength key == 1;
+          flag = if short then "-${key}" else "--${key}";
+          one =
+            v:
+            if v == true then
+              [ flag ]
+            else if v == false || v == null then
+              [ ]
+            else if short then
+              [ "${flag}${toString v}" ]
+            else
+              [ "${flag}=${toString v}" ];
+        in
+        if builtins.isList value then lib.concatMap one value else one value
+      ) options
+    );
 
   iocModule =
     { name, ... }:
@@ -74,14 +103,23 @@ let
         };
 
         environment = lib.mkOption {
-          type = lib.types.attrsOf lib.types.str;
+          # As in `epnixDeploy` (and EPNix): a path or a package stands for
+          # its store path.
+          type = lib.types.attrsOf (
+            lib.types.oneOf [
+              lib.types.str
+              lib.types.path
+              lib.types.package
+            ]
+          );
           default = { };
           example = {
             EPICS_CA_ADDR_LIST = "10.0.0.255";
           };
           description = ''
-            Environment variables for the IOC. `EPICS_IOCSH_HISTFILE` is set
-            to `/var/lib/epics/<name>/iocsh_history`.
+            Environment variables for the IOC; a path or a package stands for
+            its store path. `EPICS_IOCSH_HISTFILE` is set to
+            `/var/lib/epics/<name>/iocsh_history`.
           '';
         };
 
@@ -121,7 +159,9 @@ let
             description = ''
               More procServ command-line options, written as in EPNix's
               `services.iocs.<name>.procServ.options`: `{ info-file = "/f"; }`
-              becomes `--info-file /f`, `true` a bare flag. They come after
+              becomes `--info-file=/f` (one word, which options with an
+              optional argument such as `logstamp` need), `true` a bare flag,
+              a list one option per item. They come after
               the unit's own options and before the console. The tool's
               `epnixDeploy` has no such option: IOCs that use it behave
               differently when moved to a host the tool deploys to.
@@ -131,20 +171,43 @@ let
       };
     };
 
-  # The units, keyed by file name; disabled IOCs have none.
+  # The units, keyed by file name; disabled IOCs have none. An IOC that its
+  # assertion refuses has no unit to render: forcing its text stops with
+  # the assertion's message.
   units = unit.units { procServ = "${cfg.procServ.package}/bin/procServ"; oneshot = true; } (
-    lib.mapAttrs (_: ioc: {
-      ioc = schema.ioc (asDeployConfig ioc);
-      topDir = "${ioc.package}";
-      procServArgs = lib.cli.toGNUCommandLine { } ioc.procServ.options;
-    }) cfg.iocs
+    lib.mapAttrs (
+      name: ioc:
+      let
+        errors = iocErrors name ioc;
+        checked = schema.ioc (asDeployConfig ioc);
+      in
+      {
+        ioc =
+          if errors == [ ] then
+            checked
+          else
+            lib.mapAttrs (
+              key: value: if key == "enable" then value else throw (lib.concatStringsSep "\n" errors)
+            ) checked;
+        topDir = "${ioc.package}";
+        procServArgs = procServArgs ioc.procServ.options;
+      }
+    ) cfg.iocs
   );
 
-  tcpConsoles = lib.filter (ioc: ioc.port != "unix") (
-    lib.mapAttrsToList (name: ioc: {
+  # config.nix's rule for IOCs that share a host: names are unique here
+  # already, TCP console ports must be.
+  clashes = schema.clashErrors "this host" false (
+    map (name: {
+      path = iocPath name;
       inherit name;
-      port = ioc.procServ.console;
-    }) (lib.filterAttrs (_: ioc: ioc.enable) cfg.iocs)
+      port =
+        let
+          console = cfg.iocs.${name}.procServ.console;
+        in
+        if builtins.isInt console then console else null;
+      top = null;
+    }) (lib.attrNames (lib.filterAttrs (_: ioc: ioc.enable) cfg.iocs))
   );
 in
 {
@@ -190,23 +253,19 @@ in
       ++ lib.mapAttrsToList (
         name: ioc:
         let
-          errors = schema.iocErrors (iocPath name) (asDeployConfig ioc);
+          errors = iocErrors name ioc;
         in
         {
           assertion = errors == [ ];
           message = lib.concatStringsSep "\n" errors;
         }
       ) cfg.iocs
-      ++ map (
-        clash:
-        let
-          names = map (c: c.name) clash;
-        in
+      ++ [
         {
-          assertion = lib.length clash == 1;
-          message = "services.epnix.iocs: ${lib.concatStringsSep ", " names} all use TCP console port ${toString (lib.head clash).port}; give each IOC its own port, or use `procServ.console = \"unix\"`.";
+          assertion = clashes == [ ];
+          message = lib.concatStringsSep "\n" clashes + "\nGive each IOC its own port, or use `procServ.console = \"unix\"`.";
         }
-      ) (lib.attrValues (lib.groupBy (c: toString c.port) tcpConsoles));
+      ];
 
     systemd.units = lib.mapAttrs (_: text: {
       inherit text;

@@ -14,18 +14,18 @@ use epnix_deploy::layout;
 use epnix_deploy::unit::{self, HostFacts};
 use serde_json::Value;
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A Nix string literal holding `text`.
-fn nix_string(text: &str) -> String {
+pub(crate) fn nix_string(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes").replace('$', "\\$")
 }
 
 /// The absolute path of `path` in the repository, as a Nix string (which
 /// `import` takes).
-fn repo_file(path: &str) -> String {
+pub(crate) fn repo_file(path: &str) -> String {
     nix_string(&repo().join(path).display().to_string())
 }
 
@@ -59,8 +59,8 @@ fn eval(expr: &str) -> Value {
 /// the checks allow, so that both sides must accept them: the shortest
 /// `confirmTimeout`, `tcp`'s check that takes all of `activationTimeout`,
 /// `off`'s 32 KiB environment value.
-const TOP: &str = "myTop";
-const CONFIG: &str = r#"{
+pub(crate) const TOP: &str = "myTop";
+pub(crate) const CONFIG: &str = r#"{
   hosts.h = {
     hostname = "h.example.org";
     sshUser = "root";
