@@ -4,6 +4,7 @@ mod activation;
 mod deploy;
 mod faults;
 mod generations;
+mod hardening;
 mod module;
 mod parity;
 mod support;
