@@ -93,6 +93,17 @@ let
 
   isPort = value: isInt value && value >= 1 && value <= 65535;
 
+  # A package option: a derivation, or its store path as `nix eval --json`
+  # prints it. `example` is what a message suggests.
+  storePath =
+    example: path: value:
+    if !stringLike value then
+      err path "must be a derivation or a store path, e.g. `${example}`"
+    else if isString value && substring 0 1 value != "/" then
+      err path "`${value}` is not a store path"
+    else
+      [ ];
+
   # The errors of optional settings, each checked when present.
   optional =
     path: set: checks:
@@ -465,14 +476,7 @@ let
   topErrors =
     hosts: path: top:
     level "top" {
-      package =
-        p: package:
-        if !stringLike package then
-          err p "must be a derivation or a store path, e.g. `self.packages.x86_64-linux.myTop`"
-        else if isString package && substring 0 1 package != "/" then
-          err p "`${package}` is not a store path"
-        else
-          [ ];
+      package = storePath "self.packages.x86_64-linux.myTop";
       hosts =
         p: names:
         let

@@ -21,6 +21,8 @@ let
   cfg = config.services.epnix;
   schema = import ./config.nix;
   unit = import ./unit.nix;
+  # The tool's defaults, from ./schema.json.
+  defaults = schema.levels.ioc.defaults;
 
   # An IOC's options as `epnixDeploy` spells them, for the shared checks:
   # those the schema knows at each level, less the ones left unset (`null`).
@@ -73,7 +75,7 @@ let
       options = {
         enable = lib.mkOption {
           type = lib.types.bool;
-          default = true;
+          default = defaults.enable;
           description = "Whether to run this IOC. A disabled IOC gets no unit.";
         };
 
@@ -94,7 +96,7 @@ let
 
         startupScript = lib.mkOption {
           type = lib.types.str;
-          default = "./st.cmd";
+          default = defaults.startupScript;
           description = ''
             The script procServ runs, relative to `workingDirectory`. It must
             be executable: an EPICS `st.cmd` starts with a shebang naming the
@@ -125,7 +127,7 @@ let
 
         description = lib.mkOption {
           type = lib.types.nullOr lib.types.str;
-          default = null;
+          default = defaults.description;
           example = "Vacuum controller of the linac";
           description = "Shown by `systemctl status` after `EPICS IOC <name>:`.";
         };
@@ -133,7 +135,7 @@ let
         procServ = {
           console = lib.mkOption {
             type = lib.types.either (lib.types.enum [ "unix" ]) lib.types.port;
-            default = "unix";
+            default = schema.levels.iocProcServ.defaults.console;
             example = 2001;
             description = ''
               Where procServ offers the IOC's console: `"unix"`, a UNIX socket

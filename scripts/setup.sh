@@ -6,7 +6,8 @@
 # Debian packages: Nix for evaluating and building tops, debootstrap and
 # systemd-nspawn for the test hosts, ssh for reaching them, shellcheck for
 # the host-side scripts and these ones.
-PACKAGES=(nix-bin debootstrap systemd-container openssh-client socat procserv python3-pip ca-certificates shellcheck)
+PACKAGES=(nix-bin debootstrap systemd-container openssh-client socat procserv python3-pip ca-certificates shellcheck
+  autoconf automake g++ make)
 
 setup_log() { printf 'setup: %s\n' "$*" >&2; }
 

@@ -58,7 +58,9 @@ pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 /// `epnixDeploy`.
 pub const ROOT_KEYS: &[&str] = &["hosts", "tops"];
 /// `epnixDeploy.hosts.<name>`.
-pub const HOST_KEYS: &[&str] = &["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback"];
+pub const HOST_KEYS: &[&str] = &["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback", "procServ"];
+/// `epnixDeploy.hosts.<name>.procServ`.
+pub const HOST_PROCSERV_KEYS: &[&str] = &["package"];
 /// `epnixDeploy.tops.<name>`.
 pub const TOP_KEYS: &[&str] = &["package", "hosts", "iocs", "activationTimeout", "magicRollback", "confirmTimeout"];
 /// `epnixDeploy.tops.<top>.iocs.<name>`.
@@ -90,6 +92,10 @@ pub struct Host {
     /// `magicRollback`: arm the host-side rollback for deploys to this host
     /// (default true).
     pub magic_rollback: bool,
+    /// `procServ.package`: the procServ the host's IOCs run, deployed from
+    /// Nix to the profile `/nix/var/nix/profiles/epnix/procServ` as the EPNix
+    /// guide does; without it, the host's own `procServ` on the PATH.
+    pub procserv_package: Option<Utf8PathBuf>,
 }
 
 /// `epnixDeploy.tops.<name>`: an EPICS top and the IOCs it runs.
@@ -370,20 +376,27 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         tags.strings()?;
     }
     let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
-    Ok(Host { hostname, ssh_user, ssh_port, ssh_opts, magic_rollback })
+    let procserv_package = match node.get(map, "procServ") {
+        Some(ps) => {
+            let ps_map = ps.object(HOST_PROCSERV_KEYS)?;
+            match ps.get(ps_map, "package") {
+                Some(p) => {
+                    Some(store_path(&p, "set it to a procServ package, e.g. `epnix.packages.x86_64-linux.procServ`")?)
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+    Ok(Host { hostname, ssh_user, ssh_port, ssh_opts, magic_rollback, procserv_package })
 }
 
 fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInput> {
     let map = node.object(TOP_KEYS)?;
-    let package_node = node.require(map, "package")?;
-    let package = package_node.string().map_err(|_| {
-        package_node
-            .error("must be a derivation or a store path")
-            .hint("set it to the top's package, e.g. `self.packages.x86_64-linux.myTop`")
-    })?;
-    if !package.starts_with('/') {
-        return Err(package_node.error(format!("`{package}` is not a store path")));
-    }
+    let package = store_path(
+        &node.require(map, "package")?,
+        "set it to the top's package, e.g. `self.packages.x86_64-linux.myTop`",
+    )?;
     let top_hosts = match node.get(map, "hosts") {
         Some(n) => {
             let names = n.strings()?;
@@ -424,14 +437,7 @@ fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInpu
         let check = node.field("iocs").field(name).field("healthCheck");
         check_fits_activation(&check, &ioc.health_check, &activation, activation_timeout)?;
     }
-    Ok(Top {
-        package: Utf8PathBuf::from(package),
-        hosts: top_hosts,
-        iocs,
-        activation_timeout,
-        magic_rollback,
-        confirm_timeout,
-    })
+    Ok(Top { package, hosts: top_hosts, iocs, activation_timeout, magic_rollback, confirm_timeout })
 }
 
 fn parse_confirm_timeout(node: &Node) -> Result<u64, BadInput> {
@@ -646,7 +652,25 @@ pub fn is_safe_name(name: &str) -> bool {
         && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
 }
 
+/// A package: `nix eval --json` turns a derivation into its store path.
+fn store_path(node: &Node, hint: &str) -> Result<Utf8PathBuf, BadInput> {
+    let path = node.string().map_err(|_| node.error("must be a derivation or a store path").hint(hint))?;
+    if !path.starts_with('/') {
+        return Err(node.error(format!("`{path}` is not a store path")));
+    }
+    Ok(Utf8PathBuf::from(path))
+}
+
+/// The profile name that the host's procServ takes beside the tops' profiles
+/// (`layout::procserv_profile`): no top may have it.
+const RESERVED_TOP_NAME: &str = "procServ";
+
 fn check_name(node: &Node, name: &str, what: &str) -> Result<(), BadInput> {
+    if what == "top" && name == RESERVED_TOP_NAME {
+        return Err(node
+            .error(format!("`{name}` is the name of the profile of the host's procServ, not a top's"))
+            .hint("rename the top"));
+    }
     if is_safe_name(name) {
         Ok(())
     } else {

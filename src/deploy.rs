@@ -22,6 +22,7 @@ use crate::nix;
 use crate::plan::{self, Plan, Switch};
 use crate::process::Cmd;
 use crate::progress::Progress;
+use crate::remote;
 use crate::report::{self, Report};
 use crate::ssh::Remote;
 use crate::target::{self, Selection, Target};
@@ -52,7 +53,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     step.done(&format!("top `{}`, {} IOC(s)", sel.top, top.iocs.values().filter(|i| i.enable).count()));
 
     let step = progress.step(&sel.host, "build");
-    let built = build(&sel.flake, &sel.top);
+    let built = build(&sel.flake, &format!("tops.{}.package", sel.top), &format!("top `{}`", sel.top));
     // Ctrl-C reaches `nix build` too, which then fails: that is no bad input.
     if activation::interrupted() {
         return Err(interrupted().into());
@@ -60,6 +61,23 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     let store_path = built?;
     check_top_contents(&sel.top, top, &store_path)?;
     step.done(store_path.as_str());
+    let procserv = match target.name.as_ref().and_then(|n| Some((n, config.hosts.get(n)?.procserv_package.as_ref()?))) {
+        Some((host_name, _)) => {
+            let step = progress.step(&sel.host, "build procServ");
+            let built = build(
+                &sel.flake,
+                &format!("hosts.{}.procServ.package", config::attr(host_name)),
+                &format!("the procServ of host `{host_name}`"),
+            );
+            if activation::interrupted() {
+                return Err(interrupted().into());
+            }
+            let nix_procserv = check_procserv(host_name, &built?)?;
+            step.done(nix_procserv.path.as_str());
+            Some(nix_procserv)
+        }
+        None => None,
+    };
 
     let step = progress.step(&sel.host, "connect");
     let mut remote = Remote::connect(&target)?;
@@ -82,12 +100,18 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
         }
         state
     };
-    let facts = plan::host_facts(&state, &target.label)?;
+    let facts = plan::host_facts(&state, &target.label, procserv.as_ref().map(|p| &p.facts))?;
     let units = plan::render_units(&sel.top, top, &facts);
     let checks: BTreeMap<String, HealthCheck> =
         top.iocs.iter().filter(|(_, i)| i.enable).map(|(n, i)| (n.clone(), i.health_check.clone())).collect();
     let checks_json = generation::checks_json(&checks).to_string();
     let mut plan = plan::deploy(&sel.top, &store_path, units, &checks_json, &state, &target.label)?;
+    // A procServ from Nix that the host does not run yet: its profile moves
+    // before the switch, and the top's IOCs restart into it.
+    let procserv_moves = procserv.as_ref().filter(|p| state.procserv_profile.as_ref() != Some(&p.path));
+    if procserv_moves.is_some() {
+        plan.procserv_moves();
+    }
     step.done(&format!("hostname `{}`", state.hostname));
 
     if plan.switch == Switch::New {
@@ -113,15 +137,20 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
         confirm_timeout: Duration::from_secs(top.confirm_timeout),
         activation_timeout: timeout,
     };
+    let to_copy: Vec<&Utf8Path> =
+        plan.generation_path.iter().map(|p| p.as_path()).chain(procserv_moves.map(|p| p.path.as_path())).collect();
     if opts.dry_run {
-        print_dry_run(&plan, &state, &target, &safety, opts.substitute_on_destination);
+        print_dry_run(&plan, &state, &target, &safety, &to_copy, opts.substitute_on_destination);
+        if let Some(p) = procserv_moves {
+            println!("  (before the switch) on {}: {}", target.label, set_procserv_cmd(p));
+        }
         remote.close();
         return Ok(report::report(&target, &plan, state.current, state.current, true));
     }
 
-    if let Some(path) = &plan.generation_path {
+    if !to_copy.is_empty() {
         let step = progress.step(&sel.host, "copy");
-        let copied = copy_cmd(&target, Some(&remote), &state, path, opts.substitute_on_destination).output();
+        let copied = copy_cmd(&target, Some(&remote), &state, &to_copy, opts.substitute_on_destination).output();
         if activation::interrupted() {
             return Err(interrupted().into());
         }
@@ -130,6 +159,12 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     }
     if activation::interrupted() {
         return Err(interrupted().into());
+    }
+    if let Some(p) = procserv_moves {
+        // Host-wide, beside the top's profile: a rollback of the top leaves it.
+        let step = progress.step(&sel.host, "procServ");
+        let link = remote.run(&set_procserv_cmd(p))?;
+        step.done(&format!("{} -> {}", layout::procserv_profile(), link.trim()));
     }
 
     let generation = if plan.changes_host() {
@@ -164,14 +199,44 @@ fn check_hostname(target: &Target, name: &str, hostname: &str) -> Result<(), Bad
     if hostname == name || short == name { Ok(()) } else { Err(activation::wrong_host(target, hostname)) }
 }
 
-/// `nix copy` of a generation (and with it the top) to the host, over the
-/// open master connection; without one (a dry run's listing), the socket is
-/// named for what it is.
-fn copy_cmd(target: &Target, remote: Option<&Remote>, state: &HostState, path: &Utf8Path, substitute: bool) -> Cmd {
+/// `nix copy` of a generation (and with it the top), and of a procServ from
+/// Nix, to the host, over the open master connection; without one (a dry
+/// run's listing), the socket is named for what it is.
+fn copy_cmd(target: &Target, remote: Option<&Remote>, state: &HostState, paths: &[&Utf8Path], substitute: bool) -> Cmd {
     let socket =
         remote.map_or_else(|| "<the master connection>".to_owned(), |r| r.control_socket().to_string_lossy().into());
     let remote_nix_store = state.remote_nix_store();
-    nix::copy_to(target, &socket, path.as_str(), remote_nix_store.as_deref(), substitute)
+    let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
+    nix::copy_to(target, &socket, &paths, remote_nix_store.as_deref(), substitute)
+}
+
+/// A procServ from Nix (`procServ.package`), built and checked.
+struct NixProcServ {
+    path: Utf8PathBuf,
+    facts: crate::unit::HostFacts,
+}
+
+/// Checks a built procServ package: it must have `bin/procServ`. Whether it
+/// has `--oneshot` (2.8.0 and later) is read from the binary itself, which
+/// the deployer may not be able to run (another architecture).
+fn check_procserv(host: &str, path: &Utf8Path) -> Result<NixProcServ, BadInput> {
+    let binary = path.join("bin/procServ");
+    let bytes = std::fs::read(&binary).map_err(|err| {
+        BadInput::new(format!(
+            "{}.hosts.{}.procServ.package: `{binary}` cannot be read ({err})",
+            config::ROOT,
+            config::attr(host)
+        ))
+        .hint("the package must install procServ as `bin/procServ`")
+    })?;
+    let oneshot = bytes.windows(b"--oneshot".len()).any(|w| w == b"--oneshot");
+    let facts =
+        crate::unit::HostFacts { procserv: layout::procserv_from_profile().into_string(), procserv_oneshot: oneshot };
+    Ok(NixProcServ { path: path.to_owned(), facts })
+}
+
+fn set_procserv_cmd(procserv: &NixProcServ) -> crate::ssh::RemoteCmd {
+    remote::SET_PROFILE.cmd(&[layout::procserv_profile().as_str(), procserv.path.as_str()])
 }
 
 /// Picks the top and the host, and checks that they belong together.
@@ -196,9 +261,10 @@ fn select<'a>(config: &'a Config, sel: &Selection) -> Result<(&'a Top, Target), 
     Ok((top, target))
 }
 
-fn build(flake: &str, top: &str) -> Result<Utf8PathBuf> {
-    let stdout = nix::build_top(flake, top).output().map_err(|err| {
-        BadInput::new(format!("building top `{top}` failed:\n{err}"))
+/// Builds `epnixDeploy.<attr>`, `what` for the messages.
+fn build(flake: &str, attr: &str, what: &str) -> Result<Utf8PathBuf> {
+    let stdout = nix::build_package(flake, attr).output().map_err(|err| {
+        BadInput::new(format!("building {what} failed:\n{err}"))
             .hint("nothing was copied; fix the build and deploy again")
     })?;
     nix::parse_build_output(&stdout)
@@ -280,7 +346,14 @@ fn short(cmd: &crate::ssh::RemoteCmd) -> String {
 
 /// Lists everything a deploy would do to the host, in order, with the
 /// commands that stay valid after the run.
-fn print_dry_run(plan: &Plan, state: &HostState, target: &Target, safety: &Safety, substitute: bool) {
+fn print_dry_run(
+    plan: &Plan,
+    state: &HostState,
+    target: &Target,
+    safety: &Safety,
+    to_copy: &[&Utf8Path],
+    substitute: bool,
+) {
     let top = plan.top.as_str();
     let profile = layout::profile(top);
     let on = |what: String| println!("  on {}: {what}", target.label);
@@ -303,8 +376,8 @@ fn print_dry_run(plan: &Plan, state: &HostState, target: &Target, safety: &Safet
         "take the deploy lock `{}` (held while the deployer's connection lasts)",
         layout::records(top).join("lock")
     ));
-    if let Some(path) = &plan.generation_path {
-        println!("  local: {}", copy_cmd(target, None, state, path, substitute));
+    if !to_copy.is_empty() {
+        println!("  local: {}", copy_cmd(target, None, state, to_copy, substitute));
     }
     if !plan.changes_host() {
         on(plan.switch_cmd().to_string());
@@ -351,6 +424,7 @@ mod tests {
             ssh_port: None,
             ssh_opts: vec![],
             magic_rollback: true,
+            procserv_package: None,
         };
         let config = Config { hosts: BTreeMap::from([(name.to_owned(), host)]), tops: BTreeMap::new() };
         Target::resolve(name, Some(&config)).unwrap()

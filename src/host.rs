@@ -25,6 +25,9 @@ pub struct HostState {
     pub procserv: Option<HostFacts>,
     /// Where `nix-env` is, if anywhere.
     pub nix_env: Option<String>,
+    /// The store path the profile of the host's procServ from Nix points
+    /// at, if there is one.
+    pub procserv_profile: Option<Utf8PathBuf>,
     pub has_systemctl: bool,
     /// Whether `nix-store` is on the PATH of a non-interactive SSH command,
     /// which is where `nix copy` looks for it.
@@ -173,6 +176,9 @@ pub struct Process {
     pub file_changed: i64,
     /// The working directory of procServ's child, the IOC, when it runs.
     pub cwd: Option<Utf8PathBuf>,
+    /// The procServ binary that runs, and the one the unit names now (both
+    /// with symlinks resolved), when the unit runs.
+    pub procserv: Option<(String, String)>,
 }
 
 /// Why a running IOC does not run what its unit and profile say.
@@ -184,6 +190,9 @@ pub enum Drift {
     UnitChangedSinceStart,
     /// The IOC runs another build than the profile's.
     OtherBuild(Utf8PathBuf),
+    /// procServ runs another binary than the one the unit names (a new
+    /// procServ from Nix, not yet restarted into).
+    OtherProcServ(String),
 }
 
 impl Drift {
@@ -192,6 +201,7 @@ impl Drift {
             Drift::UnitNotReloaded => "its unit file changed and systemd has not reloaded it".to_owned(),
             Drift::UnitChangedSinceStart => "its unit file changed after it started".to_owned(),
             Drift::OtherBuild(build) => format!("it runs the build `{build}`, not the profile's"),
+            Drift::OtherProcServ(exe) => format!("its procServ runs `{exe}`, not the one its unit names"),
         }
     }
 }
@@ -211,6 +221,11 @@ impl Process {
         // unit started counts as older, since deploys write before they start.
         if self.state.started.is_some_and(|started| self.file_changed > started) {
             return Some(Drift::UnitChangedSinceStart);
+        }
+        if let Some((runs, named)) = &self.procserv {
+            if runs != named {
+                return Some(Drift::OtherProcServ(runs.clone()));
+            }
         }
         let (Some(cwd), Some(build)) = (&self.cwd, build) else { return None };
         let runs = store_path_of(cwd)?;
@@ -239,7 +254,8 @@ pub enum Depth {
 pub fn inspect(remote: &Remote, top: &str, depth: Depth) -> Result<HostState> {
     let nonce = nonce();
     let history = if depth == Depth::History { "yes" } else { "no" };
-    let output = remote.run(&remote::INSPECT.for_top(top, &[nonce.as_str(), history]))?;
+    let procserv = layout::procserv_profile();
+    let output = remote.run(&remote::INSPECT.for_top(top, &[nonce.as_str(), history, procserv.as_str()]))?;
     parse_inspect(&nonce, &output)
 }
 
@@ -296,6 +312,7 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
     let mut current_units: Option<BTreeMap<String, String>> = None;
     let mut show = BTreeMap::new();
     let mut files: BTreeMap<String, (i64, Option<Utf8PathBuf>)> = BTreeMap::new();
+    let mut procservs: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (key, value, rest) in records(nonce, output)? {
         match key {
             "unit" => {
@@ -331,6 +348,13 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
                 let cwd = (cwd != "-").then(|| Utf8PathBuf::from(cwd));
                 files.insert(unit.to_owned(), (changed.parse().unwrap_or(0), cwd));
             }
+            "procserv-of" => {
+                // The running binary's path may end in ` (deleted)`.
+                let (unit, rest) = value.split_once(' ').with_context(|| format!("bad procServ line `{value}`"))?;
+                let (runs, named) = rest.rsplit_once(' ').with_context(|| format!("bad procServ line `{value}`"))?;
+                procservs.insert(unit.to_owned(), (runs.to_owned(), named.to_owned()));
+            }
+            "procserv-profile" => state.procserv_profile = Some(Utf8PathBuf::from(value)),
             "event" => state.rollbacks.extend(RollbackEvent::parse(value)),
             "outcome" => state.verdicts.extend(Verdict::parse(value)),
             "rollback-pending" => state.rollback_pending = true,
@@ -344,7 +368,8 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
     for (unit, (file_changed, cwd)) in files {
         let Some(ioc) = layout::ioc_of_unit(&unit) else { continue };
         let state_of = show.get(&unit).cloned().unwrap_or_default();
-        state.processes.insert(ioc.to_owned(), Process { state: state_of, file_changed, cwd });
+        let procserv = procservs.remove(&unit);
+        state.processes.insert(ioc.to_owned(), Process { state: state_of, file_changed, cwd, procserv });
     }
 
     let fact = |key: &str| -> Result<&str> {
@@ -497,6 +522,7 @@ mod tests {
              {N} show\nId=epnix-a.service\nActiveState=active\nSubState=running\nNRestarts=0\nInvocationID=i1\n\
              ActiveEnterTimestamp=@1700000150\nExecMainStartTimestamp=@1700000150\nNeedDaemonReload=no\n\n\
              {N} process epnix-a.service 1700000149 /nix/store/abc-top/iocBoot/a\n\
+             {N} procserv-of epnix-a.service /usr/bin/procServ /usr/bin/procServ\n\
              {N} event 1700000200 3 2 failed-checks 0\n\
              {N} outcome 1700000120 2 healthy /nix/store/g2-gen\n{N} outcome 1700000190 1 failed /nix/store/old-top\n"
         )
@@ -543,8 +569,21 @@ mod tests {
             state: UnitState { active: "active".into(), started: Some(100), ..Default::default() },
             file_changed: 100,
             cwd: Some("/nix/store/abc-top/iocBoot/a".into()),
+            procserv: Some((
+                "/nix/store/p2-procServ/bin/procServ".into(),
+                "/nix/store/p2-procServ/bin/procServ".into(),
+            )),
         };
         assert_eq!(p.drift(Some(&build)), None);
+        p.procserv = Some((
+            "/nix/store/p1-procServ/bin/procServ (deleted)".into(),
+            "/nix/store/p2-procServ/bin/procServ".into(),
+        ));
+        assert_eq!(
+            p.drift(Some(&build)),
+            Some(Drift::OtherProcServ("/nix/store/p1-procServ/bin/procServ (deleted)".into()))
+        );
+        p.procserv = None;
         p.cwd = Some("/nix/store/old-top/iocBoot/a".into());
         assert_eq!(p.drift(Some(&build)), Some(Drift::OtherBuild("/nix/store/old-top".into())));
         p.file_changed = 101;

@@ -15,6 +15,18 @@ pub fn profile(top: &str) -> Utf8PathBuf {
     Utf8PathBuf::from(PROFILE_DIR).join(top)
 }
 
+/// The profile of the host's procServ when it comes from Nix
+/// (`procServ.package`), as the EPNix guide links it. No top may be called
+/// `procServ` (the config check refuses it).
+pub fn procserv_profile() -> Utf8PathBuf {
+    Utf8PathBuf::from(PROFILE_DIR).join("procServ")
+}
+
+/// The procServ that units run when the host's procServ comes from Nix.
+pub fn procserv_from_profile() -> Utf8PathBuf {
+    procserv_profile().join("bin/procServ")
+}
+
 /// The unit that runs `ioc`. The prefix keeps our units apart from the host's
 /// own, and lets one glob find them all.
 pub fn unit_name(ioc: &str) -> String {

@@ -20,9 +20,10 @@ pub fn eval_config(flake: &str) -> Cmd {
     nix().args(["eval", "--json"]).arg(format!("{flake}#epnixDeploy"))
 }
 
-/// Builds the top's package without a GC root in the working directory.
-pub fn build_top(flake: &str, top: &str) -> Cmd {
-    nix().args(["build", "--no-link", "--json"]).arg(format!("{flake}#epnixDeploy.tops.{top}.package"))
+/// Builds a package of the configuration, e.g. `tops.<top>.package`,
+/// without a GC root in the working directory.
+pub fn build_package(flake: &str, attr: &str) -> Cmd {
+    nix().args(["build", "--no-link", "--json"]).arg(format!("{flake}#epnixDeploy.{attr}"))
 }
 
 /// Builds a Nix expression that reads files outside the store (hence
@@ -64,14 +65,14 @@ pub fn parse_build_output(stdout: &str) -> Result<Utf8PathBuf> {
         .context("`nix build --json` reported no `out` path")
 }
 
-/// Copies `path` and its closure to the host, riding the master connection at
+/// Copies `paths` and their closures to the host, riding the master connection at
 /// `control_socket`. The port and user are already settled by the master.
 /// `remote_nix_store` names the host's `nix-store` when it is not on the
 /// PATH of a non-interactive SSH command (multi-user installs).
 pub fn copy_to(
     target: &Target,
     control_socket: &str,
-    path: &str,
+    paths: &[&str],
     remote_nix_store: Option<&str>,
     substitute_on_destination: bool,
 ) -> Cmd {
@@ -83,7 +84,7 @@ pub fn copy_to(
     if let Some(program) = remote_nix_store {
         store.push_str(&format!("?remote-program={program}"));
     }
-    cmd.arg("--to").arg(store).arg(path)
+    cmd.arg("--to").arg(store).args(paths.iter().copied())
 }
 
 #[cfg(test)]
@@ -107,7 +108,7 @@ mod tests {
     #[test]
     fn copy_rides_the_master_connection() {
         let target = Target::resolve("root@10.0.0.5:2201", None).unwrap();
-        let cmd = copy_to(&target, "/tmp/e/master", "/nix/store/abc-top", None, true);
+        let cmd = copy_to(&target, "/tmp/e/master", &["/nix/store/abc-top"], None, true);
         assert_eq!(
             cmd.to_string(),
             "NIX_SSHOPTS='-o ControlMaster=no -o ControlPath=/tmp/e/master' nix --extra-experimental-features 'nix-command flakes' copy --substitute-on-destination --to ssh://root@10.0.0.5 /nix/store/abc-top"
@@ -117,7 +118,8 @@ mod tests {
     #[test]
     fn copy_names_the_remote_nix_store_when_it_is_off_the_path() {
         let target = Target::resolve("root@h", None).unwrap();
-        let cmd = copy_to(&target, "/s", "/nix/store/abc", Some("/nix/var/nix/profiles/default/bin/nix-store"), false);
+        let cmd =
+            copy_to(&target, "/s", &["/nix/store/abc"], Some("/nix/var/nix/profiles/default/bin/nix-store"), false);
         assert!(
             cmd.to_string().ends_with(
                 "--to 'ssh://root@h?remote-program=/nix/var/nix/profiles/default/bin/nix-store' /nix/store/abc"

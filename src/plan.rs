@@ -96,9 +96,14 @@ pub fn check_manageable(host: &HostState, label: &str) -> Result<(), BadInput> {
     Ok(())
 }
 
-/// Checks that the host can take a deploy at all, before anything is copied.
-pub fn host_facts(host: &HostState, label: &str) -> Result<HostFacts, BadInput> {
+/// Checks that the host can take a deploy at all, before anything is
+/// copied. `from_nix` is the procServ that comes with the deploy, if any:
+/// then the host needs none of its own.
+pub fn host_facts(host: &HostState, label: &str, from_nix: Option<&HostFacts>) -> Result<HostFacts, BadInput> {
     check_manageable(host, label)?;
+    if let Some(facts) = from_nix {
+        return Ok(facts.clone());
+    }
     host.procserv.clone().ok_or_else(|| {
         BadInput::new(format!("on `{label}`: `procServ` was not found on the PATH"))
             .hint("install it on the host (on Debian: `apt install procserv`)")
@@ -231,6 +236,16 @@ impl Plan {
     /// The IOCs whose units run after the switch.
     pub fn running(&self) -> Vec<String> {
         self.units.keys().cloned().collect()
+    }
+
+    /// The host's procServ moves to another build: every IOC of the top is
+    /// restarted into it.
+    pub fn procserv_moves(&mut self) {
+        for change in self.iocs.values_mut() {
+            if matches!(change, Change::Unchanged | Change::Drift) {
+                *change = Change::Changed;
+            }
+        }
     }
 
     /// Whether the plan changes anything on the host beyond making sure that
@@ -439,6 +454,7 @@ mod tests {
                 state: UnitState { active: "active".into(), ..Default::default() },
                 file_changed: 0,
                 cwd: Some("/nix/store/old-t/iocBoot/a".into()),
+                procserv: None,
             },
         );
         let plan = plan_for(&top, &state).unwrap();
@@ -513,8 +529,10 @@ mod tests {
     fn refuses_a_host_without_procserv_or_root() {
         let mut state = host(None, &[]);
         state.procserv = None;
-        assert!(host_facts(&state, "h").unwrap_err().to_string().contains("apt install procserv"));
+        assert!(host_facts(&state, "h", None).unwrap_err().to_string().contains("apt install procserv"));
+        // A procServ from Nix needs none on the host.
+        assert_eq!(host_facts(&state, "h", Some(&facts())).unwrap(), facts());
         state.is_root = false;
-        assert!(host_facts(&state, "h").unwrap_err().to_string().contains("sshUser = \"root\""));
+        assert!(host_facts(&state, "h", None).unwrap_err().to_string().contains("sshUser = \"root\""));
     }
 }

@@ -1,11 +1,12 @@
-# inspect: context, then a NONCE and HISTORY (`yes` or `no`). Prints the
+# inspect: context, then a NONCE, HISTORY (`yes` or `no`) and the profile of
+# the host's procServ from Nix. Prints the
 # host's state for one top, one record per fact, each opened by the nonce
 # (which no file can contain by accident), so unit texts need no escaping.
 # With HISTORY, also who made each generation and which IOCs it runs: one
 # more read per generation, which only `list` needs.
 context "$@"
 shift 7
-nonce=$1 history=$2
+nonce=$1 history=$2 procserv_profile=$3
 say() { printf '%s %s %s\n' "$nonce" "$1" "$2"; }
 # Before use_nix: `nix copy` finds nix-store only on the plain SSH PATH.
 if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi
@@ -14,6 +15,7 @@ say hostname "$(cat /proc/sys/kernel/hostname)"
 say uid "$(id -u)"
 say procserv "$(command -v procServ || true)"
 if procServ --help 2>&1 | grep -q -e --oneshot; then say oneshot yes; else say oneshot no; fi
+if [ -L "$procserv_profile" ]; then say procserv-profile "$(readlink -f "$procserv_profile")"; fi
 say nix-env "$(command -v nix-env || true)"
 say systemctl "$(command -v systemctl || true)"
 if [ -L "$profile" ]; then say profile-link "$(readlink "$profile")"; fi
@@ -71,6 +73,10 @@ if [ -n "$units" ]; then
     pid=$(systemctl show --property=MainPID --value "$u")
     cwd=-
     if [ "${pid:-0}" != 0 ]; then
+      # The procServ that runs, and the one the unit names now.
+      exe=$(readlink "/proc/$pid/exe" 2>/dev/null || echo -)
+      want=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit_dir/$u" | head -n 1)
+      say procserv-of "$u ${exe:--} $(readlink -f "$want" 2>/dev/null || echo -)"
       # The file is one line of PIDs: its words are what we want.
       # shellcheck disable=SC2013
       for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do

@@ -44,6 +44,7 @@ scripts! {
     ROLLBACK = "rollback";
     ROLLBACK_AT_BOOT = "rollback_at_boot";
     RUN_CHECK = "run_check";
+    SET_PROFILE = "set_profile";
     SWITCH = "switch";
 }
 

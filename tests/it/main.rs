@@ -7,6 +7,7 @@ mod generations;
 mod hardening;
 mod module;
 mod parity;
+mod procserv;
 mod support;
 mod testbed;
 

@@ -81,6 +81,23 @@ impl TestFlake {
 
     /// Like [`TestFlake::write`], with the host configured under `name`.
     pub fn write_as(&self, host: &TestHost, name: &str, tops: &str) {
+        self.write_full(host, name, "", tops);
+    }
+
+    /// Like [`TestFlake::write`], the host deploying procServ 2.8.0 from Nix
+    /// (`procServ.package`, built from the vendored source by
+    /// `tests/fixtures/procserv.nix`).
+    pub fn write_with_nix_procserv(&self, host: &TestHost, tops: &str) {
+        let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vendor/procServ-2.8.0.tar.gz");
+        assert!(vendored.exists(), "{} is missing: the procServ tests need the vendored source", vendored.display());
+        std::fs::copy(&vendored, self.dir.path().join("procServ-2.8.0.tar.gz")).expect("copying procServ's source");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/procserv.nix");
+        std::fs::copy(fixture, self.dir.path().join("procserv.nix")).expect("copying the procServ fixture");
+        let procserv = "procServ.package = import ./procserv.nix { src = ./procServ-2.8.0.tar.gz; };";
+        self.write_full(host, &host.name, procserv, tops);
+    }
+
+    fn write_full(&self, host: &TestHost, name: &str, host_extra: &str, tops: &str) {
         let text = format!(
             r#"{{
   outputs = {{ self }}:
@@ -92,6 +109,7 @@ impl TestFlake {
           sshUser = "root";
           sshPort = {port};
           sshOpts = [ "-i" "{key}" "-o" "UserKnownHostsFile={known_hosts}" ];
+          {host_extra}
         }};
         tops = {{
 {tops}
