@@ -855,6 +855,31 @@ mod tests {
     }
 
     #[test]
+    fn a_host_may_bring_its_procserv_from_nix_and_no_top_takes_its_name() {
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["procServ"] = json!({ "package": "/nix/store/pppp-procServ-2.8.0" });
+        let host = &Config::parse(&json).unwrap().hosts["ioc-server-1"];
+        assert_eq!(host.procserv_package.as_deref(), Some(Utf8Path::new("/nix/store/pppp-procServ-2.8.0")));
+        assert_eq!(Config::parse(&example()).unwrap().hosts["ioc-server-1"].procserv_package, None);
+
+        json["hosts"]["ioc-server-1"]["procServ"] = json!({ "package": "procServ" });
+        assert!(
+            error_of(json.clone())
+                .starts_with("epnixDeploy.hosts.ioc-server-1.procServ.package: `procServ` is not a store path")
+        );
+        json["hosts"]["ioc-server-1"]["procServ"] = json!({ "pkg": "/nix/store/p" });
+        assert!(error_of(json).contains("procServ.pkg: is not a known option"));
+
+        let mut json = example();
+        let top = json["tops"].as_object_mut().unwrap().remove("myTop").unwrap();
+        json["tops"]["procServ"] = top;
+        assert!(
+            error_of(json)
+                .contains("epnixDeploy.tops.procServ: `procServ` is the name of the profile of the host's procServ")
+        );
+    }
+
+    #[test]
     fn the_readme_example_parses() {
         let config = Config::parse(&example()).unwrap();
         let host = &config.hosts["ioc-server-1"];
