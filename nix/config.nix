@@ -277,6 +277,9 @@ let
     sshOpts = strings;
     tags = strings;
     magicRollback = boolean;
+    procServ = level "hostProcServ" {
+      package = storePath "epnix.packages.x86_64-linux.procServ";
+    } [ ];
   } [ ];
 
   # Errors of a path option that must stay inside the top.

@@ -276,6 +276,9 @@ pub fn schema() -> Value {
                 "sshOpts": host.ssh_opts,
                 "magicRollback": host.magic_rollback,
             })),
+            "hostProcServ": level(&["hosts", "*", "procServ"], HOST_PROCSERV_KEYS, json!({
+                "package": host.procserv_package,
+            })),
             "top": level(&["tops", "*"], TOP_KEYS, json!({
                 "hosts": top.hosts,
                 "activationTimeout": top.activation_timeout,

@@ -68,6 +68,7 @@ pub(crate) const CONFIG: &str = r#"{
     sshOpts = [ "-i" "/root/.ssh/ioc" ];
     tags = [ "linac" ];
     magicRollback = false;
+    procServ.package = "/nix/store/00000000000000000000000000000000-procServ-2.8.0";
   };
   tops.myTop = {
     package = "/nix/store/00000000000000000000000000000000-myTop";
@@ -336,6 +337,9 @@ fn bad_configs() -> Vec<String> {
             r#"{ hosts.h = { hostname = "h"; tags = [ 1 ]; }; }"#,
             r#"{ hosts.h = { hostname = "h"; magicRollback = 1; }; }"#,
             r#"{ hosts.h = { hostname = "h"; sshUsr = "root"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; procServ.package = "procServ"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; procServ.package = 1; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; procServ.pkg = "/nix/store/p"; }; }"#,
             r#"{ hosts."-h".hostname = "h"; }"#,
             // Two tops on one host: IOC names and TCP ports must differ.
             r#"withU { iocs.i.workingDirectory = "a"; } (base { })"#,
