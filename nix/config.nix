@@ -56,13 +56,15 @@ let
   # (MAX_SECONDS). An environment value, in bytes, must fit in a unit line
   # and in what the kernel passes to a process (MAX_ENV_VALUE_BYTES). Below
   # `firstUnprivilegedPort`, a TCP port needs `CAP_NET_BIND_SERVICE`, which
-  # the IOC's dynamic user does not have.
+  # the IOC's dynamic user does not have. No top may take the name of the
+  # host's procServ profile (`reservedTopName`).
   inherit (schema.limits)
     heartbeatInterval
     minConfirmTimeout
     maxSeconds
     maxEnvValueBytes
     firstUnprivilegedPort
+    reservedTopName
     ;
 
   # Host, top and IOC names become unit names, paths and profile names.
@@ -255,7 +257,9 @@ let
         let
           p = "${path}.${attr name}";
         in
-        if isSafeName name then
+        if what == "top" && name == reservedTopName then
+          err p "`${name}` is the name of the profile of the host's procServ, not a top's; rename the top"
+        else if isSafeName name then
           check p set.${name}
         else
           err p "`${name}` is not a valid ${what} name (letters, digits, `_` and `-`, not starting with `-`, at most 64 characters)"

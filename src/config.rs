@@ -307,6 +307,7 @@ pub fn schema() -> Value {
             "maxSeconds": MAX_SECONDS,
             "maxEnvValueBytes": MAX_ENV_VALUE_BYTES,
             "firstUnprivilegedPort": FIRST_UNPRIVILEGED_PORT,
+            "reservedTopName": RESERVED_TOP_NAME,
         },
         "unit": {
             "hardening": crate::unit::HARDENING,

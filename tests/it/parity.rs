@@ -341,6 +341,8 @@ fn bad_configs() -> Vec<String> {
             r#"{ hosts.h = { hostname = "h"; procServ.package = 1; }; }"#,
             r#"{ hosts.h = { hostname = "h"; procServ.pkg = "/nix/store/p"; }; }"#,
             r#"{ hosts."-h".hostname = "h"; }"#,
+            // The name of the host's procServ profile is no top's.
+            r#"{ tops.procServ = { package = "/nix/store/t"; iocs.i.workingDirectory = "a"; }; }"#,
             // Two tops on one host: IOC names and TCP ports must differ.
             r#"withU { iocs.i.workingDirectory = "a"; } (base { })"#,
             r#"withU { iocs.j = { workingDirectory = "a"; procServ.console = 2000; }; } (base { iocs.i = { workingDirectory = "a"; procServ.console = 2000; }; })"#,
