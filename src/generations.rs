@@ -513,8 +513,7 @@ pub fn delete(opts: &DeleteOptions, progress: &Progress) -> Result<DeleteReport>
                 .into());
         }
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let mut deleted = doomed_numbers(&state, current, &opts.doomed, now);
+    let mut deleted = doomed_numbers(&state, current, &opts.doomed, state.now);
     deleted.sort_unstable();
     deleted.dedup();
     let remaining: Vec<u32> = state.generations.iter().map(|g| g.number).filter(|n| !deleted.contains(n)).collect();

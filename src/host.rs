@@ -20,6 +20,8 @@ use crate::unit::HostFacts;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostState {
     pub hostname: String,
+    /// The host's clock when it was read, in seconds since the epoch.
+    pub now: i64,
     pub is_root: bool,
     /// procServ on the host, if any, and whether it has `--oneshot`.
     pub procserv: Option<HostFacts>,
@@ -386,6 +388,7 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
         );
     }
     state.hostname = fact("hostname")?.to_owned();
+    state.now = fact("now")?.parse().context("the host's clock is not a number")?;
     state.is_root = fact("uid")? == "0";
     state.nix_env = Some(fact("nix-env")?).filter(|p| !p.is_empty()).map(str::to_owned);
     state.has_systemctl = !fact("systemctl")?.is_empty();
@@ -512,7 +515,7 @@ mod tests {
 
     fn report() -> String {
         format!(
-            "{N} nix-store-on-path yes\n{N} hostname ioc1\n{N} uid 0\n{N} procserv /usr/bin/procServ\n{N} oneshot no\n\
+            "{N} nix-store-on-path yes\n{N} hostname ioc1\n{N} now 1700000300\n{N} uid 0\n{N} procserv /usr/bin/procServ\n{N} oneshot no\n\
              {N} nix-env /usr/bin/nix-env\n{N} systemctl /usr/bin/systemctl\n{N} profile-link myTop-2-link\n\
              {N} generation 1 1700000000 /nix/store/old-top -\n\
              {N} generation 2 1700000100 /nix/store/g2-gen /nix/store/abc-top\n\
@@ -597,7 +600,7 @@ mod tests {
     #[test]
     fn a_bare_host() {
         let output = format!(
-            "{N} nix-store-on-path no\n{N} hostname h\n{N} uid 1000\n{N} procserv \n{N} oneshot no\n{N} nix-env \n{N} systemctl /bin/systemctl\n"
+            "{N} nix-store-on-path no\n{N} hostname h\n{N} now 1\n{N} uid 1000\n{N} procserv \n{N} oneshot no\n{N} nix-env \n{N} systemctl /bin/systemctl\n"
         );
         let state = parse_inspect(N, &output).unwrap();
         assert!(!state.is_root);

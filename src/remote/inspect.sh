@@ -12,6 +12,8 @@ say() { printf '%s %s %s\n' "$nonce" "$1" "$2"; }
 if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi
 use_nix
 say hostname "$(cat /proc/sys/kernel/hostname)"
+# The host's clock: generation ages are its, not the deployer's.
+say now "$(date +%s)"
 say uid "$(id -u)"
 say procserv "$(command -v procServ || true)"
 if procServ --help 2>&1 | grep -q -e --oneshot; then say oneshot yes; else say oneshot no; fi

@@ -31,8 +31,10 @@ printf '%s\n' "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" "$uni
 [ "$magic" = yes ] || exit 0
 
 set -e
-printf '%s\n' "$boot_text" >"$state/rollback-at-boot.sh.epnix-tmp"
-mv -f "$state/rollback-at-boot.sh.epnix-tmp" "$state/rollback-at-boot.sh"
+# Deploys of other tops may write these two files at the same time: each
+# writes its own temporary file, and the renames are atomic.
+printf '%s\n' "$boot_text" >"$state/rollback-at-boot.sh.$$"
+mv -f "$state/rollback-at-boot.sh.$$" "$state/rollback-at-boot.sh"
 printf '%s\n' \
   '# Written by epnix-deploy: rolls back switches that a reboot left unconfirmed.' \
   '[Unit]' \
@@ -44,12 +46,12 @@ printf '%s\n' \
   "ExecStart=/bin/sh $state/rollback-at-boot.sh $state" \
   '' \
   '[Install]' \
-  'WantedBy=multi-user.target' >"$unit_dir/$boot.epnix-tmp"
-if cmp -s "$unit_dir/$boot.epnix-tmp" "$unit_dir/$boot"; then
-  rm -f "$unit_dir/$boot.epnix-tmp"
+  'WantedBy=multi-user.target' >"$unit_dir/$boot.$$"
+if cmp -s "$unit_dir/$boot.$$" "$unit_dir/$boot"; then
+  rm -f "$unit_dir/$boot.$$"
 else
-  chmod 0644 "$unit_dir/$boot.epnix-tmp"
-  mv -f "$unit_dir/$boot.epnix-tmp" "$unit_dir/$boot"
+  chmod 0644 "$unit_dir/$boot.$$"
+  mv -f "$unit_dir/$boot.$$" "$unit_dir/$boot"
   systemctl daemon-reload
 fi
 systemctl is-enabled --quiet "$boot" 2>/dev/null || systemctl enable --quiet "$boot"

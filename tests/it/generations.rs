@@ -117,6 +117,23 @@ fn delete_generation_refuses_the_current_one_and_collects_an_old_one() {
         assert_eq!(host.ssh_ok(&format!("test -e {path} && echo kept || echo collected")).trim(), "collected");
     }
 
+    // By age, on the host's clock: nothing is a year old; a second later,
+    // every generation but the current one is older than zero days.
+    let out = epnix_deploy(
+        &flake,
+        &["delete-generation", host.name.as_str(), "demo", "--older-than", "365d", "--dry-run", "--json"],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["deleted"], serde_json::json!([]));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let out = epnix_deploy(
+        &flake,
+        &["delete-generation", host.name.as_str(), "demo", "--older-than", "0d", "--dry-run", "--json"],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["deleted"], serde_json::json!([2]));
+    assert_eq!(numbers(&list(&host, &flake)), [2, 3]);
+
     let out = epnix_deploy(&flake, &["delete-generation", host.name.as_str(), "demo", "--keep", "1", "--json"]);
     assert_exit(&out, 0);
     assert_eq!(numbers(&list(&host, &flake)), [3]);
