@@ -28,7 +28,7 @@ use crate::config::{HEARTBEAT_INTERVAL_SECS, HealthCheck};
 use crate::exit::{BadInput, Exit, Failure};
 use crate::host;
 use crate::layout;
-use crate::plan::Plan;
+use crate::plan::{Guarded, Plan};
 use crate::process::tail;
 use crate::progress::{Progress, Step};
 use crate::remote;
@@ -268,7 +268,7 @@ pub fn switch_safely(
     let mut switched = None;
     let outcome = (|| -> Result<Option<u32>> {
         let step = progress.step(&target.label, "switch");
-        let generation = apply(remote, plan)?;
+        let generation = apply(remote, plan, Guarded::ByRestorePoint)?;
         switched = generation;
         step.done(&generation.map(|g| format!("generation {g}")).unwrap_or_default());
         let step = progress.step(&target.label, "check");
@@ -461,7 +461,7 @@ pub fn ensure_running(
     timeout: Duration,
 ) -> Result<Option<u32>> {
     let step = progress.step(&target.label, "switch");
-    apply(remote, plan)?;
+    apply(remote, plan, Guarded::No)?;
     step.done(&current.map(|g| format!("generation {g} (unchanged)")).unwrap_or_default());
     let step = progress.step(&target.label, "activate");
     let running: BTreeMap<String, HealthCheck> =
@@ -486,8 +486,8 @@ impl std::error::Error for Claimed {}
 
 /// Carries out the plan's switch in one round trip; returns the generation
 /// the profile points at afterwards.
-pub fn apply(remote: &Remote, plan: &Plan) -> Result<Option<u32>> {
-    let cmd = plan.switch_cmd();
+pub fn apply(remote: &Remote, plan: &Plan, guarded: Guarded) -> Result<Option<u32>> {
+    let cmd = plan.switch_cmd(guarded);
     let output = remote.output(&cmd)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     match output.status.code() {
@@ -502,6 +502,8 @@ pub fn apply(remote: &Remote, plan: &Plan) -> Result<Option<u32>> {
             };
             return Err(Claimed(format!("`{unit}` belongs to {owner}, which claimed it first")).into());
         }
+        // Nothing changed: the host rolled back before the switch began.
+        Some(21) => return Err(HostRollsBack.into()),
         Some(255) => {
             return Err(
                 ConnectionLost(format!("on `{}`: the SSH connection was lost during the switch", plan.top)).into()
@@ -553,7 +555,7 @@ fn parse_rollback(output: &str) -> Result<RolledBack> {
             let rest = rest.split(',').next().unwrap_or(rest);
             let target = rest.rsplit(' ').next().unwrap_or("none");
             to = target.parse().ok();
-        } else if line == "nothing to roll back" {
+        } else if line.starts_with("nothing to roll back") {
             anyhow::bail!("the host had no restore point: its own rollback got there first");
         }
     }
@@ -739,6 +741,8 @@ fn run_check_command(remote: &Remote, ioc: &str, command: &str, timeout_secs: u6
     let output = remote.output(&remote::RUN_CHECK.cmd(&[&timeout_secs.to_string(), command, &scope]))?;
     let how = match output.status.code() {
         Some(0) => return Ok(()),
+        // Nothing changed: the host rolled back before the switch began.
+        Some(21) => return Err(HostRollsBack.into()),
         Some(255) => {
             return Err(ConnectionLost(format!("the SSH connection was lost running the check of `{ioc}`")).into());
         }

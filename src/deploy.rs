@@ -19,7 +19,7 @@ use crate::generation;
 use crate::host::{self, HostState};
 use crate::layout;
 use crate::nix;
-use crate::plan::{self, Plan, Switch};
+use crate::plan::{self, Guarded, Plan, Switch};
 use crate::process::Cmd;
 use crate::progress::Progress;
 use crate::remote;
@@ -380,7 +380,7 @@ fn print_dry_run(
         println!("  local: {}", copy_cmd(target, None, state, to_copy, substitute));
     }
     if !plan.changes_host() {
-        on(plan.switch_cmd().to_string());
+        on(plan.switch_cmd(Guarded::No).to_string());
         println!("  then wait until every IOC is active");
         return;
     }
@@ -397,7 +397,7 @@ fn print_dry_run(
             config::HEARTBEAT_INTERVAL_SECS
         ));
     }
-    on(format!("switch: {}", plan.switch_cmd()));
+    on(format!("switch: {}", plan.switch_cmd(Guarded::ByRestorePoint)));
     println!(
         "  then check the IOCs (within {}s): {}",
         safety.activation_timeout.as_secs(),

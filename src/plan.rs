@@ -69,6 +69,15 @@ impl Change {
     }
 }
 
+/// Whether a restore point protects a switch: then the switch refuses to
+/// run once the host has rolled back, and marks the restore point used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guarded {
+    ByRestorePoint,
+    /// Only making sure the IOCs run: nothing to undo.
+    No,
+}
+
 /// How a plan moves the top's profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Switch {
@@ -277,8 +286,9 @@ impl Plan {
         actions
     }
 
-    /// The one host-side command that carries out the switch.
-    pub fn switch_cmd(&self) -> RemoteCmd {
+    /// The one host-side command that carries out the switch; `guarded`
+    /// when a restore point protects it.
+    pub fn switch_cmd(&self, guarded: Guarded) -> RemoteCmd {
         let profile = layout::profile(&self.top);
         let units_in = |generation: &str| format!("{generation}/{}/units", layout::GENERATION_DIR);
         let (mode, target, source) = match &self.switch {
@@ -289,7 +299,8 @@ impl Plan {
             }
             Switch::To(n) => ("switch", n.to_string(), units_in(&format!("{profile}-{n}-link"))),
         };
-        let mut args = vec![mode.to_owned(), target, source];
+        let guarded = if guarded == Guarded::ByRestorePoint { "yes" } else { "no" };
+        let mut args = vec![mode.to_owned(), target, source, guarded.to_owned()];
         args.extend(self.actions());
         remote::SWITCH.for_top(&self.top, &args)
     }
@@ -520,7 +531,7 @@ mod tests {
             ])
         );
         plan.generation_path = None;
-        let cmd = plan.switch_cmd();
+        let cmd = plan.switch_cmd(Guarded::ByRestorePoint);
         let at = cmd.argv.iter().position(|a| a == "switch").unwrap();
         assert_eq!(cmd.argv[at + 1..at + 3], ["3", "/nix/var/nix/profiles/epnix/t-3-link/.epnix-deploy/units"]);
     }

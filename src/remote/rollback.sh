@@ -20,6 +20,13 @@ if ! mv "$records/restore" "$rp" 2>/dev/null && [ ! -d "$rp" ]; then
   echo "nothing to roll back"
   exit 0
 fi
+if [ ! -f "$rp/switched" ]; then
+  # The switch never started (its deployer went before it): there is
+  # nothing to undo, and no IOC is restarted.
+  rm -rf "$rp"
+  echo "nothing to roll back: the switch never started"
+  exit 0
+fi
 prev=$(cat "$rp/generation")
 from=none
 if [ -L "$profile" ]; then from=$(gen_of "$(readlink "$profile")"); fi

@@ -1,16 +1,32 @@
 # switch: context, then MODE (`set`, `switch` or `stay`), TARGET (a store
 # path, a generation number, or `-`), the directory of the units to install,
-# then actions `remove:U`, `write:U`, `enable:U`,
-# `restart:U`, `start:U`. The whole switch, in one round trip.
+# GUARDED (`yes` when a restore point protects the switch), then actions
+# `remove:U`, `write:U`, `enable:U`, `restart:U`, `start:U`. The whole
+# switch, in one round trip.
 #
 # Exit 20 (`claimed UNIT TOP`): a unit to write belongs to another top or to
 # nobody. That is checked under a host-wide lock before anything changes,
 # so two tops can never both claim one unit name.
+#
+# Exit 21 (`rolled-back`): a guarded switch whose restore point is gone:
+# the host's rollback has run already, and the switch must not. Otherwise
+# the switch marks the restore point `switched` and holds the rollback lock
+# until it is done, so a rollback never runs into a switch halfway, and one
+# whose switch never started only discards the restore point.
 context "$@"
 shift 7
-mode=$1 target=$2 src=$3
-shift 3
+mode=$1 target=$2 src=$3 guarded=$4
+shift 4
 use_nix
+if [ "$guarded" = yes ]; then
+  mkdir -p "$records"
+  exec 7>>"$records/rollback.lock"
+  flock 7
+  if [ ! -d "$records/restore" ]; then
+    echo rolled-back
+    exit 21
+  fi
+fi
 mkdir -p "${units_lock%/*}"
 exec 8>>"$units_lock"
 if ! flock -w 60 8; then
@@ -28,6 +44,7 @@ for action; do
     ;;
   esac
 done
+if [ "$guarded" = yes ]; then : >"$records/restore/switched"; fi
 set -e
 case $mode in
   set)

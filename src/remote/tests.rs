@@ -330,6 +330,8 @@ fn switched_host() -> (FakeHost, PathBuf) {
     host.write_unit("epnix-theirs.service", &unit_of("other", "v1"));
     host.write_unit("epnix-handmade.service", "[Service]\nExecStart=/bin/true\n");
     host.prepare(&["epnix-changed.service", "epnix-removed.service", "epnix-added.service"]);
+    // What switch.sh does first when a restore point guards it.
+    std::fs::write(host.records().join("restore/switched"), "").unwrap();
 
     let v2 = host.add_generation(2, "v2-top");
     host.write_unit("epnix-changed.service", &unit_of(TOP, "v2"));
@@ -411,6 +413,7 @@ fn rollback_of_a_failed_first_deploy_takes_the_top_away() {
     host.add_generation_of("demo-b", 1, "other-top");
     host.prepare(&["epnix-a.service"]);
     assert_eq!(std::fs::read_to_string(host.records().join("restore/generation")).unwrap(), "none\n");
+    std::fs::write(host.records().join("restore/switched"), "").unwrap();
 
     host.add_generation(1, "v1-top");
     host.write_unit("epnix-a.service", &unit_of(TOP, "v1"));
@@ -567,6 +570,23 @@ fn at_boot_only_armed_restore_points_roll_back() {
     }
 }
 
+/// A deployer that went between saving the restore point and the switch
+/// left nothing to undo: the restore point goes, no IOC is restarted.
+#[test]
+fn rollback_of_a_switch_that_never_started_only_discards_the_restore_point() {
+    let host = FakeHost::new();
+    host.add_generation(1, "v1-top");
+    host.write_unit("epnix-a.service", &unit_of(TOP, "v1"));
+    host.prepare(&["epnix-a.service"]);
+    let ran = rollback(&host, "unconfirmed");
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.stdout, "nothing to roll back: the switch never started\n");
+    assert_eq!(host.calls(), Vec::<String>::new());
+    assert!(!host.exists(&host.records().join("restore")), "the restore point is left");
+    assert!(host.record_lines("outcomes").is_empty() && host.record_lines("events").is_empty());
+}
+
 // ---------------------------------------------------------------- switch.sh
 
 /// A host running generation 1 of `demo` with its unit `mine`, beside a unit
@@ -586,7 +606,7 @@ fn host_with_neighbours() -> (FakeHost, PathBuf) {
 }
 
 fn switch(host: &FakeHost, src: &Path, target: &Path, units: &[&str]) -> Ran {
-    let mut args = vec!["set".to_owned(), path_str(target), path_str(src)];
+    let mut args = vec!["set".to_owned(), path_str(target), path_str(src), "no".to_owned()];
     for u in units {
         args.extend(["write", "enable", "restart"].map(|verb| format!("{verb}:{u}")));
     }
@@ -631,6 +651,34 @@ fn switch_sets_the_profile_and_installs_its_units() {
             "systemctl restart epnix-mine.service epnix-new.service",
         ]
     );
+}
+
+/// A guarded switch marks its restore point used; once the host's rollback
+/// has taken the restore point, a guarded switch changes nothing.
+#[test]
+fn a_guarded_switch_marks_its_restore_point_and_refuses_without_one() {
+    let (host, src) = host_with_neighbours();
+    let v2 = host.store_path("v2-top");
+    let guarded = |host: &FakeHost| {
+        let mut args = vec!["set".to_owned(), path_str(&v2), path_str(&src), "yes".to_owned()];
+        args.extend(["write", "enable", "restart"].map(|verb| format!("{verb}:epnix-mine.service")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        host.run(SWITCH, &args)
+    };
+    // The state directory exists: the deploy lock made it.
+    std::fs::create_dir_all(host.records()).unwrap();
+    let before = host.snapshot();
+    let ran = guarded(&host);
+    assert_eq!((ran.code, ran.stdout.as_str()), (Some(21), "rolled-back\n"), "{ran:?}");
+    let mut after = host.snapshot();
+    after.retain(|path, _| !path.ends_with("rollback.lock"));
+    assert_eq!(after, before, "the host changed");
+    assert_eq!(host.calls(), Vec::<String>::new());
+
+    host.prepare(&["epnix-mine.service"]);
+    let ran = guarded(&host);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(host.exists(&host.records().join("restore/switched")), "the restore point is not marked");
 }
 
 // ---------------------------------------------------------------- confirm.sh

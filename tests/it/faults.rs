@@ -359,3 +359,50 @@ fn a_host_that_rolls_back_by_itself_is_not_rolled_back_twice() {
     assert_eq!(events.lines().count(), 1, "{events}");
     assert!(events.contains(" 2 1 unconfirmed 0"), "{events}");
 }
+
+/// The deployer killed at any moment of a deploy: before the lock, during
+/// the copy, between the restore point and the switch, during the switch or
+/// the checks, after the confirmation. Whatever the moment, the host settles
+/// by itself on a healthy generation, 1 or 2, that runs what it says; it is
+/// never left pending, and never restarts an IOC for a switch that did not
+/// happen.
+#[test]
+fn a_deployer_killed_at_any_moment_leaves_the_host_on_a_healthy_generation() {
+    let (host, flake, ioc, _) = deployed_v1();
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", "", "confirmTimeout = 5;"));
+    let records = host.root().join("var/lib/epnix-deploy/demo");
+    for delay_ms in [300, 450, 550, 650, 750, 850, 1000, 1500, 2500, 3400, 3800, 9000] {
+        let mut deployer = Deployer::start(&flake, &[host.name.as_str(), "demo"]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let finished = deployer.finished();
+        if !finished {
+            deployer.kill();
+        }
+        let log = deployer.stderr();
+        let last_step = log.lines().rev().find(|l| l.ends_with(" ...")).unwrap_or("-").to_owned();
+        deployer.end_masters();
+        // Settled: no restore point left, armed or being rolled back.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while records.join("restore").exists() || records.join("restore.rolling").exists() {
+            assert!(Instant::now() < deadline, "killed after {delay_ms} ms: the host never settled");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let status = epnix_deploy(&flake, &["status", host.name.as_str(), "demo", "--json"]);
+        assert_exit(&status, 0);
+        let status = crate::support::json(&status);
+        assert_eq!(status["outcome"], "healthy", "killed after {delay_ms} ms: {status}");
+        assert_eq!(status["rollbackPending"], false, "killed after {delay_ms} ms: {status}");
+        assert_eq!(status["iocs"][0]["activeState"], "active", "killed after {delay_ms} ms: {status}");
+        assert_eq!(status["iocs"][0]["drift"], serde_json::Value::Null, "killed after {delay_ms} ms: {status}");
+        let on_v1 = profile_link(&host) == "demo-1-link";
+        caget_eventually(&host, "iocDemo:version", &ioc, if on_v1 { "v1" } else { "v2" });
+        eprintln!("killed after {delay_ms} ms in `{last_step}` (finished: {finished}): on {}", profile_link(&host));
+        if !on_v1 {
+            assert_exit(&epnix_deploy(&flake, &["rollback", host.name.as_str(), "demo", "--to", "1"]), 0);
+            caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+        }
+    }
+    // And the next deploy goes through.
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
+    caget_eventually(&host, "iocDemo:version", &ioc, "v2");
+}

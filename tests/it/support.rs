@@ -237,6 +237,11 @@ impl Deployer {
         let _ = child.wait();
     }
 
+    /// Whether the deployer has ended by itself.
+    pub fn finished(&mut self) -> bool {
+        self.child.as_mut().expect("running").try_wait().expect("polling the deployer").is_some()
+    }
+
     /// Ctrl-C, as a terminal sends it: SIGINT to the deployer's process group.
     pub fn interrupt(&self) {
         let pid = self.child.as_ref().expect("running").id();
