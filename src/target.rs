@@ -128,14 +128,33 @@ impl Selection {
 
 /// Who deploys, as `user@machine`, for the generation's origin and the lock.
 pub fn deployer() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned());
+    let env = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok();
     let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned());
-    format!("{user}@{}", machine.unwrap_or_else(|_| "unknown".to_owned()))
+    format!("{}@{}", login_name(env), machine.unwrap_or_else(|_| "unknown".to_owned()))
+}
+
+/// The user's name from the environment, or else from the system (NSS
+/// included): cron and CI jobs often run without `USER`.
+fn login_name(from_env: Option<String>) -> String {
+    let from_os = || {
+        let out = std::process::Command::new("id").arg("-un").stderr(std::process::Stdio::null()).output().ok()?;
+        let name = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        (out.status.success() && !name.is_empty()).then_some(name)
+    };
+    from_env.filter(|u| !u.is_empty()).or_else(from_os).unwrap_or_else(|| "unknown".to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deployer_is_named_without_user_too() {
+        let id = std::process::Command::new("id").arg("-un").output().unwrap();
+        assert_eq!(login_name(None), String::from_utf8(id.stdout).unwrap().trim());
+        assert_eq!(login_name(Some(String::new())), login_name(None));
+        assert_eq!(login_name(Some("ops".into())), "ops");
+    }
 
     #[test]
     fn bare_forms() {
