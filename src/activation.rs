@@ -306,23 +306,33 @@ pub fn switch_safely(
             match confirmed {
                 Ok(_) => {
                     step.done(if safety.magic_rollback { "over a new SSH login; rollback disarmed" } else { "" });
-                    Ok(generation)
+                    // A switch that kept the generation still runs on it.
+                    Ok(generation.or(before.generation))
                 }
                 Err(err) if err.to_string().contains("already rolled back") => {
                     drop(step);
                     Err(settled(remote, target, top, before, "the host rolled back by itself before the switch could be confirmed (is `confirmTimeout` too short for the checks?)".into()))
                 }
-                Err(err) => Err(Failure::new(
-                    Exit::Unknown,
-                    format!(
-                        "the IOCs are healthy on generation {}, but the switch could not be confirmed: {err:#}\n\
-                         the host rolls back by itself to {back_to} unless confirmed within {}s of the last contact\n\
-                         hint: check where it ended with `epnix-deploy list {target} {top}`",
-                        generation.map_or("?".to_owned(), |g| g.to_string()),
-                        safety.confirm_timeout.as_secs()
-                    ),
-                )
-                .into()),
+                Err(err) => {
+                    let fate = if safety.magic_rollback {
+                        format!(
+                            "the host rolls back by itself to {back_to} unless confirmed within {}s of the last contact",
+                            safety.confirm_timeout.as_secs()
+                        )
+                    } else {
+                        "magic rollback is off: the host stays on it, and its restore point stays until the next switch"
+                            .to_owned()
+                    };
+                    Err(Failure::new(
+                        Exit::Unknown,
+                        format!(
+                            "the IOCs are healthy on generation {}, but the switch could not be confirmed: {err:#}\n{fate}\n\
+                             hint: check where it ended with `epnix-deploy list {target} {top}`",
+                            generation.or(before.generation).map_or("?".to_owned(), |g| g.to_string()),
+                        ),
+                    )
+                    .into())
+                }
             }
         }
         Err(err) if host_rolled_back || err.downcast_ref::<HostRollsBack>().is_some() => {
@@ -360,8 +370,11 @@ pub fn switch_safely(
         Err(err) => {
             drop(heartbeat);
             let step = progress.step(&target.label, "roll back");
-            let rolled = roll_back(remote, top, "failed-checks");
-            let verified = rolled.and_then(|rb| {
+            // Whether the rollback itself went through: then a failure is of
+            // the restored IOCs.
+            let mut rolled_back = false;
+            let verified = roll_back(remote, top, "failed-checks").and_then(|rb| {
+                rolled_back = true;
                 let restored = rb.iocs.iter().map(|ioc| (ioc.clone(), HealthCheck::running())).collect();
                 check_health(remote, &restored, safety.activation_timeout, &|| Ok(()), &step)
             });
@@ -379,6 +392,15 @@ pub fn switch_safely(
                     format!(
                         "{err:#}\nrolling back to {back_to}, the connection was lost: {rollback_err:#}\n\
                          hint: the host finishes a started rollback by itself (also at its next boot); see where it ended with `epnix-deploy list {target} {top}`"
+                    ),
+                )
+                .into()),
+                Err(rollback_err) if rolled_back => Err(Failure::new(
+                    Exit::NeedsAttention,
+                    format!(
+                        "{err:#}\nrolled back to {back_to}, but the restored IOCs do not run: {rollback_err:#}\n\
+                         the host needs attention\n\
+                         hint: look with `epnix-deploy status {target} {top}` and `journalctl -u 'epnix-*'` on the host"
                     ),
                 )
                 .into()),
@@ -423,7 +445,9 @@ fn settled(remote: &Remote, target: &Target, top: &str, before: &Before, why: St
         .filter(|(ioc, _)| state.processes.get(*ioc).is_none_or(|p| p.state.active != "active"))
         .map(|(ioc, _)| ioc)
         .collect();
-    if state.current == before.generation && inactive.is_empty() && !state.rollback_pending {
+    // The host's rollback says whether each of its steps went through.
+    let rollback_ok = state.rollbacks.last().is_none_or(|e| e.ok);
+    if state.current == before.generation && inactive.is_empty() && !state.rollback_pending && rollback_ok {
         Failure::new(
             Exit::Failed,
             format!("{why}\nrolled back: `{target}` is back to {back_to}, and its IOCs are active"),
@@ -431,7 +455,9 @@ fn settled(remote: &Remote, target: &Target, top: &str, before: &Before, why: St
         .into()
     } else {
         let now_on = state.current.map_or("no generation".to_owned(), |g| format!("generation {g}"));
-        let down = if inactive.is_empty() {
+        let down = if !rollback_ok {
+            ", and some steps of its rollback failed (see `epnix-deploy list`)".to_owned()
+        } else if inactive.is_empty() {
             String::new()
         } else {
             format!(
@@ -739,18 +765,18 @@ impl std::error::Error for CheckFailed {}
 fn run_check_command(remote: &Remote, ioc: &str, command: &str, timeout_secs: u64) -> Result<()> {
     let scope = format!("{}{ioc}-{}", layout::check_scope_prefix(), &host::nonce()[8..20]);
     let output = remote.output(&remote::RUN_CHECK.cmd(&[&timeout_secs.to_string(), command, &scope]))?;
-    let how = match output.status.code() {
-        Some(0) => return Ok(()),
-        // Nothing changed: the host rolled back before the switch began.
-        Some(21) => return Err(HostRollsBack.into()),
-        Some(255) => {
-            return Err(ConnectionLost(format!("the SSH connection was lost running the check of `{ioc}`")).into());
-        }
-        Some(124) | Some(137) => format!("timed out after {timeout_secs}s"),
-        _ => format!("exited with {}", output.status),
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (said, status) = stdout.trim_end().rsplit_once("\nepnix-check-status ").unwrap_or(("", ""));
+    if !output.status.success() || status.is_empty() {
+        // run_check.sh itself always ends with 0: anything else is ssh's.
+        return Err(ConnectionLost(format!("the SSH connection was lost running the check of `{ioc}`")).into());
+    }
+    let how = match status {
+        "0" => return Ok(()),
+        "124" | "137" => format!("timed out after {timeout_secs}s"),
+        code => format!("exited with status {code}"),
     };
-    let said = String::from_utf8_lossy(&output.stdout).into_owned();
-    Err(CheckFailed(format!("its check command `{command}` {how}:\n{}", tail(&said))).into())
+    Err(CheckFailed(format!("its check command `{command}` {how}:\n{}", tail(said))).into())
 }
 
 #[cfg(test)]

@@ -399,7 +399,9 @@ pub fn rollback(opts: &RollbackOptions, progress: &Progress) -> Result<Report> {
             (state.units_of(&sel.top).map(|(n, t)| (n.clone(), t.clone())).collect(), BTreeMap::new())
         }
     };
-    let plan = plan::switch_to(&sel.top, wanted.number, wanted.top_build(), units, &state, &target.label)?;
+    let mut plan = plan::switch_to(&sel.top, wanted.number, wanted.top_build(), units, &state, &target.label)?;
+    // What the confirmation notes as healthy: this generation, by its path.
+    plan.generation_path = Some(wanted.store_path.clone());
     let checks = plan
         .iocs
         .iter()

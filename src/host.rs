@@ -212,7 +212,10 @@ impl Process {
     /// How the running IOC differs from its unit file and from `build`, the
     /// build its profile points at; `None` when it runs what they say, or
     /// when it does not run at all (then it only needs a start).
-    pub fn drift(&self, build: Option<&Utf8PathBuf>) -> Option<Drift> {
+    /// `builds` are the store paths the IOC may run in: the top's build, and
+    /// the generation's own (for `workingDirectory = "."`, which resolves to
+    /// the generation's store path itself).
+    pub fn drift(&self, builds: &[&Utf8PathBuf]) -> Option<Drift> {
         if self.state.active != "active" {
             return None;
         }
@@ -229,9 +232,9 @@ impl Process {
                 return Some(Drift::OtherProcServ(runs.clone()));
             }
         }
-        let (Some(cwd), Some(build)) = (&self.cwd, build) else { return None };
+        let cwd = self.cwd.as_ref().filter(|_| !builds.is_empty())?;
         let runs = store_path_of(cwd)?;
-        (runs != store_path_of(build)?).then(|| Drift::OtherBuild(runs.into()))
+        (!builds.iter().any(|b| store_path_of(b) == Some(runs))).then(|| Drift::OtherBuild(runs.into()))
     }
 }
 
@@ -445,8 +448,9 @@ impl HostState {
     /// Why `ioc`'s running process differs from what its unit and the
     /// current generation say.
     pub fn drift(&self, ioc: &str) -> Option<Drift> {
-        let build = self.current_generation().map(Generation::top_build);
-        self.processes.get(ioc)?.drift(build)
+        let builds: Vec<&Utf8PathBuf> =
+            self.current_generation().map(|g| vec![g.top_build(), &g.store_path]).unwrap_or_default();
+        self.processes.get(ioc)?.drift(&builds)
     }
 
     /// The `nix-store` that `nix copy` must start on the host, when the
@@ -577,24 +581,28 @@ mod tests {
                 "/nix/store/p2-procServ/bin/procServ".into(),
             )),
         };
-        assert_eq!(p.drift(Some(&build)), None);
+        assert_eq!(p.drift(&[&build]), None);
         p.procserv = Some((
             "/nix/store/p1-procServ/bin/procServ (deleted)".into(),
             "/nix/store/p2-procServ/bin/procServ".into(),
         ));
         assert_eq!(
-            p.drift(Some(&build)),
+            p.drift(&[&build]),
             Some(Drift::OtherProcServ("/nix/store/p1-procServ/bin/procServ (deleted)".into()))
         );
         p.procserv = None;
         p.cwd = Some("/nix/store/old-top/iocBoot/a".into());
-        assert_eq!(p.drift(Some(&build)), Some(Drift::OtherBuild("/nix/store/old-top".into())));
+        assert_eq!(p.drift(&[&build]), Some(Drift::OtherBuild("/nix/store/old-top".into())));
+        // `workingDirectory = "."`: the IOC runs in the generation's own path.
+        p.cwd = Some("/nix/store/g-gen".into());
+        assert_eq!(p.drift(&[&build, &"/nix/store/g-gen".into()]), None);
+        p.cwd = Some("/nix/store/old-top/iocBoot/a".into());
         p.file_changed = 101;
-        assert_eq!(p.drift(Some(&build)), Some(Drift::UnitChangedSinceStart));
+        assert_eq!(p.drift(&[&build]), Some(Drift::UnitChangedSinceStart));
         p.state.need_reload = true;
-        assert_eq!(p.drift(Some(&build)), Some(Drift::UnitNotReloaded));
+        assert_eq!(p.drift(&[&build]), Some(Drift::UnitNotReloaded));
         p.state.active = "activating".into();
-        assert_eq!(p.drift(Some(&build)), None, "an IOC that does not run only needs a start");
+        assert_eq!(p.drift(&[&build]), None, "an IOC that does not run only needs a start");
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub struct Plan {
     pub build: Utf8PathBuf,
     /// How the profile moves.
     pub switch: Switch,
-    /// The new generation's store path, once built (`Switch::New` only).
+    /// The generation's store path: the new one once built (`Switch::New`),
+    /// or the one switched to (`Switch::To`), for its outcome.
     pub generation_path: Option<Utf8PathBuf>,
     /// Whether the top's build differs from the current generation's.
     pub top_changed: bool,

@@ -17,6 +17,12 @@ shift 7
 magic=$1 unit=$2 secs=$3 boot=$4 state=$5 rollback_text=$6 boot_text=$7
 shift 7
 rp=$records/restore
+# A switch whose deployer is gone may still run on the host: wait for it.
+mkdir -p "$records"
+exec 7>>"$records/rollback.lock"
+flock 7
+# A stray timer of an earlier switch must not fire into this one.
+systemctl stop "$unit.timer" 2>/dev/null || true
 if [ -d "$rp.rolling" ]; then
   echo "a rollback of $top is running" >&2
   exit 1
@@ -28,8 +34,9 @@ if [ -L "$profile" ]; then gen_of "$(readlink "$profile")" >"$rp/generation"; el
 for f in $(our_units); do cp -p "$f" "$rp/units/"; done
 printf '%s\n' "$@" >"$rp/touched"
 printf '%s\n' "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" "$units_lock" >"$rp/argv"
-[ "$magic" = yes ] || exit 0
 
+# The boot unit also resumes a rollback that a reboot cut short, magic
+# rollback or not.
 set -e
 # Deploys of other tops may write these two files at the same time: each
 # writes its own temporary file, and the renames are atomic.
@@ -55,7 +62,7 @@ else
   systemctl daemon-reload
 fi
 systemctl is-enabled --quiet "$boot" 2>/dev/null || systemctl enable --quiet "$boot"
-systemctl stop "$unit.timer" 2>/dev/null || true
+[ "$magic" = yes ] || exit 0
 systemctl reset-failed "$unit.service" "$unit.timer" 2>/dev/null || true
 # Timers default to a minute of accuracy. The heartbeats restart the timer,
 # which the default start rate limit (5 in 10 s) would soon refuse.

@@ -4,6 +4,10 @@
 context "$@"
 shift 7
 purge=$1
+# A switch whose deployer is gone may still run on the host: wait for it.
+mkdir -p "$records"
+exec 7>>"$records/rollback.lock"
+flock 7
 status=0
 for f in $(our_units); do
   u=${f##*/}

@@ -28,9 +28,11 @@ if [ ! -f "$rp/switched" ]; then
   exit 0
 fi
 prev=$(cat "$rp/generation")
-from=none
-if [ -L "$profile" ]; then from=$(gen_of "$(readlink "$profile")"); fi
-from_path=$(readlink -f "$profile" 2>/dev/null || echo -)
+# The generation the switch went to, as the switch noted it: empty when it
+# kept the generation (or never got to move the profile).
+from=none from_path=-
+read -r from from_path <"$rp/switched" || true
+from=${from:-none} from_path=${from_path:--}
 status=0
 # Unit names are claimed under the host-wide lock, as the switch does: a
 # name another top took meanwhile stays that top's.

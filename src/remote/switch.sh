@@ -50,13 +50,21 @@ case $mode in
   set)
     mkdir -p "${profile%/*}"
     nix-env --profile "$profile" --set "$target"
-    echo "generation $(readlink "$profile")"
     ;;
   switch)
     nix-env --profile "$profile" --switch-generation "$target"
-    echo "generation $(readlink "$profile")"
     ;;
 esac
+if [ "$mode" != stay ]; then
+  link=$(readlink "$profile")
+  # What the rollback notes as failed, if it comes to that: the generation
+  # switched to, not whatever the profile says when the rollback runs.
+  if [ "$guarded" = yes ]; then
+    printf '%s %s\n' "$(gen_of "$link")" "$(readlink -f "$profile")" >"$records/restore/switched"
+  fi
+  # A closed connection must not end the switch here (set -e).
+  echo "generation $link" || true
+fi
 reload=no enable='' restart='' start=''
 for action; do
   u=${action#*:}
@@ -75,7 +83,9 @@ for action; do
     start:*) start="$start $u" ;;
   esac
 done
-if [ $reload = yes ]; then systemctl daemon-reload; fi
+# A restart for drift may be one because systemd has not loaded the unit as
+# it is: reload before restarting too.
+if [ $reload = yes ] || [ -n "$restart" ]; then systemctl daemon-reload; fi
 # Unit names are plain words.
 # shellcheck disable=SC2086
 if [ -n "$enable" ]; then systemctl enable --quiet $enable; fi

@@ -214,7 +214,8 @@ impl FakeHost {
     /// (arming needs systemd-run): prepare.sh.
     fn prepare(&self, touched: &[&str]) {
         let (rollback, boot) = (ROLLBACK.text(), ROLLBACK_AT_BOOT.text());
-        let mut args = vec!["no", "epnix.rollback-demo", "30s", "epnix.rollback-at-boot.service", "/nonexistent"];
+        let state = path_str(self.records().parent().unwrap());
+        let mut args = vec!["no", "epnix.rollback-demo", "30s", "epnix.rollback-at-boot.service", state.as_str()];
         args.extend([rollback.as_str(), boot.as_str()]);
         args.extend(touched);
         let ran = self.run(PREPARE, &args);
@@ -330,10 +331,10 @@ fn switched_host() -> (FakeHost, PathBuf) {
     host.write_unit("epnix-theirs.service", &unit_of("other", "v1"));
     host.write_unit("epnix-handmade.service", "[Service]\nExecStart=/bin/true\n");
     host.prepare(&["epnix-changed.service", "epnix-removed.service", "epnix-added.service"]);
-    // What switch.sh does first when a restore point guards it.
-    std::fs::write(host.records().join("restore/switched"), "").unwrap();
 
     let v2 = host.add_generation(2, "v2-top");
+    // What switch.sh notes once the profile moved: the generation switched to.
+    std::fs::write(host.records().join("restore/switched"), format!("2 {}\n", path_str(&v2))).unwrap();
     host.write_unit("epnix-changed.service", &unit_of(TOP, "v2"));
     host.remove_unit("epnix-removed.service");
     host.write_unit("epnix-added.service", &unit_of(TOP, "v2"));
@@ -413,9 +414,9 @@ fn rollback_of_a_failed_first_deploy_takes_the_top_away() {
     host.add_generation_of("demo-b", 1, "other-top");
     host.prepare(&["epnix-a.service"]);
     assert_eq!(std::fs::read_to_string(host.records().join("restore/generation")).unwrap(), "none\n");
-    std::fs::write(host.records().join("restore/switched"), "").unwrap();
 
-    host.add_generation(1, "v1-top");
+    let v1 = host.add_generation(1, "v1-top");
+    std::fs::write(host.records().join("restore/switched"), format!("1 {}\n", path_str(&v1))).unwrap();
     host.write_unit("epnix-a.service", &unit_of(TOP, "v1"));
     let ran = rollback(&host, "failed-checks");
 
