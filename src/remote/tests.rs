@@ -571,6 +571,19 @@ fn at_boot_only_armed_restore_points_roll_back() {
     }
 }
 
+/// A switch that kept the generation (a restart for drift, a unit put
+/// back) and failed is rolled back, but notes no generation as failed: the
+/// host is still on the one it was on.
+#[test]
+fn rollback_of_a_switch_that_kept_the_generation_notes_no_outcome() {
+    let (host, _) = switched_host();
+    std::fs::write(host.records().join("restore/switched"), "").unwrap();
+    let ran = rollback(&host, "failed-checks");
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(host.record_lines("outcomes").is_empty(), "{:?}", host.record_lines("outcomes"));
+    assert_eq!(host.record_lines("events")[0][1], "none");
+}
+
 /// A deployer that went between saving the restore point and the switch
 /// left nothing to undo: the restore point goes, no IOC is restarted.
 #[test]

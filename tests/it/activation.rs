@@ -101,6 +101,15 @@ fn a_failing_check_command_is_rolled_back() {
     assert_rolled_back(&out, "its check command `EPICS_CA_ADDR_LIST=");
     assert_back_on_v1(&host, &ioc, &unit_v1);
 
+    // A check's own status is never taken for ssh's (255) or the switch's
+    // (21): both are failed checks, rolled back.
+    for code in [255, 21] {
+        flake.write(&host, &demo(&ioc, "version = \"v2\";", &format!("healthCheck.command = \"exit {code}\";"), ""));
+        let out = epnix_deploy(&flake, &[host.name.as_str(), "demo"]);
+        assert_rolled_back(&out, &format!("its check command `exit {code}` exited with status {code}"));
+        assert_back_on_v1(&host, &ioc, &unit_v1);
+    }
+
     // The same check on a PV that exists passes.
     let check = check.replace("iocDemo:nosuchpv", "iocDemo:heartbeat");
     flake.write(&host, &demo(&ioc, "version = \"v2\";", &check, ""));
