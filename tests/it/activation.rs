@@ -4,6 +4,7 @@
 //! deploy that must stay. Each test asserts where the host ended: its
 //! generation, its unit files, and a PV over Channel Access.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
@@ -185,7 +186,14 @@ fn a_second_deploy_at_the_same_time_fails_fast_and_names_the_first() {
     assert!(started.elapsed() < Duration::from_secs(5), "the second deploy waited {:?}", started.elapsed());
     let err = stderr(&second);
     assert!(err.contains("another deploy of top `demo`"), "{err}");
-    assert!(err.contains(&format!("{}@", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))), "{err}");
+    // The first deploy's user: from the environment, or else the system's
+    // name for it (CI runs without USER).
+    let env = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"));
+    let user = env.ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        let id = Command::new("id").arg("-un").output().expect("running id");
+        String::from_utf8_lossy(&id.stdout).trim().to_owned()
+    });
+    assert!(err.contains(&format!("is running: {user}@")), "{err}");
 
     assert_exit(&first.wait(), 0);
     assert_eq!(profile_link(&host), "demo-1-link");
