@@ -8,39 +8,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Deployer, TestFlake, TestIoc, assert_exit, caget_eventually, epnix_deploy, profile_link, stderr, wait_for_profile,
+    DEMO_UNIT as UNIT, Deployer, TestFlake, TestIoc, assert_exit, assert_on, caget_eventually, demo, deployed_v1,
+    epnix_deploy, profile_link, stderr, wait_for_profile,
 };
 use crate::testbed::TestHost;
 
-/// The demo top: `top_args` for the fixture's builder, `ioc_extra` for the
-/// IOC's entry, `top_extra` for the top's own attributes.
-fn demo(ioc: &TestIoc, top_args: &str, ioc_extra: &str, top_extra: &str) -> String {
-    format!(
-        "demo = {{ package = top {{ {top_args} }}; hosts = [ \"test\" ]; iocs = {{ {} }}; {top_extra} }};",
-        ioc.nix(ioc_extra)
-    )
-}
-
-const UNIT: &str = "/etc/systemd/system/epnix-iocDemo.service";
-
-/// A fresh host with generation 1 (v1) deployed and healthy, its flake, its
-/// IOC and that IOC's unit text.
-fn deployed_v1() -> (TestHost, TestFlake, TestIoc, String) {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", ""));
-    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
-    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
-    let unit = host.ssh_ok(&format!("cat {UNIT}"));
-    (host, flake, ioc, unit)
-}
-
 /// The host is back on generation 1, with v1's unit, and v1 answers.
 fn assert_back_on_v1(host: &TestHost, ioc: &TestIoc, unit_v1: &str) {
-    assert_eq!(profile_link(host), "demo-1-link");
-    assert_eq!(host.ssh_ok(&format!("cat {UNIT}")), unit_v1);
-    caget_eventually(host, "iocDemo:version", ioc, "v1");
+    assert_on(host, 1, unit_v1, ioc, "v1");
 }
 
 fn assert_rolled_back(out: &std::process::Output, why: &str) {

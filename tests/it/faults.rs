@@ -6,41 +6,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Deployer, TestFlake, TestIoc, assert_exit, assert_untouched, caget_eventually, epnix_deploy, list, outcomes,
-    profile_link, stderr, wait_for_profile,
+    DEMO_UNIT as UNIT, Deployer, TestFlake, TestIoc, assert_exit, assert_on, assert_untouched, caget_eventually, demo,
+    deployed_v1, epnix_deploy, list, outcomes, profile_link, stderr, wait_for_profile,
 };
 use crate::testbed::TestHost;
-
-const UNIT: &str = "/etc/systemd/system/epnix-iocDemo.service";
-
-/// The demo top: `top_args` for the fixture's builder, `ioc_extra` for the
-/// IOC's entry, `top_extra` for the top's own attributes.
-fn demo(ioc: &TestIoc, top_args: &str, ioc_extra: &str, top_extra: &str) -> String {
-    format!(
-        "demo = {{ package = top {{ {top_args} }}; hosts = [ \"test\" ]; iocs = {{ {} }}; {top_extra} }};",
-        ioc.nix(ioc_extra)
-    )
-}
-
-/// A fresh host with generation 1 (v1) deployed and healthy; its flake,
-/// IOC and v1's unit text.
-fn deployed_v1() -> (TestHost, TestFlake, TestIoc, String) {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", ""));
-    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
-    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
-    let unit = host.ssh_ok(&format!("cat {UNIT}"));
-    (host, flake, ioc, unit)
-}
-
-/// Generation `n` of the demo top runs, with the unit of `unit`, and v-`version` answers.
-fn assert_on(host: &TestHost, n: u32, unit: &str, ioc: &TestIoc, version: &str) {
-    assert_eq!(profile_link(host), format!("demo-{n}-link"));
-    assert_eq!(host.ssh_ok(&format!("cat {UNIT}")), unit);
-    caget_eventually(host, "iocDemo:version", ioc, version);
-}
 
 /// 1: heartbeats run on their own timer, so a check command that takes
 /// longer than `confirmTimeout` does not get a healthy deploy rolled back.

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use crate::support::{
-    TestFlake, TestIoc, assert_exit, caget_eventually, demo_top, epnix_deploy, ioc_cwd, ioc_env, json, list, numbers,
-    outcomes, profile_link, run, stderr,
+    TestFlake, TestIoc, assert_exit, caget_eventually, demo, demo_top, epnix_deploy, ioc_cwd, ioc_env, json, list,
+    numbers, outcomes, profile_link, run, stderr,
 };
 use crate::testbed::TestHost;
 
@@ -204,10 +204,7 @@ const UNIT: &str = "epnix-iocDemo.service";
 
 /// The demo top at `version`, its IOC with `extra` attributes.
 fn demo_with(version: &str, ioc: &TestIoc, extra: &str) -> String {
-    format!(
-        "demo = {{ package = top {{ version = \"{version}\"; }}; hosts = [ \"test\" ]; iocs = {{ {} }}; }};",
-        ioc.nix(extra)
-    )
+    demo(ioc, &format!("version = \"{version}\";"), extra, "")
 }
 
 /// Issue "Generations that mean what they say", 1: a change of the units

@@ -355,3 +355,36 @@ pub fn ioc_env(host: &TestHost, unit: &str, var: &str) -> String {
 pub fn ioc_cwd(host: &TestHost, unit: &str) -> String {
     host.ssh_ok(&format!("{}; readlink /proc/$ioc/cwd", ioc_pid(unit))).trim().to_owned()
 }
+
+/// The unit file of the demo top's IOC `iocDemo`.
+pub const DEMO_UNIT: &str = "/etc/systemd/system/epnix-iocDemo.service";
+
+/// The demo top: `top_args` for the fixture's builder, `ioc_extra` for the
+/// IOC's entry, `top_extra` for the top's own attributes.
+pub fn demo(ioc: &TestIoc, top_args: &str, ioc_extra: &str, top_extra: &str) -> String {
+    format!(
+        "demo = {{ package = top {{ {top_args} }}; hosts = [ \"test\" ]; iocs = {{ {} }}; {top_extra} }};",
+        ioc.nix(ioc_extra)
+    )
+}
+
+/// A fresh host with generation 1 (v1) of the demo top deployed and
+/// healthy; its flake, its IOC `iocDemo` and that IOC's unit text.
+pub fn deployed_v1() -> (TestHost, TestFlake, TestIoc, String) {
+    let host = TestHost::boot();
+    let flake = TestFlake::new();
+    let ioc = TestIoc::new("iocDemo");
+    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", ""));
+    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
+    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+    let unit = host.ssh_ok(&format!("cat {DEMO_UNIT}"));
+    (host, flake, ioc, unit)
+}
+
+/// Generation `n` of the demo top runs, with the unit text `unit`, and
+/// `version` answers.
+pub fn assert_on(host: &TestHost, n: u32, unit: &str, ioc: &TestIoc, version: &str) {
+    assert_eq!(profile_link(host), format!("demo-{n}-link"));
+    assert_eq!(host.ssh_ok(&format!("cat {DEMO_UNIT}")), unit);
+    caget_eventually(host, "iocDemo:version", ioc, version);
+}
