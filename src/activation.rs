@@ -491,7 +491,7 @@ pub fn ensure_running(
     step.done(&current.map(|g| format!("generation {g} (unchanged)")).unwrap_or_default());
     let step = progress.step(&target.label, "activate");
     let running: BTreeMap<String, HealthCheck> =
-        plan.running().into_iter().map(|ioc| (ioc, HealthCheck { settle_time: 0, ..HealthCheck::running() })).collect();
+        plan.running().into_iter().map(|ioc| (ioc, HealthCheck::active())).collect();
     check_health(remote, &running, timeout, &|| Ok(()), &step)?;
     step.done(&format!("{} IOC(s) active", running.len()));
     Ok(current)

@@ -162,6 +162,11 @@ impl HealthCheck {
     pub fn running() -> HealthCheck {
         HealthCheck { settle_time: 2, ready_line: None, command: None, command_timeout: 1 }
     }
+
+    /// Only "the unit is active": for IOCs a switch did not restart.
+    pub fn active() -> HealthCheck {
+        HealthCheck { settle_time: 0, ..HealthCheck::running() }
+    }
 }
 
 impl Default for HealthCheck {

@@ -170,19 +170,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     let generation = if plan.changes_host() {
         // The IOCs that run something new must pass their own checks; the
         // others only need to stay up.
-        let checks = plan
-            .iocs
-            .iter()
-            .filter(|(name, _)| plan.units.contains_key(*name))
-            .map(|(name, change)| {
-                let check = if change.starts_anew() {
-                    checks[name].clone()
-                } else {
-                    HealthCheck { settle_time: 0, ..HealthCheck::running() }
-                };
-                (name.clone(), check)
-            })
-            .collect();
+        let checks = plan.health_checks(&checks);
         let before = Before { generation: state.current };
         activation::switch_safely(&remote, &target, &plan, &before, &safety, &checks, progress)?
     } else {

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::activation::{self, Before, Safety};
-use crate::config::{self, Config, HealthCheck};
+use crate::config::{self, Config};
 use crate::exit::{BadInput, Exit, Failure};
 use crate::host::{self, Generation, HostState, Outcome, RollbackEvent};
 use crate::layout;
@@ -402,19 +402,7 @@ pub fn rollback(opts: &RollbackOptions, progress: &Progress) -> Result<Report> {
     let mut plan = plan::switch_to(&sel.top, wanted.number, wanted.top_build(), units, &state, &target.label)?;
     // What the confirmation notes as healthy: this generation, by its path.
     plan.generation_path = Some(wanted.store_path.clone());
-    let checks = plan
-        .iocs
-        .iter()
-        .filter(|(name, _)| plan.units.contains_key(*name))
-        .map(|(name, change)| {
-            let check = match stored_checks.get(name) {
-                Some(check) if change.starts_anew() => check.clone(),
-                _ if change.starts_anew() => HealthCheck::running(),
-                _ => HealthCheck { settle_time: 0, ..HealthCheck::running() },
-            };
-            (name.clone(), check)
-        })
-        .collect();
+    let checks = plan.health_checks(&stored_checks);
 
     let top = config.as_ref().and_then(|c| c.tops.get(&sel.top));
     let host_magic =
@@ -470,6 +458,12 @@ pub struct DeleteReport {
 pub struct Freed {
     pub store_paths: u64,
     pub mebibytes: f64,
+}
+
+impl std::fmt::Display for Freed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} store paths, {:.2} MiB", self.store_paths, self.mebibytes)
+    }
 }
 
 /// The generations `doomed` names, never the current one.
@@ -536,16 +530,17 @@ pub fn delete(opts: &DeleteOptions, progress: &Progress) -> Result<DeleteReport>
     let numbers: Vec<String> = deleted.iter().map(u32::to_string).collect();
     remote.run(&remote::DELETE.for_top(&sel.top, &numbers))?;
     step.done(&format!("{} generation(s) deleted", deleted.len()));
-    let freed = if opts.gc {
-        let step = progress.step(&target.label, "collect garbage");
-        let line = remote.run(&remote::GC.cmd(&[] as &[&str])).context("running the host's garbage collector")?;
-        step.done(line.trim());
-        parse_freed(&line)
-    } else {
-        None
-    };
+    let freed = if opts.gc { collect_garbage(&remote, &target, progress)? } else { None };
     remote.close();
     Ok(report(freed))
+}
+
+/// Runs the host's garbage collector; what it freed.
+fn collect_garbage(remote: &Remote, target: &Target, progress: &Progress) -> Result<Option<Freed>> {
+    let step = progress.step(&target.label, "collect garbage");
+    let line = remote.run(&remote::GC.cmd(&[] as &[&str])).context("running the host's garbage collector")?;
+    step.done(line.trim());
+    Ok(parse_freed(&line))
 }
 
 /// Reads the collector's `3 store paths deleted, 1.20 MiB freed`.
@@ -569,7 +564,7 @@ pub fn print_delete(report: &DeleteReport) {
         join(&report.deleted),
         join(&report.remaining),
         match &report.freed {
-            Some(f) => format!("{} store paths, {:.2} MiB", f.store_paths, f.mebibytes),
+            Some(f) => f.to_string(),
             None if report.dry_run => "- (dry run)".into(),
             None => "- (no --gc)".into(),
         },
@@ -634,14 +629,7 @@ pub fn remove(opts: &RemoveOptions, progress: &Progress) -> Result<RemoveReport>
         .into());
     }
     step.done(&format!("{} unit(s) removed", removed.len()));
-    let freed = if opts.gc {
-        let step = progress.step(&target.label, "collect garbage");
-        let line = remote.run(&remote::GC.cmd(&[] as &[&str])).context("running the host's garbage collector")?;
-        step.done(line.trim());
-        parse_freed(&line)
-    } else {
-        None
-    };
+    let freed = if opts.gc { collect_garbage(&remote, &target, progress)? } else { None };
     remote.close();
     Ok(RemoveReport { host: target.label.clone(), top: sel.top.clone(), removed, deleted, freed })
 }
@@ -654,10 +642,7 @@ pub fn print_remove(report: &RemoveReport) {
         report.top.clone(),
         list(report.removed.clone()),
         list(report.deleted.iter().map(u32::to_string).collect()),
-        report
-            .freed
-            .as_ref()
-            .map_or("-".to_owned(), |f| format!("{} store paths, {:.2} MiB", f.store_paths, f.mebibytes)),
+        report.freed.as_ref().map_or("-".to_owned(), Freed::to_string),
     ]);
     print!("{}", table::render(&rows));
 }

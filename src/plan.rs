@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use camino::Utf8PathBuf;
 
-use crate::config::Top;
+use crate::config::{HealthCheck, Top};
 use crate::exit::BadInput;
 use crate::host::{Drift, HostState};
 use crate::layout;
@@ -243,6 +243,24 @@ impl Plan {
         self.iocs.iter().filter(|(_, c)| wanted.contains(c)).map(|(n, _)| n.clone()).collect()
     }
 
+    /// What each IOC that runs after the switch must pass: its `own` checks
+    /// when it runs something new (only "it runs" without them), else only
+    /// "it is active".
+    pub fn health_checks(&self, own: &BTreeMap<String, HealthCheck>) -> BTreeMap<String, HealthCheck> {
+        self.iocs
+            .iter()
+            .filter(|(name, _)| self.units.contains_key(*name))
+            .map(|(name, change)| {
+                let check = match own.get(name) {
+                    _ if !change.starts_anew() => HealthCheck::active(),
+                    Some(check) => check.clone(),
+                    None => HealthCheck::running(),
+                };
+                (name.clone(), check)
+            })
+            .collect()
+    }
+
     /// The IOCs whose units run after the switch.
     pub fn running(&self) -> Vec<String> {
         self.units.keys().cloned().collect()
@@ -475,6 +493,21 @@ mod tests {
         assert_eq!(plan.iocs["a"].as_str(), "restarted (drift)");
         assert!(plan.changes_host());
         assert_eq!(plan.actions(), strings(&["enable:epnix-a.service", "restart:epnix-a.service"]));
+    }
+
+    #[test]
+    fn what_runs_anew_passes_its_own_checks_the_rest_only_runs() {
+        let top = top(json!({
+            "a": { "workingDirectory": "iocBoot/a" },
+            "b": { "workingDirectory": "iocBoot/b" }
+        }));
+        let unit_b = unit::render("t", "b", &top.iocs["b"], &facts());
+        let plan = plan_for(&top, &host(Some("/nix/store/new-t"), &[("b", unit_b)])).unwrap();
+        let own = BTreeMap::from([("a".to_owned(), HealthCheck::default())]);
+        let checks = plan.health_checks(&own);
+        assert_eq!(checks["a"], HealthCheck::default());
+        assert_eq!(checks["b"], HealthCheck::active());
+        assert_eq!(plan.health_checks(&BTreeMap::new())["a"], HealthCheck::running());
     }
 
     #[test]
