@@ -4,10 +4,10 @@
   inputs = {
     # EPNix builds the top; pick its release branch as in EPNix's guide.
     epnix.url = "github:epics-extensions/EPNix/nixos-25.11";
-        # The flake this template came from (`nix flake init -t <it>#top`):
-    # put the address you got epnix-deploy from here (OWNER is not filled in,
-    # as the project has no published address yet).
-    epnix-deploy.url = "github:OWNER/epnix-deploy";
+    # The deployment tool. Got it from elsewhere (a fork, a local clone)?
+    # Put that address here, or keep this one and give nix (and the tool)
+    # `--override-input epnix-deploy <flake reference>`.
+    epnix-deploy.url = "github:epics-extensions/epnix-deploy";
     # One nixpkgs for the top and the tool.
     epnix-deploy.inputs.nixpkgs.follows = "epnix/nixpkgs";
   };
@@ -33,8 +33,12 @@
 
       packages.${system}.default = pkgs.myTop;
 
-      # `nix run .#deploy -- ioc-server-1 myTop`, from this directory.
-      apps.${system}.deploy = epnix-deploy.apps.${system}.deploy;
+      # `nix run . -- ioc-server-1 myTop` (or `.#deploy`), from this
+      # directory: epnix-deploy, from the input above.
+      apps.${system} = {
+        deploy = epnix-deploy.apps.${system}.deploy;
+        default = self.apps.${system}.deploy;
+      };
 
       # Where the IOCs of this top run. `checkConfig` stops the evaluation
       # with every mistake and its attribute path; the README of
