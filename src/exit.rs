@@ -30,16 +30,21 @@ pub enum Exit {
     Busy,
     /// Interrupted (Ctrl-C) before the switch: nothing was changed.
     Interrupted,
+    /// The first SSH login to the host failed (a refused key, an unknown or
+    /// changed host key, no answer): nothing was changed.
+    Unreachable,
 }
 
 impl Exit {
-    pub const ALL: [Exit; 7] = [
+    /// In the order of their codes.
+    pub const ALL: [Exit; 8] = [
         Exit::Success,
         Exit::Failed,
         Exit::BadInput,
         Exit::NeedsAttention,
         Exit::Unknown,
         Exit::Busy,
+        Exit::Unreachable,
         Exit::Interrupted,
     ];
 
@@ -51,6 +56,7 @@ impl Exit {
             Exit::NeedsAttention => 3,
             Exit::Unknown => 4,
             Exit::Busy => 5,
+            Exit::Unreachable => 6,
             Exit::Interrupted => 130,
         }
     }
@@ -67,6 +73,7 @@ impl Exit {
             }
             Exit::Busy => "busy: another deploy holds the lock, or a rollback is pending; nothing changed",
             Exit::Interrupted => "interrupted before the switch; nothing changed",
+            Exit::Unreachable => "could not log in to the host over SSH; nothing changed",
         }
     }
 }
@@ -160,9 +167,14 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_distinct() {
-        let mut codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
-        codes.dedup();
-        assert_eq!(codes.len(), Exit::ALL.len());
+    fn codes_are_distinct_and_in_order() {
+        let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:?}");
+    }
+
+    #[test]
+    fn a_failure_keeps_its_exit_through_context() {
+        let err = anyhow::Error::new(Failure::new(Exit::Unreachable, "no login")).context("listing");
+        assert_eq!(code_for(&err), Exit::Unreachable);
     }
 }

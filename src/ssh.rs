@@ -4,6 +4,11 @@
 //! command and `nix copy` ride it, so the user authenticates once. Remote
 //! commands are argv lists: `openssh` quotes each word for the remote shell, so
 //! a value from the configuration can never become shell syntax.
+//!
+//! A failed login is told apart by what ssh printed ([`classify_login`]): a
+//! refused key, an unknown or changed host key, no answer. The error names
+//! the host, the `ssh` command line and ssh's last lines, and ends with a
+//! hint for that case.
 
 use std::fmt;
 use std::io::Write as _;
@@ -19,7 +24,7 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::runtime::Runtime;
 
-use crate::exit::BadInput;
+use crate::exit::{BadInput, Exit, Failure};
 use crate::process::{shell_quote, tail};
 use crate::target::Target;
 
@@ -202,6 +207,11 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// Opens the master connection: the login. Its failure is
+    /// [`Exit::Unreachable`], with what ssh said and a hint, which is true
+    /// of a first connection (nothing was changed yet); a caller that
+    /// connects again after a change classifies the failure itself, as the
+    /// confirmation of a switch does.
     pub fn connect(target: &Target) -> Result<Remote> {
         let opts = parse_ssh_opts(&target.ssh_opts)?;
         // The control socket must fit in a UNIX socket address: keep the
@@ -214,7 +224,7 @@ impl Remote {
         builder
             .control_directory(dir.path())
             .known_hosts_check(opts.strict_host_key_checking.clone().unwrap_or(KnownHosts::Strict))
-            .connect_timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_SECS))
             .server_alive_interval(Duration::from_secs(10))
             // A master left behind by a killed deployer ends by itself.
             .control_persist(ControlPersist::IdleFor(NonZeroUsize::new(60).expect("non-zero")));
@@ -241,9 +251,16 @@ impl Remote {
 
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+        let login = Login::new(target, &opts);
         let session = runtime.block_on(builder.connect(target.destination())).map_err(|err| {
-            anyhow::Error::new(err)
-                .context(format!("could not open an SSH connection to `{target}` ({})", describe_endpoint(target)))
+            let said = match &err {
+                // `openssh` hands over what ssh printed, as this error's text.
+                openssh::Error::Connect(io) if io.raw_os_error().is_none() => io.to_string(),
+                other => {
+                    format!("{other}: {}", std::error::Error::source(other).map(|s| s.to_string()).unwrap_or_default())
+                }
+            };
+            anyhow::Error::new(Failure::new(Exit::Unreachable, login.failed(&said)))
         })?;
         Ok(Remote { runtime, session: Some(Arc::new(session)), lock: None, target: target.clone(), _dir: dir })
     }
@@ -370,10 +387,228 @@ fn lost(target: &Target, err: openssh::Error) -> anyhow::Error {
     anyhow::Error::new(err).context(ConnectionLost(format!("on `{target}`: the SSH connection failed")))
 }
 
-fn describe_endpoint(target: &Target) -> String {
-    match target.port {
-        Some(port) => format!("{}, port {port}", target.destination()),
-        None => target.destination(),
+/// How long ssh waits for the host to answer a login.
+const CONNECT_TIMEOUT_SECS: u64 = 15;
+
+/// Why a login failed, read from what ssh printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginProblem {
+    /// The host refused every key offered (`Permission denied (publickey)`).
+    KeyRefused,
+    /// The host's key is not in the known hosts, and checking is strict.
+    UnknownHostKey,
+    /// The host's key is not the one the known hosts hold for it.
+    HostKeyChanged,
+    /// No SSH server answered: connection refused or timed out, no route,
+    /// a name that does not resolve.
+    NoAnswer,
+    /// Anything else.
+    Other,
+}
+
+/// Reads ssh's stderr. A changed key is looked for first: ssh ends that
+/// message with the same "Host key verification failed." as an unknown one.
+pub fn classify_login(stderr: &str) -> LoginProblem {
+    let said = stderr.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| said.contains(n));
+    if said.contains("remote host identification has changed")
+        || (said.contains("host key for") && said.contains("has changed"))
+    {
+        LoginProblem::HostKeyChanged
+    } else if any(&["host key verification failed", "host key is known for", "authenticity of host"]) {
+        LoginProblem::UnknownHostKey
+    } else if any(&["permission denied (", "too many authentication failures", "no more authentication methods"]) {
+        LoginProblem::KeyRefused
+    } else if any(&[
+        "connection refused",
+        "connection timed out",
+        "operation timed out",
+        "no route to host",
+        "network is unreachable",
+        "could not resolve hostname",
+        "name or service not known",
+        "temporary failure in name resolution",
+    ]) {
+        LoginProblem::NoAnswer
+    } else {
+        LoginProblem::Other
+    }
+}
+
+/// A login as the master connection makes it: where to, and the options
+/// that decide whether it works, for messages and `--verbose`.
+struct Login<'a> {
+    target: &'a Target,
+    user: Option<&'a str>,
+    port: Option<u16>,
+    opts: &'a SshOptions,
+}
+
+impl<'a> Login<'a> {
+    fn new(target: &'a Target, opts: &'a SshOptions) -> Login<'a> {
+        Login { target, user: target.user.as_deref().or(opts.user.as_deref()), port: target.port.or(opts.port), opts }
+    }
+
+    /// `user@hostname`, as ssh takes it.
+    fn who(&self) -> String {
+        match self.user {
+            Some(user) => format!("{user}@{}", self.target.hostname),
+            None => self.target.hostname.clone(),
+        }
+    }
+
+    /// `-p PORT `, or nothing, for the commands a hint suggests.
+    fn port_flag(&self) -> String {
+        self.port.map(|p| format!("-p {p} ")).unwrap_or_default()
+    }
+
+    /// The host as the known hosts name it: `[hostname]:port` off port 22.
+    fn known_hosts_entry(&self) -> String {
+        match self.port {
+            Some(port) if port != 22 => format!("[{}]:{port}", self.target.hostname),
+            _ => self.target.hostname.clone(),
+        }
+    }
+
+    fn known_hosts_file(&self) -> &str {
+        self.opts.known_hosts_file.as_deref().unwrap_or("~/.ssh/known_hosts")
+    }
+
+    /// The `ssh` command line of the login, without the master's own
+    /// options (control socket, log, persistence): the one to try by hand.
+    /// The `-o` options from `sshOpts` are shown as such, not as the config
+    /// file they are written to.
+    fn command(&self) -> Vec<String> {
+        let strict = match self.opts.strict_host_key_checking {
+            Some(KnownHosts::Add) => "accept-new",
+            Some(KnownHosts::Accept) => "no",
+            Some(KnownHosts::Strict) | None => "yes",
+        };
+        let mut argv: Vec<String> = vec!["ssh".into(), "-o".into(), "BatchMode=yes".into()];
+        argv.extend(["-o".into(), format!("StrictHostKeyChecking={strict}")]);
+        argv.extend(["-o".into(), format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}")]);
+        if let Some(port) = self.port {
+            argv.extend(["-p".into(), port.to_string()]);
+        }
+        if let Some(key) = &self.opts.keyfile {
+            argv.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into(), key.clone()]);
+        }
+        if let Some(file) = &self.opts.known_hosts_file {
+            argv.extend(["-o".into(), format!("UserKnownHostsFile={file}")]);
+        }
+        if !self.opts.jump_hosts.is_empty() {
+            argv.extend(["-J".into(), self.opts.jump_hosts.join(",")]);
+        }
+        if let Some(file) = &self.opts.config_file {
+            argv.extend(["-F".into(), file.clone()]);
+        }
+        for (key, value) in &self.opts.extra {
+            argv.extend(["-o".into(), format!("{key}={value}")]);
+        }
+        argv.push(self.who());
+        argv
+    }
+
+    fn command_line(&self) -> String {
+        self.command().iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Where the user sets an ssh option for this host.
+    fn ssh_opts_setting(&self, example: &str) -> String {
+        match &self.target.name {
+            Some(name) => format!(
+                "`{}.hosts.{}.sshOpts = [ {} ]` (or `--ssh-opts \"{example}\"`)",
+                crate::config::ROOT,
+                crate::config::attr(name),
+                example.split(' ').map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ")
+            ),
+            None => format!("`--ssh-opts \"{example}\"`"),
+        }
+    }
+
+    /// What went wrong, and what to do about it.
+    fn explain(&self, problem: LoginProblem) -> (&'static str, String) {
+        let who = self.who();
+        let port = self.port_flag();
+        match problem {
+            LoginProblem::KeyRefused => {
+                let key = self.opts.keyfile.as_deref().unwrap_or("~/.ssh/id_ed25519");
+                (
+                    "the host refused the key(s) offered",
+                    format!(
+                        "install your public key on the host with `ssh-copy-id -i {key} {port}{who}`, \
+                         or name a key the host accepts with {}; the key must work without a prompt (an agent, or no passphrase)",
+                        self.ssh_opts_setting("-i <key>")
+                    ),
+                )
+            }
+            LoginProblem::UnknownHostKey => {
+                let file = self.known_hosts_file();
+                let file_opt = match &self.opts.known_hosts_file {
+                    Some(f) => format!("-o UserKnownHostsFile={f} "),
+                    None => String::new(),
+                };
+                (
+                    "ssh does not know the host's key, and checks host keys strictly",
+                    format!(
+                        "connect once by hand, `ssh {file_opt}{port}{who}`, to check the key's fingerprint and accept it; \
+                         or add it to `{file}` with `ssh-keyscan {port}{} >> {file}` after checking its fingerprint \
+                         (`ssh-keygen -lf` on the host's `/etc/ssh/ssh_host_*_key.pub`)",
+                        self.target.hostname
+                    ),
+                )
+            }
+            LoginProblem::HostKeyChanged => {
+                let file = match &self.opts.known_hosts_file {
+                    Some(f) => format!(" -f {f}"),
+                    None => String::new(),
+                };
+                (
+                    "the host's key has CHANGED since it was recorded",
+                    format!(
+                        "either the host got new keys (reinstalled) or something is in between; once you are sure it is the former, \
+                         forget the old key with `ssh-keygen -R {}{file}` and connect once by hand to accept the new one",
+                        shell_quote(&self.known_hosts_entry())
+                    ),
+                )
+            }
+            LoginProblem::NoAnswer => {
+                let place = match &self.target.name {
+                    Some(name) => {
+                        format!("`{}.hosts.{}.hostname` and `sshPort`", crate::config::ROOT, crate::config::attr(name))
+                    }
+                    None => format!("the address and port in `{}`", self.target.label),
+                };
+                (
+                    "no SSH server answered",
+                    format!(
+                        "check {place}, that the host is up and its sshd runs, and that the network lets you through (`ssh {port}{who} true`)"
+                    ),
+                )
+            }
+            LoginProblem::Other => {
+                ("ssh failed", "run the command above by hand with `-v` added to see where the login stops".to_owned())
+            }
+        }
+    }
+
+    /// The message of a failed login: the host, the problem, the command,
+    /// ssh's last lines, the hint.
+    fn failed(&self, said: &str) -> String {
+        let said = said.replace('\r', "");
+        let (what, hint) = self.explain(classify_login(&said));
+        let endpoint = match self.port {
+            Some(port) => format!("{}, port {port}", self.who()),
+            None => self.who(),
+        };
+        format!(
+            "could not log in to `{}` over SSH ({endpoint}): {what}; nothing was changed\n\
+             `{}` said:\n{}\n\
+             hint: {hint}",
+            self.target.label,
+            self.command_line(),
+            tail(&said)
+        )
     }
 }
 
@@ -429,6 +664,119 @@ mod tests {
         let err = opts(&["-v"]).unwrap_err().to_string();
         assert!(err.contains("sshOpts: `-v` is not supported"), "{err}");
         assert!(opts(&["-i"]).unwrap_err().to_string().contains("`-i` needs a value"));
+    }
+
+    /// What ssh (OpenSSH 9) prints for each way a login fails.
+    const REFUSED_KEY: &str = "root@127.0.0.1: Permission denied (publickey,password).";
+    const UNKNOWN_KEY: &str = "No ED25519 host key is known for [127.0.0.1]:2201 and you have requested strict checking.\r\nHost key verification failed.\r";
+    const CHANGED_KEY: &str = "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\r
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\r
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\r
+Offending ED25519 key in /root/.ssh/known_hosts:3\r
+Host key for [127.0.0.1]:2201 has changed and you have requested strict checking.\r
+Host key verification failed.\r";
+
+    #[test]
+    fn login_failures_are_told_apart() {
+        assert_eq!(classify_login(REFUSED_KEY), LoginProblem::KeyRefused);
+        assert_eq!(
+            classify_login("Received disconnect from 10.0.0.5 port 22:2: Too many authentication failures"),
+            LoginProblem::KeyRefused
+        );
+        assert_eq!(classify_login(UNKNOWN_KEY), LoginProblem::UnknownHostKey);
+        assert_eq!(classify_login("Host key verification failed."), LoginProblem::UnknownHostKey);
+        assert_eq!(classify_login(CHANGED_KEY), LoginProblem::HostKeyChanged);
+        for no_answer in [
+            "connect to host 127.0.0.1 port 1: Connection refused",
+            "connect to host 10.0.0.5 port 22: Connection timed out",
+            "connect to host 10.0.0.5 port 22: No route to host",
+            "connect to host 10.0.0.5 port 22: Network is unreachable",
+            "Could not resolve hostname ioc-nowhere: Name or service not known",
+            "Could not resolve hostname ioc-nowhere: Temporary failure in name resolution",
+            "Connection timed out during banner exchange",
+        ] {
+            assert_eq!(classify_login(no_answer), LoginProblem::NoAnswer, "{no_answer}");
+        }
+        assert_eq!(
+            classify_login("kex_exchange_identification: Connection closed by remote host"),
+            LoginProblem::Other
+        );
+    }
+
+    fn configured(opts: &[&str]) -> Target {
+        Target {
+            label: "ioc1".into(),
+            name: Some("ioc1".into()),
+            user: Some("root".into()),
+            hostname: "10.0.0.5".into(),
+            port: Some(2201),
+            ssh_opts: opts.iter().map(|o| (*o).to_owned()).collect(),
+        }
+    }
+
+    fn login_failed(target: &Target, said: &str) -> String {
+        let opts = parse_ssh_opts(&target.ssh_opts).unwrap();
+        Login::new(target, &opts).failed(said)
+    }
+
+    #[test]
+    fn a_refused_key_names_the_host_the_command_and_ssh_copy_id() {
+        let err = login_failed(&configured(&["-i", "/keys/ioc", "-o", "ConnectTimeout=5"]), REFUSED_KEY);
+        assert!(
+            err.starts_with("could not log in to `ioc1` over SSH (root@10.0.0.5, port 2201): the host refused the key(s) offered; nothing was changed\n"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "`ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=15 -p 2201 -o IdentitiesOnly=yes -i /keys/ioc -o ConnectTimeout=5 root@10.0.0.5` said:"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("said:\n  root@127.0.0.1: Permission denied (publickey,password).\nhint: "), "{err}");
+        let hint = err.rsplit_once("\nhint: ").expect("a hint").1;
+        assert!(hint.contains("`ssh-copy-id -i /keys/ioc -p 2201 root@10.0.0.5`"), "{hint}");
+        assert!(hint.contains("`epnixDeploy.hosts.ioc1.sshOpts = [ \"-i\" \"<key>\" ]`"), "{hint}");
+        assert!(hint.contains("`--ssh-opts \"-i <key>\"`"), "{hint}");
+    }
+
+    #[test]
+    fn an_unknown_host_key_points_at_the_known_hosts() {
+        let bare = Target::resolve("root@127.0.0.1:2201", None).unwrap();
+        let err = login_failed(&bare, UNKNOWN_KEY);
+        assert!(err.contains("ssh does not know the host's key"), "{err}");
+        assert!(!err.contains('\r'), "{err:?}");
+        assert!(err.contains("said:\n  No ED25519 host key is known for [127.0.0.1]:2201 and you have requested strict checking.\n  Host key verification failed.\nhint: "), "{err}");
+        let hint = err.rsplit_once("\nhint: ").unwrap().1;
+        assert!(hint.contains("`ssh -p 2201 root@127.0.0.1`"), "{hint}");
+        assert!(hint.contains("`ssh-keyscan -p 2201 127.0.0.1 >> ~/.ssh/known_hosts`"), "{hint}");
+
+        let mut with_file = configured(&["-o", "UserKnownHostsFile=/etc/epnix/known_hosts"]);
+        with_file.port = None;
+        let hint = login_failed(&with_file, UNKNOWN_KEY).rsplit_once("\nhint: ").unwrap().1.to_owned();
+        assert!(hint.contains("`ssh -o UserKnownHostsFile=/etc/epnix/known_hosts root@10.0.0.5`"), "{hint}");
+        assert!(hint.contains("`ssh-keyscan 10.0.0.5 >> /etc/epnix/known_hosts`"), "{hint}");
+    }
+
+    #[test]
+    fn a_changed_host_key_is_forgotten_only_after_making_sure() {
+        let err = login_failed(&configured(&[]), CHANGED_KEY);
+        assert!(err.contains("the host's key has CHANGED"), "{err}");
+        assert!(err.contains("  IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!"), "{err}");
+        let hint = err.rsplit_once("\nhint: ").unwrap().1;
+        assert!(hint.contains("once you are sure"), "{hint}");
+        assert!(hint.contains("`ssh-keygen -R '[10.0.0.5]:2201'`"), "{hint}");
+    }
+
+    #[test]
+    fn no_answer_points_at_the_address() {
+        let err = login_failed(&configured(&[]), "connect to host 10.0.0.5 port 2201: Connection refused");
+        assert!(err.contains("no SSH server answered"), "{err}");
+        assert!(err.contains("check `epnixDeploy.hosts.ioc1.hostname` and `sshPort`"), "{err}");
+        let bare = Target::resolve("root@ioc-nowhere", None).unwrap();
+        let err = login_failed(&bare, "Could not resolve hostname ioc-nowhere: Name or service not known");
+        assert!(err.contains("the address and port in `root@ioc-nowhere`"), "{err}");
+        assert!(err.contains("`ssh root@ioc-nowhere true`"), "{err}");
     }
 
     #[test]

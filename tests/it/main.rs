@@ -8,6 +8,7 @@ mod hardening;
 mod module;
 mod parity;
 mod procserv;
+mod ssh_failures;
 mod support;
 mod testbed;
 
