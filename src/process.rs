@@ -42,8 +42,9 @@ impl Cmd {
     }
 
     /// Runs the program to completion and returns its stdout. Its stderr is
-    /// captured for the error message.
+    /// captured for the error message. `--verbose` shows the command first.
     pub fn output(&self) -> Result<String, CmdError> {
+        crate::progress::trace("local", &self.to_string());
         let mut command = Command::new(&self.program);
         command.args(&self.args).stdin(Stdio::null());
         for (key, value) in &self.env {

@@ -67,7 +67,34 @@ impl RemoteCmd {
     pub fn shell_line(&self) -> String {
         self.argv.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
     }
+
+    /// The command as `--verbose` shows it: a script by its name, as in
+    /// errors, and a word of several lines (a script's text handed to
+    /// another, a unit file) or of more than [`TRACE_WORD_MAX`] bytes by its
+    /// size only.
+    pub fn trace_line(&self) -> String {
+        let words = match self.script {
+            Some(_) => &self.argv[4..],
+            None => &self.argv[..],
+        };
+        let mut line: Vec<String> = match self.script {
+            Some(name) => vec!["sh".to_owned(), format!("{name}.sh")],
+            None => Vec::new(),
+        };
+        line.extend(words.iter().map(|w| match w.lines().count() {
+            n if n > 1 => format!("<{n} lines>"),
+            _ if w.len() > TRACE_WORD_MAX => format!("<{} bytes>", w.len()),
+            _ => shell_quote(w),
+        }));
+        if let Some(stdin) = &self.stdin {
+            line.push(format!("<<< ({} bytes)", stdin.len()));
+        }
+        line.join(" ")
+    }
 }
+
+/// The longest word `--verbose` shows whole.
+const TRACE_WORD_MAX: usize = 200;
 
 impl fmt::Display for RemoteCmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -252,6 +279,7 @@ impl Remote {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
         let login = Login::new(target, &opts);
+        crate::progress::trace(&target.label, &login.command_line());
         let session = runtime.block_on(builder.connect(target.destination())).map_err(|err| {
             let said = match &err {
                 // `openssh` hands over what ssh printed, as this error's text.
@@ -273,6 +301,7 @@ impl Remote {
     /// and then holds the lock until its stdin closes, or prints `busy` and
     /// a holder line and exits.
     pub fn hold_lock(&mut self, cmd: &RemoteCmd) -> Result<Lock> {
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
         let session = Arc::clone(self.session());
         let (line, child) = self
             .runtime
@@ -321,6 +350,7 @@ impl Remote {
 
     /// Runs `cmd` and returns whatever it did, for callers that read the status.
     pub fn output(&self, cmd: &RemoteCmd) -> Result<Output> {
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
         let session = self.session();
         let result = self.runtime.block_on(async {
             let mut command = session.command(&cmd.argv[0]);
@@ -360,7 +390,9 @@ impl Remote {
 
 /// Runs `line` on the host through the master connection at `socket`, with
 /// the `ssh` program itself, so that it needs nothing of the [`Remote`] and
-/// can run on another thread. Ended (and an error) after `timeout`.
+/// can run on another thread. Ended (and an error) after `timeout`. Not
+/// traced: the heartbeats that use it come every few seconds, and `line`
+/// holds a script's whole text.
 pub fn run_on_master(socket: &Path, line: &str, timeout: Duration) -> std::io::Result<Output> {
     let mut child = std::process::Command::new("ssh")
         .arg("-S")
@@ -777,6 +809,18 @@ Host key verification failed.\r";
         let err = login_failed(&bare, "Could not resolve hostname ioc-nowhere: Name or service not known");
         assert!(err.contains("the address and port in `root@ioc-nowhere`"), "{err}");
         assert!(err.contains("`ssh root@ioc-nowhere true`"), "{err}");
+    }
+
+    #[test]
+    fn remote_commands_are_traced_without_script_texts() {
+        let cmd = RemoteCmd::script(
+            "prepare",
+            "echo \"$@\"",
+            &["demo", "a b", "#!/bin/sh\nset -eu\nexit 0\n", &"x".repeat(300)],
+        );
+        assert_eq!(cmd.trace_line(), "sh prepare.sh demo 'a b' <3 lines> <300 bytes>");
+        let cmd = RemoteCmd::new(["systemctl", "is-active", "epnix-ioc1.service"]).with_stdin("unit\n".into());
+        assert_eq!(cmd.trace_line(), "systemctl is-active epnix-ioc1.service <<< (5 bytes)");
     }
 
     #[test]
