@@ -1,19 +1,27 @@
-//! The command line: clap types are parsed here into checked options, and
-//! nothing below this module sees clap.
+//! The command line: the raw flags are parsed here, once, into a checked
+//! [`Request`]; nothing below this module sees clap. The result (or the
+//! failure) goes to `output`, the one writer of stdout.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
+use crate::commands::delete::{self, DeleteOptions, Doomed};
+use crate::commands::deploy::{self, DeployOptions};
+use crate::commands::remove::{self, RemoveOptions};
+use crate::commands::rollback::{self, RollbackOptions};
+use crate::commands::{self, Changing, Run, list, status};
 use crate::config;
-use crate::deploy::{self, DeployOptions};
 use crate::exit::{self, BadInput, Exit};
-use crate::generations::{self, Changing, DeleteOptions, Doomed, RemoveOptions, RollbackOptions};
+use crate::nix::Flake;
+use crate::output::{self, Ended, ErrorReport, Render, Style};
 use crate::progress::Progress;
-use crate::report;
+use crate::suggest;
 use crate::target::Selection;
 
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
@@ -25,6 +33,13 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     deploy: DeployArgs,
+    /// Show every command run, on this machine and on the host, with its
+    /// arguments (on stderr).
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Show errors only: no progress, no notes (stdout still has the result).
+    #[arg(short, long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,14 +69,18 @@ enum Command {
 #[derive(Args, Debug)]
 struct HostTop {
     /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
-    #[arg(required = true)]
+    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
     host: Option<String>,
     /// A top from `epnixDeploy.tops`.
-    #[arg(required = true)]
+    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
     top: Option<String>,
     /// The flake that defines `epnixDeploy`.
     #[arg(long, default_value = ".")]
     flake: String,
+    /// Override an input of the flake for this run, as nix's own flag does,
+    /// e.g. `--override-input epnix-deploy path:../epnix-deploy`.
+    #[arg(long, num_args = 2, value_names = ["INPUT", "FLAKE_REF"], action = clap::ArgAction::Append)]
+    override_input: Vec<String>,
     /// Extra ssh options for this run, e.g. `--ssh-opts "-i ~/.ssh/ioc -o ConnectTimeout=5"`;
     /// they come after the host's `sshOpts`.
     #[arg(long, value_name = "OPTS", allow_hyphen_values = true)]
@@ -73,8 +92,9 @@ struct HostTop {
 
 impl HostTop {
     fn selection(&self) -> Selection {
+        let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
         Selection {
-            flake: self.flake.clone(),
+            flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
             host: self.host.clone().expect("clap requires it"),
             top: self.top.clone().expect("clap requires it"),
             ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
@@ -179,9 +199,66 @@ struct DeleteArgs {
     skip_hostname_check: bool,
 }
 
+/// What the user asked for, checked: one command and how to print.
+struct Request {
+    command: Checked,
+    json: bool,
+    style: Style,
+}
+
+/// A command with its options, resolved from the flags.
+enum Checked {
+    Deploy(DeployOptions),
+    List(Selection),
+    Status(Selection),
+    Rollback(RollbackOptions),
+    Delete(DeleteOptions),
+    Remove(RemoveOptions),
+}
+
+impl Checked {
+    /// The command's name, as `--json` reports it.
+    fn name(&self) -> &'static str {
+        match self {
+            Checked::Deploy(_) => "deploy",
+            Checked::List(_) => "list",
+            Checked::Status(_) => "status",
+            Checked::Rollback(_) => "rollback",
+            Checked::Delete(_) => "delete-generation",
+            Checked::Remove(_) => "remove",
+        }
+    }
+
+    fn selection(&self) -> &Selection {
+        match self {
+            Checked::Deploy(o) => &o.selection,
+            Checked::List(s) | Checked::Status(s) => s,
+            Checked::Rollback(o) => &o.selection,
+            Checked::Delete(o) => &o.selection,
+            Checked::Remove(o) => &o.selection,
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    crate::complete::on_request(Cli::command);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     let progress = Progress::new();
+    let request = match cli.command {
+        Some(Command::Completions { shell }) => {
+            return match crate::complete::print_registration(shell) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(Exit::Failed.code())
+                }
+            };
+        }
+        command => check(command.unwrap_or(Command::Deploy(cli.deploy))),
+    };
     // Ctrl-C must not kill the tool between a switch and its outcome: the
     // steps stop at the next safe point and say what the host will do.
     // Failing to install the handler only leaves the default behaviour.
@@ -189,135 +266,225 @@ pub fn main() -> ExitCode {
         activation::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         eprintln!("interrupted: stopping at the next safe point");
     });
-    let result = match cli.command {
-        Some(Command::Deploy(args)) => run_deploy(args, &progress),
-        None => run_deploy(cli.deploy, &progress),
-        Some(Command::List(args)) => run_list(args, &progress),
-        Some(Command::Status(args)) => run_status(args, &progress),
-        Some(Command::Rollback(args)) => run_rollback(args, &progress),
-        Some(Command::DeleteGeneration(args)) => run_delete(args, &progress),
-        Some(Command::Remove(args)) => run_remove(args, &progress),
-        Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut Cli::command(), "epnix-deploy", &mut std::io::stdout());
-            Ok(())
-        }
+    let request = match request {
+        Ok(request) => request,
+        Err((err, name, json)) => return failed(&err, name, json, None),
     };
+    let name = request.command.name();
+    let sel = request.command.selection().clone();
+    let result = run(&request, &progress);
     match result {
-        Ok(()) => ExitCode::from(Exit::Success.code()),
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => failed(&err, name, request.json, Some(&sel)),
+    }
+}
+
+/// Resolves the parsed flags into a request; a refusal carries the
+/// command's name and `--json`, so that it is reported as asked.
+fn check(command: Command) -> Result<Request, (anyhow::Error, &'static str, bool)> {
+    let style = |wide: bool| Style { short_paths: !wide && std::io::stdout().is_terminal() };
+    let (command, json, style) = match command {
+        Command::Deploy(args) => {
+            let json = args.target.json;
+            let options = DeployOptions {
+                selection: args.target.selection(),
+                dry_run: args.dry_run,
+                substitute_on_destination: args.substitute_on_destination,
+                activation_timeout: args.activation_timeout.map(Duration::from_secs),
+                no_magic_rollback: args.no_magic_rollback,
+                break_lock: args.break_lock,
+                skip_hostname_check: args.skip_hostname_check,
+            };
+            (Checked::Deploy(options), json, style(false))
+        }
+        Command::List(args) => (Checked::List(args.target.selection()), args.target.json, style(args.wide)),
+        Command::Status(args) => (Checked::Status(args.selection()), args.json, style(false)),
+        Command::Rollback(args) => {
+            let options = RollbackOptions {
+                selection: args.target.selection(),
+                to: args.to,
+                force: args.force,
+                activation_timeout: args.activation_timeout.map(Duration::from_secs),
+                no_magic_rollback: args.no_magic_rollback,
+                changing: Changing { skip_hostname_check: args.skip_hostname_check },
+            };
+            (Checked::Rollback(options), args.target.json, style(false))
+        }
+        Command::DeleteGeneration(args) => {
+            let json = args.target.json;
+            let doomed = doomed(&args).map_err(|err| (err.into(), "delete-generation", json))?;
+            let options = DeleteOptions {
+                selection: args.target.selection(),
+                doomed,
+                gc: args.gc,
+                dry_run: args.dry_run,
+                changing: Changing { skip_hostname_check: args.skip_hostname_check },
+            };
+            (Checked::Delete(options), json, style(false))
+        }
+        Command::Remove(args) => {
+            let options = RemoveOptions {
+                selection: args.target.selection(),
+                purge: args.purge,
+                gc: args.gc,
+                changing: Changing { skip_hostname_check: args.skip_hostname_check },
+            };
+            (Checked::Remove(options), args.target.json, style(false))
+        }
+        Command::Completions { .. } => unreachable!("handled before"),
+    };
+    Ok(Request { command, json, style })
+}
+
+/// Which generations `delete-generation` should delete.
+fn doomed(args: &DeleteArgs) -> Result<Doomed, BadInput> {
+    match (&args.older_than, args.keep) {
+        (Some(days), _) => Ok(Doomed::OlderThanDays(delete::parse_days(days)?)),
+        (None, Some(0)) => Err(BadInput::new("`--keep 0` would delete the current generation").hint("keep at least 1")),
+        (None, Some(n)) => Ok(Doomed::KeepNewest(n)),
+        (None, None) if args.generations.is_empty() => Err(BadInput::new("say which generations to delete")
+            .hint("give their numbers, or `--older-than 30d`, or `--keep N`")),
+        (None, None) => Ok(Doomed::Numbers(args.generations.clone())),
+    }
+}
+
+/// Runs the command and prints its result.
+fn run(request: &Request, progress: &Progress) -> Result<()> {
+    fn print<T: Render + Clone>(request: &Request, progress: &Progress, value: T, wrap: fn(Ended<T>) -> Run) {
+        let json = request.json.then(|| wrap(Ended::Done { result: value.clone() }));
+        output::print_result(json, &value, &request.style, progress);
+    }
+    match &request.command {
+        Checked::Deploy(o) => print(request, progress, deploy::run(o, progress)?, Run::Deploy),
+        Checked::List(s) => print(request, progress, list::run(s, progress)?, Run::List),
+        Checked::Status(s) => print(request, progress, status::run(s, progress)?, Run::Status),
+        Checked::Rollback(o) => print(request, progress, rollback::run(o, progress)?, Run::Rollback),
+        Checked::Delete(o) => print(request, progress, delete::run(o, progress)?, Run::DeleteGeneration),
+        Checked::Remove(o) => print(request, progress, remove::run(o, progress)?, Run::Remove),
+    }
+    Ok(())
+}
+
+/// Reports a failure: the error on stderr, and with `--json` the document
+/// on stdout. Returns the exit code.
+fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>) -> ExitCode {
+    let exit = exit::code_for(err);
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if json {
+        let mut error = ErrorReport::new(err);
+        error.host = sel.map(|s| s.host.clone());
+        error.top = sel.map(|s| s.top.clone());
+        output::print_failure(exit, failure_run(name, error));
+    }
+    ExitCode::from(exit.code())
+}
+
+/// The failure's document body for the command `name`.
+fn failure_run(name: &str, error: ErrorReport) -> Run {
+    match name {
+        "list" => Run::List(Ended::Failed { error }),
+        "status" => Run::Status(Ended::Failed { error }),
+        "rollback" => Run::Rollback(Ended::Failed { error }),
+        "delete-generation" => Run::DeleteGeneration(Ended::Failed { error }),
+        "remove" => Run::Remove(Ended::Failed { error }),
+        _ => Run::Deploy(Ended::Failed { error }),
+    }
+}
+
+/// Flags that change what a deploy may do to a host: never offered as a
+/// "did you mean" for a mistyped flag.
+const DANGEROUS_FLAGS: [&str; 5] =
+    ["--skip-hostname-check", "--no-magic-rollback", "--break-lock", "--force", "--purge"];
+
+/// A command line clap refused: its message (with a suggestion only when
+/// it is close and safe), exit 2, and with `--json` the document.
+fn usage_error(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let subcommand = args.iter().find_map(|a| commands::NAMES.iter().find(|n| **n == a)).copied();
+    let err = safe_suggestion(err, subcommand);
+    let _ = err.print();
+    if args.iter().any(|a| a == "--json") {
+        let name = subcommand.unwrap_or("deploy");
+        let text = err.render().to_string();
+        let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+        let hint = text.lines().find_map(|l| l.trim().strip_prefix("tip: ")).map(str::to_owned);
+        let error = ErrorReport { step: Some("parse".into()), message, hint, ..ErrorReport::default() };
+        output::print_failure(Exit::BadInput, failure_run(name, error));
+    }
+    ExitCode::from(Exit::BadInput.code())
+}
+
+/// Drops clap's suggestion for an unknown flag when it is one of the
+/// dangerous flags or not close, and offers a close, safe one instead.
+fn safe_suggestion(err: clap::Error, subcommand: Option<&str>) -> clap::Error {
+    if err.kind() != ErrorKind::UnknownArgument {
+        return err;
+    }
+    let Some(ContextValue::String(typed)) = err.get(ContextKind::InvalidArg).cloned() else { return err };
+    let flag = typed.split('=').next().unwrap_or(&typed).to_owned();
+    let mut command = Cli::command();
+    command.build();
+    let mut flags: Vec<String> = Vec::new();
+    let mut collect = |cmd: &clap::Command| {
+        flags.extend(cmd.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")));
+    };
+    collect(&command);
+    command.get_subcommands().for_each(&mut collect);
+    flags.retain(|f| !DANGEROUS_FLAGS.contains(&f.as_str()));
+    flags.sort();
+    flags.dedup();
+    let mut safe = clap::Error::new(ErrorKind::UnknownArgument).with_cmd(&command);
+    safe.insert(ContextKind::InvalidArg, ContextValue::String(typed.clone()));
+    // Compared without the dashes, which every flag shares.
+    let names: Vec<&str> = flags.iter().map(|f| f.trim_start_matches('-')).collect();
+    if let Some(near) = suggest::closest(flag.trim_start_matches('-'), &names) {
+        safe.insert(ContextKind::SuggestedArg, ContextValue::String(format!("--{near}")));
+    }
+    // clap's own usage line shows the flag it suggested.
+    let usage = match subcommand {
+        Some(name) => command.find_subcommand_mut(name).map(clap::Command::render_usage),
+        None => Some(command.render_usage()),
+    };
+    if let Some(usage) = usage {
+        safe.insert(ContextKind::Usage, ContextValue::StyledStr(usage));
+    }
+    safe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commands_know_the_subcommands_names() {
+        let names: Vec<String> =
+            Cli::command().get_subcommands().map(|c| c.get_name().to_owned()).filter(|n| n != "help").collect();
+        assert_eq!(names, commands::NAMES);
+    }
+
+    #[test]
+    fn a_mistyped_flag_never_gets_a_dangerous_suggestion() {
+        let suggestion = |args: &[&str]| {
+            let err = Cli::try_parse_from(["epnix-deploy"].iter().chain(args)).unwrap_err();
+            let subcommand = args.iter().find_map(|a| commands::NAMES.iter().find(|n| *n == a)).copied();
+            match safe_suggestion(err, subcommand).get(ContextKind::SuggestedArg) {
+                Some(ContextValue::String(s)) => Some(s.clone()),
+                _ => None,
             }
-            ExitCode::from(exit::code_for(&err).code())
-        }
+        };
+        assert_eq!(suggestion(&["h", "t", "--skip-checks"]), None);
+        assert_eq!(suggestion(&["h", "t", "--on", "x"]), None);
+        assert_eq!(suggestion(&["h", "t", "--no-magic"]), None);
+        assert_eq!(suggestion(&["list", "h", "t", "--wdie"]).as_deref(), Some("--wide"));
+        assert_eq!(suggestion(&["h", "t", "--dryrun"]).as_deref(), Some("--dry-run"));
     }
-}
-
-fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("reports serialize"));
-}
-
-fn run_deploy(args: DeployArgs, progress: &Progress) -> Result<()> {
-    let opts = DeployOptions {
-        selection: args.target.selection(),
-        dry_run: args.dry_run,
-        substitute_on_destination: args.substitute_on_destination,
-        activation_timeout: args.activation_timeout.map(Duration::from_secs),
-        no_magic_rollback: args.no_magic_rollback,
-        break_lock: args.break_lock,
-        skip_hostname_check: args.skip_hostname_check,
-    };
-    let report = deploy::run(&opts, progress)?;
-    if args.target.json {
-        print_json(&report);
-    } else if !report.dry_run {
-        // A dry run already printed its plan.
-        report::print_summary(&report);
-    }
-    Ok(())
-}
-
-fn run_list(args: ListArgs, progress: &Progress) -> Result<()> {
-    let rows = generations::list(&args.target.selection(), progress)?;
-    if args.target.json {
-        print_json(&rows);
-    } else {
-        generations::print_list(&rows, args.wide);
-    }
-    Ok(())
-}
-
-fn run_status(args: HostTop, progress: &Progress) -> Result<()> {
-    let status = generations::status(&args.selection(), progress)?;
-    if args.json {
-        print_json(&status);
-    } else {
-        generations::print_status(&status);
-    }
-    Ok(())
-}
-
-fn run_rollback(args: RollbackArgs, progress: &Progress) -> Result<()> {
-    let opts = RollbackOptions {
-        selection: args.target.selection(),
-        to: args.to,
-        force: args.force,
-        activation_timeout: args.activation_timeout.map(Duration::from_secs),
-        no_magic_rollback: args.no_magic_rollback,
-        changing: Changing { skip_hostname_check: args.skip_hostname_check },
-    };
-    let report = generations::rollback(&opts, progress)?;
-    if args.target.json {
-        print_json(&report);
-    } else {
-        report::print_summary(&report);
-    }
-    Ok(())
-}
-
-fn run_delete(args: DeleteArgs, progress: &Progress) -> Result<()> {
-    let doomed = match (args.older_than, args.keep) {
-        (Some(days), _) => Doomed::OlderThanDays(generations::parse_days(&days)?),
-        (None, Some(0)) => {
-            return Err(BadInput::new("`--keep 0` would delete the current generation").hint("keep at least 1").into());
-        }
-        (None, Some(n)) => Doomed::KeepNewest(n),
-        (None, None) if args.generations.is_empty() => {
-            return Err(BadInput::new("say which generations to delete")
-                .hint("give their numbers, or `--older-than 30d`, or `--keep N`")
-                .into());
-        }
-        (None, None) => Doomed::Numbers(args.generations),
-    };
-    let opts = DeleteOptions {
-        selection: args.target.selection(),
-        doomed,
-        gc: args.gc,
-        dry_run: args.dry_run,
-        changing: Changing { skip_hostname_check: args.skip_hostname_check },
-    };
-    let report = generations::delete(&opts, progress)?;
-    if args.target.json {
-        print_json(&report);
-    } else {
-        generations::print_delete(&report);
-    }
-    Ok(())
-}
-
-fn run_remove(args: RemoveArgs, progress: &Progress) -> Result<()> {
-    let opts = RemoveOptions {
-        selection: args.target.selection(),
-        purge: args.purge,
-        gc: args.gc,
-        changing: Changing { skip_hostname_check: args.skip_hostname_check },
-    };
-    let report = generations::remove(&opts, progress)?;
-    if args.target.json {
-        print_json(&report);
-    } else {
-        generations::print_remove(&report);
-    }
-    Ok(())
 }

@@ -233,18 +233,6 @@ impl Config {
     }
 }
 
-/// Reads `epnixDeploy` from the flake. A flake that does not evaluate is bad
-/// input: nothing has been touched yet.
-pub fn evaluate(flake: &str) -> anyhow::Result<Config> {
-    let json = crate::nix::eval_config(flake).output().map_err(|err| {
-        BadInput::new(format!("could not evaluate `{flake}#epnixDeploy`:\n{err}"))
-            .hint("check that the flake has an `epnixDeploy` output; run the command above to see the whole error")
-    })?;
-    let value: Value =
-        serde_json::from_str(&json).map_err(|err| anyhow::anyhow!("reading the JSON of `nix eval`: {err}"))?;
-    Ok(Config::parse(&value)?)
-}
-
 /// What the Nix twins of the checks and of the renderer (`nix/config.nix`,
 /// `nix/unit.nix`) share with this module and `unit`: per level of
 /// `epnixDeploy`, where it is, its keys, which of them are required and the

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8PathBuf;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::generation;
@@ -86,7 +87,7 @@ impl Generation {
 }
 
 /// What became of a generation once it was switched to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Outcome {
     /// Its IOCs passed their checks and the switch was confirmed.

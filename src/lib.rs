@@ -6,20 +6,21 @@
 
 pub mod activation;
 pub mod cli;
+pub mod commands;
+pub mod complete;
 pub mod config;
-pub mod deploy;
 pub mod exit;
 pub mod generation;
-pub mod generations;
 pub mod host;
 pub mod layout;
 pub mod nix;
+pub mod output;
 pub mod plan;
 pub mod process;
 pub mod progress;
 pub mod remote;
-pub mod report;
 pub mod ssh;
+pub mod suggest;
 pub mod table;
 pub mod target;
 pub mod unit;

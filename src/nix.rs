@@ -1,4 +1,5 @@
-//! The Nix commands a deploy runs on the deployer's machine.
+//! The Nix commands a deploy runs on the deployer's machine, and the
+//! evaluation of the flake's `epnixDeploy`.
 //!
 //! Only flags that both Debian's Nix 2.8 and current Nix (2.18+) understand
 //! are used, so the tool works with either.
@@ -7,8 +8,39 @@ use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
 use serde::Deserialize;
 
+use crate::config::Config;
+use crate::exit::BadInput;
 use crate::process::Cmd;
 use crate::target::Target;
+
+/// A flake reference, with the inputs overridden for this run
+/// (`--override-input`, passed to every Nix command that reads the flake).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flake {
+    pub reference: String,
+    /// `(input, flake reference)` pairs, in the order given.
+    pub override_inputs: Vec<(String, String)>,
+}
+
+impl Flake {
+    pub fn new(reference: impl Into<String>) -> Flake {
+        Flake { reference: reference.into(), override_inputs: Vec::new() }
+    }
+
+    /// `flake#attr`, followed by the overrides.
+    fn installable(&self, attr: &str) -> Vec<String> {
+        let mut args = vec![format!("{}#{attr}", self.reference)];
+        args.extend(self.overrides());
+        args
+    }
+
+    fn overrides(&self) -> Vec<String> {
+        self.override_inputs
+            .iter()
+            .flat_map(|(input, to)| ["--override-input".to_owned(), input.clone(), to.clone()])
+            .collect()
+    }
+}
 
 /// Users should not have to edit `nix.conf` to run the tool.
 fn nix() -> Cmd {
@@ -16,14 +48,52 @@ fn nix() -> Cmd {
 }
 
 /// Evaluates the whole `epnixDeploy` output; packages become store paths.
-pub fn eval_config(flake: &str) -> Cmd {
-    nix().args(["eval", "--json"]).arg(format!("{flake}#epnixDeploy"))
+pub fn eval_config(flake: &Flake) -> Cmd {
+    nix().args(["eval", "--json"]).args(flake.installable("epnixDeploy"))
+}
+
+/// Evaluates and checks the flake's `epnixDeploy`. A flake that does not
+/// evaluate is bad input: nothing has been touched yet.
+pub fn evaluate(flake: &Flake) -> Result<Config> {
+    let json = eval_config(flake).output().map_err(|err| {
+        let text = err.to_string();
+        BadInput::new(format!("could not evaluate `{}#epnixDeploy`:\n{text}", flake.reference)).hint(eval_hint(&text))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&json).context("reading the JSON of `nix eval`")?;
+    Ok(Config::parse(&value)?)
+}
+
+/// What to do about a failed evaluation, from Nix's own message: a flake
+/// that is not there, an input that cannot be fetched (the template's
+/// published address, offline), an output that is missing.
+fn eval_hint(stderr: &str) -> String {
+    let has = |needle: &str| stderr.contains(needle);
+    if has("does not provide attribute") && has("epnixDeploy") {
+        "the flake has no `epnixDeploy` output: is `--flake` the right flake? Start one with \
+         `nix flake init -t <epnix-deploy>#top`"
+            .to_owned()
+    } else if has("does not contain a 'flake.nix'") || has("is not a flake") || has("No such file or directory") {
+        "no flake there: run the command in the flake's directory, or pass `--flake <path or reference>`".to_owned()
+    } else if has("unable to download")
+        || has("Could not resolve host")
+        || has("unable to fetch")
+        || has("cannot fetch")
+        || has("Failed to open archive")
+        || has("unable to update")
+        || has("does not exist")
+    {
+        "an input of the flake cannot be fetched from here: fetch it once online, or point it at a copy with \
+         `--override-input <input> <flake reference>` (e.g. `--override-input epnix-deploy path:/src/epnix-deploy`)"
+            .to_owned()
+    } else {
+        "the lines above are Nix's own error; `nix eval <flake>#epnixDeploy --show-trace` shows more".to_owned()
+    }
 }
 
 /// Builds a package of the configuration, e.g. `tops.<top>.package`,
 /// without a GC root in the working directory.
-pub fn build_package(flake: &str, attr: &str) -> Cmd {
-    nix().args(["build", "--no-link", "--json"]).arg(format!("{flake}#epnixDeploy.{attr}"))
+pub fn build_package(flake: &Flake, attr: &str) -> Cmd {
+    nix().args(["build", "--no-link", "--json"]).args(flake.installable(&format!("epnixDeploy.{attr}")))
 }
 
 /// Builds a Nix expression that reads files outside the store (hence
@@ -33,8 +103,8 @@ pub fn build_expr(expr: &str) -> Cmd {
 }
 
 /// Reads where the flake comes from, for the generation's record.
-pub fn flake_metadata(flake: &str) -> Cmd {
-    nix().args(["flake", "metadata", "--json"]).arg(flake)
+pub fn flake_metadata(flake: &Flake) -> Cmd {
+    nix().args(["flake", "metadata", "--json"]).arg(&flake.reference).args(flake.overrides())
 }
 
 /// The flake's git revision from `nix flake metadata --json`: the commit,
@@ -103,6 +173,27 @@ mod tests {
         assert_eq!(parse_revision(r#"{"locked":{"type":"git","url":"file:///x"}}"#).unwrap(), "dirty");
         assert_eq!(parse_revision(r#"{"dirtyRevision":"226d58f-dirty","locked":{"type":"git"}}"#).unwrap(), "dirty");
         assert_eq!(parse_revision(r#"{"locked":{"type":"path","path":"/x"}}"#).unwrap(), "");
+    }
+
+    #[test]
+    fn overridden_inputs_reach_every_command_that_reads_the_flake() {
+        let flake = Flake {
+            reference: ".".into(),
+            override_inputs: vec![("epnix-deploy".into(), "path:/src/epnix-deploy".into())],
+        };
+        for cmd in [eval_config(&flake), build_package(&flake, "tops.t.package"), flake_metadata(&flake)] {
+            assert!(cmd.to_string().ends_with(" --override-input epnix-deploy path:/src/epnix-deploy"), "{cmd}");
+        }
+    }
+
+    #[test]
+    fn failed_evaluations_get_a_hint_that_fits() {
+        let missing = "error: flake 'git+file:///x' does not provide attribute 'packages.x86_64-linux.epnixDeploy', 'legacyPackages.x86_64-linux.epnixDeploy' or 'epnixDeploy'";
+        assert!(eval_hint(missing).contains("no `epnixDeploy` output"));
+        let offline = "error: unable to download 'https://api.github.com/repos/x/y/commits/HEAD': Could not resolve host: api.github.com (6)";
+        assert!(eval_hint(offline).contains("--override-input"));
+        let nothing = "error: path '/tmp/x' does not contain a 'flake.nix', searching up";
+        assert!(eval_hint(nothing).contains("--flake"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use camino::Utf8PathBuf;
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use crate::config::{HealthCheck, Top};
 use crate::exit::BadInput;
@@ -37,7 +39,10 @@ pub struct Plan {
     pub drift: BTreeMap<String, Drift>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// In `--json`: `new`, `changed` (restarted), `drift` (restarted, see
+/// `drift`), `unchanged` or `removed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum Change {
     /// No unit yet: install and start it.
     New,

@@ -110,7 +110,7 @@ impl fmt::Display for Target {
 /// Where to find the host and which top to act on.
 #[derive(Clone, Debug)]
 pub struct Selection {
-    pub flake: String,
+    pub flake: crate::nix::Flake,
     pub host: String,
     pub top: String,
     /// `--ssh-opts`, added after the host's own `sshOpts`.

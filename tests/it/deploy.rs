@@ -2,8 +2,8 @@
 //! systemd, procServ and an EPICS IOC answering over Channel Access.
 
 use crate::support::{
-    TestFlake, TestIoc, assert_exit, assert_untouched, caget_eventually, demo_top, epnix_deploy, profile_link,
-    start_marks, stderr,
+    TestFlake, TestIoc, assert_exit, assert_untouched, caget_eventually, change, demo_top, epnix_deploy, json,
+    profile_link, start_marks, stderr,
 };
 use crate::testbed::TestHost;
 
@@ -25,10 +25,10 @@ fn deploy_update_and_redeploy() {
     let before = start_marks(&host, "epnix-iocDemo.service");
     let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let report = json(&out);
     assert_eq!(report["generation"], 2);
     assert_eq!(report["newGeneration"], true);
-    assert_eq!(report["iocs"]["iocDemo"], "restarted");
+    assert_eq!(change(&report, "iocDemo"), "changed");
     assert_eq!(profile_link(&host), "demo-2-link");
     assert_ne!(start_marks(&host, "epnix-iocDemo.service"), before, "the IOC was not restarted");
     caget_eventually(&host, "iocDemo:version", &ioc, "v2");
@@ -37,9 +37,9 @@ fn deploy_update_and_redeploy() {
     let before = start_marks(&host, "epnix-iocDemo.service");
     let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json(&out);
     assert_eq!(report["newGeneration"], false);
-    assert_eq!(report["iocs"]["iocDemo"], "unchanged");
+    assert_eq!(change(&report, "iocDemo"), "unchanged");
     assert_eq!(profile_link(&host), "demo-2-link");
     assert_eq!(start_marks(&host, "epnix-iocDemo.service"), before, "the IOC was restarted");
     let generations = host.ssh_ok("nix-env --profile /nix/var/nix/profiles/epnix/demo --list-generations | wc -l");
@@ -60,8 +60,8 @@ fn an_ioc_removed_from_the_config_is_stopped_and_its_unit_removed() {
     flake.write(&host, &demo_top("v1", &[&demo]));
     let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["iocs"]["iocSecond"], "removed");
+    let report = json(&out);
+    assert_eq!(change(&report, "iocSecond"), "removed");
     assert_eq!(
         host.ssh_ok("test -e /etc/systemd/system/epnix-iocSecond.service && echo present || echo gone").trim(),
         "gone"

@@ -5,6 +5,7 @@ mod deploy;
 mod faults;
 mod generations;
 mod hardening;
+mod json;
 mod module;
 mod parity;
 mod procserv;

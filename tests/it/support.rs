@@ -312,15 +312,40 @@ pub fn wait_for_profile(host: &TestHost, want: &str, within: Duration, deployer:
     panic!("the profile never pointed at {want}; last {last:?}\n{log}");
 }
 
+/// The whole `--json` document of a run, checked against the documented
+/// schema (`src/output.schema.json`) and against the process's exit code.
+pub fn document(output: &Output) -> Value {
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!("--json must print one JSON document ({err}):\n{}", String::from_utf8_lossy(&output.stdout))
+    });
+    let schema: Value =
+        serde_json::from_str(include_str!("../../src/output.schema.json")).expect("the schema file is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the schema file is a JSON Schema");
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "the document does not follow the schema: {errors:#?}\n{doc:#}");
+    assert_eq!(doc["exitCode"].as_i64(), output.status.code().map(i64::from), "{doc:#}");
+    doc
+}
+
+/// The `result` of a successful run's `--json` document.
 pub fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).expect("--json prints JSON")
+    let doc = document(output);
+    assert!(doc.get("error").is_none(), "the run failed: {doc:#}");
+    doc["result"].clone()
+}
+
+/// What a switch's `--json` result says happened to `ioc`.
+pub fn change(report: &Value, ioc: &str) -> String {
+    let iocs = report["iocs"].as_array().unwrap_or_else(|| panic!("no `iocs` in {report:#}"));
+    let entry = iocs.iter().find(|i| i["ioc"] == ioc).unwrap_or_else(|| panic!("no IOC `{ioc}` in {report:#}"));
+    entry["change"].as_str().unwrap().to_owned()
 }
 
 /// `list --json` of the demo top.
 pub fn list(host: &TestHost, flake: &TestFlake) -> Value {
     let out = epnix_deploy(flake, &["list", host.name.as_str(), "demo", "--json"]);
     assert_exit(&out, 0);
-    json(&out)
+    json(&out)["generations"].clone()
 }
 
 pub fn numbers(list: &Value) -> Vec<u64> {

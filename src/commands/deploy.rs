@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 
+use super::{PlannedStep, SwitchReport};
 use crate::activation::{self, Before, Safety};
 use crate::config::{self, Config, HealthCheck, Top};
 use crate::exit::{BadInput, Exit, Failure};
@@ -23,7 +24,6 @@ use crate::plan::{self, Guarded, Plan, Switch};
 use crate::process::Cmd;
 use crate::progress::Progress;
 use crate::remote;
-use crate::report::{self, Report};
 use crate::ssh::Remote;
 use crate::target::{self, Selection, Target};
 
@@ -43,11 +43,11 @@ pub struct DeployOptions {
     pub skip_hostname_check: bool,
 }
 
-pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
+pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
     let sel = &opts.selection;
     let interrupted = || Failure::new(Exit::Interrupted, format!("interrupted: nothing changed on `{}`", sel.host));
     let step = progress.step(&sel.host, "evaluate");
-    let config = config::evaluate(&sel.flake)?;
+    let config = nix::evaluate(&sel.flake)?;
     let (top, target) = select(&config, sel)?;
     let revision = nix::parse_revision(&nix::flake_metadata(&sel.flake).output()?)?;
     step.done(&format!("top `{}`, {} IOC(s)", sel.top, top.iocs.values().filter(|i| i.enable).count()));
@@ -140,12 +140,18 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
     let to_copy: Vec<&Utf8Path> =
         plan.generation_path.iter().map(|p| p.as_path()).chain(procserv_moves.map(|p| p.path.as_path())).collect();
     if opts.dry_run {
-        print_dry_run(&plan, &state, &target, &safety, &to_copy, opts.substitute_on_destination);
+        let mut steps = dry_run_steps(&plan, &state, &target, &safety, &to_copy, opts.substitute_on_destination);
         if let Some(p) = procserv_moves {
-            println!("  (before the switch) on {}: {}", target.label, set_procserv_cmd(p));
+            // Host-wide, so it comes before the lock-protected switch.
+            let at = if to_copy.is_empty() { 1 } else { 2 };
+            steps.insert(at, PlannedStep { on: target.label.clone(), action: set_procserv_cmd(p).to_string() });
         }
         remote.close();
-        return Ok(report::report(&target, &plan, state.current, state.current, true));
+        let mut report = SwitchReport::new(&target, &plan, state.current, state.current);
+        report.dry_run = true;
+        report.new_generation = plan.switch == Switch::New;
+        report.plan = Some(steps);
+        return Ok(report);
     }
 
     if !to_copy.is_empty() {
@@ -177,7 +183,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<Report> {
         activation::ensure_running(&remote, &plan, state.current, progress, &target, timeout)?
     };
     remote.close();
-    Ok(report::report(&target, &plan, generation, state.current, false))
+    Ok(SwitchReport::new(&target, &plan, generation, state.current))
 }
 
 /// Refuses a host whose name is not the configured one (a dry run has no
@@ -230,12 +236,8 @@ fn set_procserv_cmd(procserv: &NixProcServ) -> crate::ssh::RemoteCmd {
 /// Picks the top and the host, and checks that they belong together.
 fn select<'a>(config: &'a Config, sel: &Selection) -> Result<(&'a Top, Target), BadInput> {
     let top_name = sel.top.as_str();
-    let top = config.tops.get(top_name).ok_or_else(|| {
-        let known: Vec<&str> = config.tops.keys().map(String::as_str).collect();
-        BadInput::new(format!("there is no top `{top_name}` in `{}.tops`", config::ROOT))
-            .hint(format!("configured tops: {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") }))
-    })?;
-    let target = sel.target(Some(config))?;
+    let target = super::resolve(config, sel)?;
+    let top = config.tops.get(top_name).ok_or_else(|| super::unknown_top(config, top_name))?;
     if let Some(name) = &target.name {
         if !top.hosts.contains(name) {
             return Err(BadInput::new(format!(
@@ -250,7 +252,7 @@ fn select<'a>(config: &'a Config, sel: &Selection) -> Result<(&'a Top, Target), 
 }
 
 /// Builds `epnixDeploy.<attr>`, `what` for the messages.
-fn build(flake: &str, attr: &str, what: &str) -> Result<Utf8PathBuf> {
+fn build(flake: &nix::Flake, attr: &str, what: &str) -> Result<Utf8PathBuf> {
     let stdout = nix::build_package(flake, attr).output().map_err(|err| {
         BadInput::new(format!("building {what} failed:\n{err}"))
             .hint("nothing was copied; fix the build and deploy again")
@@ -332,45 +334,34 @@ fn short(cmd: &crate::ssh::RemoteCmd) -> String {
     cmd.to_string()
 }
 
-/// Lists everything a deploy would do to the host, in order, with the
-/// commands that stay valid after the run.
-fn print_dry_run(
+/// Everything a deploy would do, in order, with the commands that stay
+/// valid after the run.
+fn dry_run_steps(
     plan: &Plan,
     state: &HostState,
     target: &Target,
     safety: &Safety,
     to_copy: &[&Utf8Path],
     substitute: bool,
-) {
+) -> Vec<PlannedStep> {
     let top = plan.top.as_str();
-    let profile = layout::profile(top);
-    let on = |what: String| println!("  on {}: {what}", target.label);
-    println!("Plan for top `{top}` on `{}` (dry run: nothing changes)", target.label);
-    match (state.current, &plan.switch, &plan.generation_path) {
-        (Some(g), Switch::Stay, _) => println!("  profile {profile}: stays at generation {g}"),
-        (Some(g), _, Some(path)) => println!("  profile {profile}: generation {g} -> new generation ({path})"),
-        (_, _, path) => println!(
-            "  profile {profile}: new, generation 1 ({})",
-            path.as_ref().map_or("-".to_owned(), |p| p.to_string())
-        ),
-    }
-    println!("  build: {}", plan.build);
-    for (name, change) in &plan.iocs {
-        let why = plan.drift.get(name).map(|d| format!(": {}", d.describe())).unwrap_or_default();
-        println!("  {} ({}): {}{why}", name, layout::unit_name(name), change.as_str());
-    }
-    println!("Steps:");
+    let mut steps = Vec::new();
+    let mut on = |action: String| steps.push(PlannedStep { on: target.label.clone(), action });
     on(format!(
         "take the deploy lock `{}` (held while the deployer's connection lasts)",
         layout::records(top).join("lock")
     ));
     if !to_copy.is_empty() {
-        println!("  local: {}", copy_cmd(target, None, state, to_copy, substitute));
+        steps.push(PlannedStep {
+            on: "local".into(),
+            action: copy_cmd(target, None, state, to_copy, substitute).to_string(),
+        });
     }
+    let mut on = |action: String| steps.push(PlannedStep { on: target.label.clone(), action });
     if !plan.changes_host() {
         on(plan.switch_cmd(Guarded::No).to_string());
-        println!("  then wait until every IOC is active");
-        return;
+        on("wait until every IOC is active".into());
+        return steps;
     }
     on(format!("save the restore point: {}", short(&activation::prepare_cmd(plan, safety))));
     if safety.magic_rollback {
@@ -386,11 +377,11 @@ fn print_dry_run(
         ));
     }
     on(format!("switch: {}", plan.switch_cmd(Guarded::ByRestorePoint)));
-    println!(
-        "  then check the IOCs (within {}s): {}",
+    on(format!(
+        "check the IOCs (within {}s): {}",
         safety.activation_timeout.as_secs(),
         if plan.units.is_empty() { "none run".to_owned() } else { plan.running().join(", ") }
-    );
+    ));
     if safety.magic_rollback {
         on("confirm over a new SSH login: disarm the timer, drop the restore point, note the generation healthy"
             .into());
@@ -398,6 +389,7 @@ fn print_dry_run(
         on("confirm: drop the restore point, note the generation healthy".into());
     }
     on(format!("on a failed check: run `{}/restore/rollback.sh` (back to the restore point)", layout::records(top)));
+    steps
 }
 
 #[cfg(test)]
