@@ -1,6 +1,7 @@
 //! Integration tests of epnix-deploy against real hosts (see testbed.rs).
 
 mod activation;
+mod completion;
 mod deploy;
 mod faults;
 mod generations;
