@@ -54,8 +54,9 @@ pub struct Safety {
 }
 
 /// Takes the deploy lock of `top` on the host, after checking that the SSH
-/// user is root and (with `expect_name`) that the host has the configured
-/// name: a wrong host or user is refused before anything is written there.
+/// user is root and (with `expect_name`, from [`Target::expected_hostname`])
+/// that the host answers as that name: a wrong host or user is refused
+/// before anything is written there.
 /// Returns the holder line of a deploy that died holding it, for a note.
 pub fn take_lock(
     remote: &mut Remote,
@@ -100,16 +101,25 @@ pub fn take_lock(
     }
 }
 
-/// A host whose name is not the configured one, as microvm.nix's
-/// `sshSwitch` refuses it: a wrong address in the config must not replace
-/// another host's IOCs.
+/// A host whose name is not the one it must answer as
+/// ([`Target::expected_hostname`]), as microvm.nix's `sshSwitch` refuses
+/// it: a wrong address in the config must not replace another host's IOCs.
 pub fn wrong_host(target: &Target, hostname: &str) -> BadInput {
-    BadInput::new(format!(
+    let err = BadInput::new(format!(
         "`{}` answers as host `{hostname}`, not `{}`: refusing to change it",
         target.hostname,
-        target.name.as_deref().unwrap_or("?")
-    ))
-    .hint("fix `hostname` in the host's configuration, or pass `--skip-hostname-check` if the names differ on purpose")
+        target.expected_hostname().unwrap_or("?")
+    ));
+    match &target.name {
+        Some(name) => {
+            let at = format!("{}.hosts.{}", crate::config::ROOT, crate::config::attr(name));
+            err.hint(format!(
+                "if `{}` is another machine, fix `{at}.hostname`; if it is the right one, pass `--skip-hostname-check`",
+                target.hostname
+            ))
+        }
+        None => err.hint("pass `--skip-hostname-check` if it is the right machine"),
+    }
 }
 
 /// The refusal of a command that would change a top while the host has a
@@ -782,6 +792,21 @@ fn run_check_command(remote: &Remote, ioc: &str, command: &str, timeout_secs: u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_host_names_both_names_and_what_to_fix() {
+        let config =
+            crate::config::Config::parse(&serde_json::json!({ "hosts": { "ioc1": { "hostname": "10.0.0.5" } } }))
+                .unwrap();
+        let err = wrong_host(&Target::resolve("ioc1", Some(&config)).unwrap(), "lab-ioc-03").to_string();
+        assert!(
+            err.starts_with("`10.0.0.5` answers as host `lab-ioc-03`, not `ioc1`: refusing to change it\n"),
+            "{err}"
+        );
+        let hint = err.split_once("\nhint: ").expect("a hint").1;
+        assert!(hint.contains("fix `epnixDeploy.hosts.ioc1.hostname`"), "{hint}");
+        assert!(hint.contains("`--skip-hostname-check`"), "{hint}");
+    }
 
     #[test]
     fn rollback_output_names_the_generation_and_the_iocs() {

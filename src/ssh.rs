@@ -737,14 +737,11 @@ Host key verification failed.\r";
     }
 
     fn configured(opts: &[&str]) -> Target {
-        Target {
-            label: "ioc1".into(),
-            name: Some("ioc1".into()),
-            user: Some("root".into()),
-            hostname: "10.0.0.5".into(),
-            port: Some(2201),
-            ssh_opts: opts.iter().map(|o| (*o).to_owned()).collect(),
-        }
+        let config = crate::config::Config::parse(&serde_json::json!({ "hosts": { "ioc1": {
+            "hostname": "10.0.0.5", "sshUser": "root", "sshPort": 2201, "sshOpts": opts,
+        } } }))
+        .unwrap();
+        Target::resolve("ioc1", Some(&config)).unwrap()
     }
 
     fn login_failed(target: &Target, said: &str) -> String {

@@ -16,6 +16,8 @@ pub struct Target {
     pub hostname: String,
     pub port: Option<u16>,
     pub ssh_opts: Vec<String>,
+    /// See [`Target::expected_hostname`].
+    expected_hostname: Option<String>,
 }
 
 impl Target {
@@ -45,6 +47,7 @@ impl Target {
             hostname: host.hostname.clone(),
             port: host.ssh_port,
             ssh_opts: host.ssh_opts.clone(),
+            expected_hostname: Some(name.to_owned()),
         }
     }
 
@@ -89,7 +92,16 @@ impl Target {
             hostname: hostname.to_owned(),
             port,
             ssh_opts: Vec::new(),
+            expected_hostname: None,
         })
+    }
+
+    /// The name the host must answer as before a command changes it (its
+    /// `hostname`, or that name's first label): the host's name in
+    /// `epnixDeploy.hosts`. None for a `user@hostname` target, which names
+    /// no machine.
+    pub fn expected_hostname(&self) -> Option<&str> {
+        self.expected_hostname.as_deref()
     }
 
     /// `user@hostname` as ssh and Nix store URLs take it (the port travels apart).
@@ -165,6 +177,13 @@ mod tests {
         let t = Target::resolve("root@[::1]:22", None).unwrap();
         assert_eq!((t.hostname.as_str(), t.port), ("::1", Some(22)));
         assert_eq!(t.destination(), "root@::1");
+    }
+
+    #[test]
+    fn a_configured_host_answers_as_its_name() {
+        let config = Config::parse(&serde_json::json!({ "hosts": { "ioc1": { "hostname": "10.0.0.5" } } })).unwrap();
+        assert_eq!(Target::resolve("ioc1", Some(&config)).unwrap().expected_hostname(), Some("ioc1"));
+        assert_eq!(Target::resolve("root@10.0.0.5", Some(&config)).unwrap().expected_hostname(), None);
     }
 
     #[test]
