@@ -274,6 +274,15 @@ let
         err path "is not a valid host name or address"
       else
         [ ];
+    # The name the machine answers as; by default the host's attribute name.
+    expectedHostname =
+      path: value:
+      if !isString value then
+        err path "must be a string, not ${kind value}"
+      else if match "[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}" value == null then
+        err path "`${value}` is not a host name (letters, digits, `_`, `-` and `.`, not starting with `-` or `.`, at most 64 characters); set it to what `hostname` prints on the machine"
+      else
+        [ ];
     sshUser = string;
     sshPort =
       path: value:

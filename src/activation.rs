@@ -114,7 +114,8 @@ pub fn wrong_host(target: &Target, hostname: &str) -> BadInput {
         Some(name) => {
             let at = format!("{}.hosts.{}", crate::config::ROOT, crate::config::attr(name));
             err.hint(format!(
-                "if `{}` is another machine, fix `{at}.hostname`; if it is the right one, pass `--skip-hostname-check`",
+                "if `{}` is another machine, fix `{at}.hostname`; if it is the right one, set \
+                 `{at}.expectedHostname = \"{hostname}\"` (the machine's real name), or pass `--skip-hostname-check`",
                 target.hostname
             ))
         }
@@ -794,10 +795,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_wrong_host_names_both_names_and_what_to_fix() {
-        let config =
-            crate::config::Config::parse(&serde_json::json!({ "hosts": { "ioc1": { "hostname": "10.0.0.5" } } }))
-                .unwrap();
+    fn a_wrong_host_names_both_names_and_the_setting() {
+        let config = crate::config::Config::parse(&serde_json::json!({ "hosts": {
+            "ioc1": { "hostname": "10.0.0.5" },
+            "ioc2": { "hostname": "10.0.0.6", "expectedHostname": "lab-ioc-07" },
+        } }))
+        .unwrap();
         let err = wrong_host(&Target::resolve("ioc1", Some(&config)).unwrap(), "lab-ioc-03").to_string();
         assert!(
             err.starts_with("`10.0.0.5` answers as host `lab-ioc-03`, not `ioc1`: refusing to change it\n"),
@@ -805,7 +808,10 @@ mod tests {
         );
         let hint = err.split_once("\nhint: ").expect("a hint").1;
         assert!(hint.contains("fix `epnixDeploy.hosts.ioc1.hostname`"), "{hint}");
+        assert!(hint.contains("set `epnixDeploy.hosts.ioc1.expectedHostname = \"lab-ioc-03\"`"), "{hint}");
         assert!(hint.contains("`--skip-hostname-check`"), "{hint}");
+        let err = wrong_host(&Target::resolve("ioc2", Some(&config)).unwrap(), "ioc2").to_string();
+        assert!(err.starts_with("`10.0.0.6` answers as host `ioc2`, not `lab-ioc-07`"), "{err}");
     }
 
     #[test]

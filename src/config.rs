@@ -58,7 +58,8 @@ pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 /// `epnixDeploy`.
 pub const ROOT_KEYS: &[&str] = &["hosts", "tops"];
 /// `epnixDeploy.hosts.<name>`.
-pub const HOST_KEYS: &[&str] = &["hostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback", "procServ"];
+pub const HOST_KEYS: &[&str] =
+    &["hostname", "expectedHostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback", "procServ"];
 /// `epnixDeploy.hosts.<name>.procServ`.
 pub const HOST_PROCSERV_KEYS: &[&str] = &["package"];
 /// `epnixDeploy.tops.<name>`.
@@ -83,6 +84,10 @@ pub struct Config {
 pub struct Host {
     /// `hostname`: the address or DNS name given to ssh.
     pub hostname: String,
+    /// `expectedHostname`: the name the machine answers as (its
+    /// `/proc/sys/kernel/hostname`, or that name's first label), checked
+    /// before a command changes it. `None`: the host's attribute name.
+    pub expected_hostname: Option<String>,
     /// `sshUser`: defaults to whatever ssh picks (its config, then the local user).
     pub ssh_user: Option<String>,
     /// `sshPort`: defaults to ssh's choice (its config, then 22).
@@ -361,6 +366,19 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
     if hostname.is_empty() || hostname.starts_with('-') || hostname.chars().any(char::is_whitespace) {
         return Err(node.field("hostname").error("is not a valid host name or address"));
     }
+    let expected_hostname = match node.get(map, "expectedHostname") {
+        Some(n) => {
+            let name = n.string()?;
+            if !is_machine_name(name) {
+                return Err(n.error(format!(
+                    "`{name}` is not a host name (letters, digits, `_`, `-` and `.`, not starting with `-` or `.`, at most 64 characters)"
+                ))
+                .hint("set it to what `hostname` prints on the machine"));
+            }
+            Some(name.to_owned())
+        }
+        None => None,
+    };
     let ssh_user = node.get(map, "sshUser").map(|n| n.string().map(str::to_owned)).transpose()?;
     let ssh_port = node.get(map, "sshPort").map(|n| n.port()).transpose()?;
     let ssh_opts = match node.get(map, "sshOpts") {
@@ -385,7 +403,15 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         }
         None => None,
     };
-    Ok(Host { hostname, ssh_user, ssh_port, ssh_opts, magic_rollback, procserv_package })
+    Ok(Host { hostname, expected_hostname, ssh_user, ssh_port, ssh_opts, magic_rollback, procserv_package })
+}
+
+/// A name a machine can have: what the kernel holds (at most 64 bytes) and
+/// systemd accepts, plus `_` for older machines.
+fn is_machine_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with(['-', '.'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 fn parse_top(node: &Node, hosts: &BTreeMap<String, Host>) -> Result<Top, BadInput> {
@@ -874,6 +900,27 @@ mod tests {
             error_of(json)
                 .contains("epnixDeploy.tops.procServ: `procServ` is the name of the profile of the host's procServ")
         );
+    }
+
+    #[test]
+    fn a_host_may_answer_to_another_name_than_its_attribute() {
+        assert_eq!(Config::parse(&example()).unwrap().hosts["ioc-server-1"].expected_hostname, None);
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["expectedHostname"] = json!("lab-ioc-07.example.org");
+        let host = &Config::parse(&json).unwrap().hosts["ioc-server-1"];
+        assert_eq!(host.expected_hostname.as_deref(), Some("lab-ioc-07.example.org"));
+        for bad in ["", "-x", ".x", "ioc 1", "$(reboot)", &"a".repeat(65)] {
+            json["hosts"]["ioc-server-1"]["expectedHostname"] = json!(bad);
+            let err = error_of(json.clone());
+            assert!(
+                err.starts_with(&format!(
+                    "epnixDeploy.hosts.ioc-server-1.expectedHostname: `{bad}` is not a host name"
+                )),
+                "{err}"
+            );
+        }
+        json["hosts"]["ioc-server-1"]["expectedHostname"] = json!(7);
+        assert!(error_of(json).contains("expectedHostname: must be a string, not a number"));
     }
 
     #[test]

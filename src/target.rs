@@ -47,7 +47,7 @@ impl Target {
             hostname: host.hostname.clone(),
             port: host.ssh_port,
             ssh_opts: host.ssh_opts.clone(),
-            expected_hostname: Some(name.to_owned()),
+            expected_hostname: Some(host.expected_hostname.clone().unwrap_or_else(|| name.to_owned())),
         }
     }
 
@@ -97,9 +97,9 @@ impl Target {
     }
 
     /// The name the host must answer as before a command changes it (its
-    /// `hostname`, or that name's first label): the host's name in
-    /// `epnixDeploy.hosts`. None for a `user@hostname` target, which names
-    /// no machine.
+    /// `hostname`, or that name's first label): `expectedHostname`, by
+    /// default the host's name in `epnixDeploy.hosts`. None for a
+    /// `user@hostname` target, which names no machine.
     pub fn expected_hostname(&self) -> Option<&str> {
         self.expected_hostname.as_deref()
     }
@@ -180,9 +180,14 @@ mod tests {
     }
 
     #[test]
-    fn a_configured_host_answers_as_its_name() {
-        let config = Config::parse(&serde_json::json!({ "hosts": { "ioc1": { "hostname": "10.0.0.5" } } })).unwrap();
+    fn a_configured_host_answers_as_its_name_unless_told_otherwise() {
+        let config = Config::parse(&serde_json::json!({ "hosts": {
+            "ioc1": { "hostname": "10.0.0.5" },
+            "ioc2": { "hostname": "10.0.0.6", "expectedHostname": "lab-ioc-07" },
+        } }))
+        .unwrap();
         assert_eq!(Target::resolve("ioc1", Some(&config)).unwrap().expected_hostname(), Some("ioc1"));
+        assert_eq!(Target::resolve("ioc2", Some(&config)).unwrap().expected_hostname(), Some("lab-ioc-07"));
         assert_eq!(Target::resolve("root@10.0.0.5", Some(&config)).unwrap().expected_hostname(), None);
     }
 

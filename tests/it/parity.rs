@@ -63,6 +63,7 @@ pub(crate) const TOP: &str = "myTop";
 pub(crate) const CONFIG: &str = r#"{
   hosts.h = {
     hostname = "h.example.org";
+    expectedHostname = "ioc-h.lab";
     sshUser = "root";
     sshPort = 2222;
     sshOpts = [ "-i" "/root/.ssh/ioc" ];
@@ -333,6 +334,9 @@ fn bad_configs() -> Vec<String> {
             r#"{ hosts.h.hostname = " h"; }"#,
             r#"{ hosts.h = { }; }"#,
             r#"{ hosts.h = { hostname = "h"; sshPort = "22"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; expectedHostname = "ioc h"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; expectedHostname = "-h"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; expectedHostname = 1; }; }"#,
             r#"{ hosts.h = { hostname = "h"; sshOpts = "-v"; }; }"#,
             r#"{ hosts.h = { hostname = "h"; tags = [ 1 ]; }; }"#,
             r#"{ hosts.h = { hostname = "h"; magicRollback = 1; }; }"#,
