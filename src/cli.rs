@@ -20,7 +20,7 @@ use crate::config;
 use crate::exit::{self, BadInput, Exit};
 use crate::nix::Flake;
 use crate::output::{self, Ended, ErrorReport, Render, Style};
-use crate::progress::Progress;
+use crate::progress::{Progress, Verbosity};
 use crate::suggest;
 use crate::target::Selection;
 
@@ -246,7 +246,14 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
-    let progress = Progress::new();
+    let verbosity = if cli.verbose {
+        Verbosity::Verbose
+    } else if cli.quiet {
+        Verbosity::Quiet
+    } else {
+        Verbosity::Normal
+    };
+    let progress = Progress::with_verbosity(verbosity);
     let request = match cli.command {
         Some(Command::Completions { shell }) => {
             return match crate::complete::print_registration(shell) {
@@ -268,14 +275,14 @@ pub fn main() -> ExitCode {
     });
     let request = match request {
         Ok(request) => request,
-        Err((err, name, json)) => return failed(&err, name, json, None),
+        Err((err, name, json)) => return failed(&err, name, json, None, None),
     };
     let name = request.command.name();
     let sel = request.command.selection().clone();
     let result = run(&request, &progress);
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => failed(&err, name, request.json, Some(&sel)),
+        Err(err) => failed(&err, name, request.json, Some(&sel), progress.failed_step().map(|(_, step)| step)),
     }
 }
 
@@ -367,7 +374,7 @@ fn run(request: &Request, progress: &Progress) -> Result<()> {
 
 /// Reports a failure: the error on stderr, and with `--json` the document
 /// on stdout. Returns the exit code.
-fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>) -> ExitCode {
+fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>, step: Option<String>) -> ExitCode {
     let exit = exit::code_for(err);
     eprintln!("error: {err}");
     for cause in err.chain().skip(1) {
@@ -377,6 +384,7 @@ fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>) 
         let mut error = ErrorReport::new(err);
         error.host = sel.map(|s| s.host.clone());
         error.top = sel.map(|s| s.top.clone());
+        error.step = step;
         output::print_failure(exit, failure_run(name, error));
     }
     ExitCode::from(exit.code())

@@ -81,7 +81,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
 
     let step = progress.step(&sel.host, "connect");
     let mut remote = Remote::connect(&target)?;
-    let expect_name = target.name.as_deref().filter(|_| !opts.skip_hostname_check);
+    let expect_name = target.expected_hostname().filter(|_| !opts.skip_hostname_check);
     let state = if opts.dry_run {
         let state = host::inspect(&remote, &sel.top, host::Depth::Current)?;
         if let Some(name) = expect_name {
@@ -405,6 +405,7 @@ mod tests {
             ssh_opts: vec![],
             magic_rollback: true,
             procserv_package: None,
+            expected_hostname: None,
         };
         let config = Config { hosts: BTreeMap::from([(name.to_owned(), host)]), tops: BTreeMap::new() };
         Target::resolve(name, Some(&config)).unwrap()

@@ -140,7 +140,7 @@ fn connect(
     let step = progress.step(&target.label, "connect");
     let mut remote = Remote::connect(&target)?;
     if let Some(changing) = changing {
-        let expect_name = target.name.as_deref().filter(|_| !changing.skip_hostname_check);
+        let expect_name = target.expected_hostname().filter(|_| !changing.skip_hostname_check);
         let who = target::deployer();
         if let Some(stale) = activation::take_lock(&mut remote, &target, &sel.top, &who, expect_name, false)? {
             progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));

@@ -109,7 +109,7 @@ fn mistakes_get_a_did_you_mean_and_never_a_dangerous_flag() {
 
     let out = epnix_deploy(&flake, &["demo", h]);
     assert_exit(&out, 2);
-    assert!(stderr(&out).contains(&format!("the host comes first")), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the host comes first"), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("epnix-deploy … {h} demo")), "{}", stderr(&out));
 
     let out = epnix_deploy(&flake, &[h, "dmeo"]);
