@@ -40,8 +40,10 @@ fn an_ioc_that_exits_at_start_is_rolled_back() {
     assert!(stderr(&out).contains("injected failure"), "the log tail is missing:\n{}", stderr(&out));
     assert_back_on_v1(&host, &ioc, &unit_v1);
 
+    // Notes are not data: they go to stderr, the table to stdout.
     let list = epnix_deploy(&flake, &["list", host.name.as_str(), "demo"]);
-    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("note:"));
+    let list = stderr(&list);
     assert!(list.contains("note: generation 2 was rolled back to 1"), "{list}");
     assert!(list.contains("failed their health checks"), "{list}");
 }
