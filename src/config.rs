@@ -717,12 +717,7 @@ pub fn attr(name: &str) -> String {
 }
 
 fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {
-    candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase()), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+    crate::suggest::closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
 /// A JSON value together with its attribute path, for messages.

@@ -7,8 +7,13 @@
 
 use std::fmt;
 
-/// How a run ended, as the host really is afterwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// How a run ended, as the host really is afterwards. `--json` names it
+/// in kebab case (`bad-input`) as the document's `outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum Exit {
     /// Everything went as asked: the IOCs run healthy on the new generation.
     Success,

@@ -42,40 +42,11 @@ pub struct Document<R: JsonSchema> {
     /// The version of this format.
     pub version: u32,
     /// How the run ended, the name of `exitCode`.
-    pub outcome: ExitName,
+    pub outcome: Exit,
     /// The process's exit code (see the README's table).
     pub exit_code: u8,
     #[serde(flatten)]
     pub run: R,
-}
-
-/// How a run ended: the exit codes by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExitName {
-    Success,
-    Failed,
-    BadInput,
-    NeedsAttention,
-    Unknown,
-    Busy,
-    Interrupted,
-    Unreachable,
-}
-
-impl From<Exit> for ExitName {
-    fn from(exit: Exit) -> ExitName {
-        match exit {
-            Exit::Success => ExitName::Success,
-            Exit::Failed => ExitName::Failed,
-            Exit::BadInput => ExitName::BadInput,
-            Exit::NeedsAttention => ExitName::NeedsAttention,
-            Exit::Unknown => ExitName::Unknown,
-            Exit::Busy => ExitName::Busy,
-            Exit::Interrupted => ExitName::Interrupted,
-            Exit::Unreachable => ExitName::Unreachable,
-        }
-    }
 }
 
 /// A command's result, or why there is none.
@@ -125,7 +96,7 @@ fn split_hint(text: &str) -> (String, Option<String>) {
 /// Prints a result: text on stdout (notes on stderr), or the JSON document.
 pub fn print_result<R: Serialize + JsonSchema>(json: Option<R>, text: &dyn Render, style: &Style, progress: &Progress) {
     match json {
-        Some(run) => print_json(&Document { version: VERSION, outcome: ExitName::Success, exit_code: 0, run }),
+        Some(run) => print_json(&Document { version: VERSION, outcome: Exit::Success, exit_code: 0, run }),
         None => {
             print!("{}", text.text(style));
             for note in text.notes() {
@@ -138,7 +109,7 @@ pub fn print_result<R: Serialize + JsonSchema>(json: Option<R>, text: &dyn Rende
 /// Prints a failure's document on stdout (the text of the error goes to
 /// stderr, printed by the caller).
 pub fn print_failure<R: Serialize + JsonSchema>(exit: Exit, run: R) {
-    print_json(&Document { version: VERSION, outcome: exit.into(), exit_code: exit.code(), run });
+    print_json(&Document { version: VERSION, outcome: exit, exit_code: exit.code(), run });
 }
 
 fn print_json(value: &impl Serialize) {

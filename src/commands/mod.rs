@@ -409,7 +409,7 @@ pub(crate) mod tests {
 
     fn document(run: Run) -> String {
         let exit = crate::exit::Exit::Success;
-        let doc = output::Document { version: output::VERSION, outcome: exit.into(), exit_code: exit.code(), run };
+        let doc = output::Document { version: output::VERSION, outcome: exit, exit_code: exit.code(), run };
         serde_json::to_string_pretty(&doc).unwrap()
     }
 
@@ -434,7 +434,7 @@ pub(crate) mod tests {
         let exit = crate::exit::Exit::BadInput;
         let doc = output::Document {
             version: output::VERSION,
-            outcome: exit.into(),
+            outcome: exit,
             exit_code: exit.code(),
             run: Run::Deploy(Ended::Failed { error }),
         };
