@@ -127,7 +127,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn parse(line: &str) -> Option<Verdict> {
+    pub(crate) fn parse(line: &str) -> Option<Verdict> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let [at, number, outcome, store_path] = words[..] else { return None };
         let outcome = match outcome {
@@ -157,7 +157,7 @@ pub struct RollbackEvent {
 }
 
 impl RollbackEvent {
-    fn parse(line: &str) -> Option<RollbackEvent> {
+    pub(crate) fn parse(line: &str) -> Option<RollbackEvent> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let [at, from, to, reason, status] = words[..] else { return None };
         Some(RollbackEvent {
@@ -301,7 +301,7 @@ pub fn nonce() -> String {
 }
 
 /// Splits a nonce-framed report into `(key, value, following text)`.
-fn records<'a>(nonce: &str, output: &'a str) -> Result<Vec<(&'a str, &'a str, &'a str)>> {
+pub(crate) fn records<'a>(nonce: &str, output: &'a str) -> Result<Vec<(&'a str, &'a str, &'a str)>> {
     let mut out = Vec::new();
     for record in output.split(nonce).skip(1) {
         let record = record.strip_prefix(' ').context("malformed host report")?;
@@ -316,10 +316,11 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
     let mut facts: BTreeMap<&str, &str> = BTreeMap::new();
     let mut state = HostState::default();
     let mut current_units: Option<BTreeMap<String, String>> = None;
-    let mut show = BTreeMap::new();
-    let mut files: BTreeMap<String, (i64, Option<Utf8PathBuf>)> = BTreeMap::new();
-    let mut procservs: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut runs = WhatRuns::default();
     for (key, value, rest) in records(nonce, output)? {
+        if runs.take(key, value, rest)? {
+            continue;
+        }
         match key {
             "unit" => {
                 let ioc = layout::ioc_of_unit(value).with_context(|| format!("unexpected unit name `{value}`"))?;
@@ -345,21 +346,6 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
                 current_units.get_or_insert_with(BTreeMap::new).insert(ioc.to_owned(), rest.to_owned());
             }
             "current-checks" => state.current_checks = Some(rest.to_owned()),
-            "show" => show = parse_show(rest),
-            "process" => {
-                let mut words = value.splitn(3, ' ');
-                let (Some(unit), Some(changed), Some(cwd)) = (words.next(), words.next(), words.next()) else {
-                    bail!("bad process line `{value}`");
-                };
-                let cwd = (cwd != "-").then(|| Utf8PathBuf::from(cwd));
-                files.insert(unit.to_owned(), (changed.parse().unwrap_or(0), cwd));
-            }
-            "procserv-of" => {
-                // The running binary's path may end in ` (deleted)`.
-                let (unit, rest) = value.split_once(' ').with_context(|| format!("bad procServ line `{value}`"))?;
-                let (runs, named) = rest.rsplit_once(' ').with_context(|| format!("bad procServ line `{value}`"))?;
-                procservs.insert(unit.to_owned(), (runs.to_owned(), named.to_owned()));
-            }
             "procserv-profile" => state.procserv_profile = Some(Utf8PathBuf::from(value)),
             "event" => state.rollbacks.extend(RollbackEvent::parse(value)),
             "outcome" => state.verdicts.extend(Verdict::parse(value)),
@@ -371,12 +357,7 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
     }
     state.generations.sort_by_key(|g| g.number);
     state.current_units = current_units;
-    for (unit, (file_changed, cwd)) in files {
-        let Some(ioc) = layout::ioc_of_unit(&unit) else { continue };
-        let state_of = show.get(&unit).cloned().unwrap_or_default();
-        let procserv = procservs.remove(&unit);
-        state.processes.insert(ioc.to_owned(), Process { state: state_of, file_changed, cwd, procserv });
-    }
+    state.processes = runs.processes();
 
     let fact = |key: &str| -> Result<&str> {
         facts.get(key).copied().with_context(|| format!("the host did not report `{key}`"))
@@ -398,6 +379,52 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
     state.has_systemctl = !fact("systemctl")?.is_empty();
     state.nix_store_on_ssh_path = fact("nix-store-on-path")? == "yes";
     Ok(state)
+}
+
+/// The records of `what_runs` (prelude.sh): systemd's view of some units,
+/// their files and their processes, gathered into a [`Process`] per IOC.
+#[derive(Default)]
+pub(crate) struct WhatRuns {
+    show: BTreeMap<String, UnitState>,
+    files: BTreeMap<String, (i64, Option<Utf8PathBuf>)>,
+    procservs: BTreeMap<String, (String, String)>,
+}
+
+impl WhatRuns {
+    /// Takes one record if it is one of `what_runs`'; whether it was.
+    pub(crate) fn take(&mut self, key: &str, value: &str, rest: &str) -> Result<bool> {
+        match key {
+            "show" => self.show = parse_show(rest),
+            "process" => {
+                let mut words = value.splitn(3, ' ');
+                let (Some(unit), Some(changed), Some(cwd)) = (words.next(), words.next(), words.next()) else {
+                    bail!("bad process line `{value}`");
+                };
+                let cwd = (cwd != "-").then(|| Utf8PathBuf::from(cwd));
+                self.files.insert(unit.to_owned(), (changed.parse().unwrap_or(0), cwd));
+            }
+            "procserv-of" => {
+                // The running binary's path may end in ` (deleted)`.
+                let (unit, rest) = value.split_once(' ').with_context(|| format!("bad procServ line `{value}`"))?;
+                let (runs, named) = rest.rsplit_once(' ').with_context(|| format!("bad procServ line `{value}`"))?;
+                self.procservs.insert(unit.to_owned(), (runs.to_owned(), named.to_owned()));
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// What runs for each unit, by IOC name.
+    pub(crate) fn processes(mut self) -> BTreeMap<String, Process> {
+        let mut processes = BTreeMap::new();
+        for (unit, (file_changed, cwd)) in self.files {
+            let Some(ioc) = layout::ioc_of_unit(&unit) else { continue };
+            let state = self.show.get(&unit).cloned().unwrap_or_default();
+            let procserv = self.procservs.remove(&unit);
+            processes.insert(ioc.to_owned(), Process { state, file_changed, cwd, procserv });
+        }
+        processes
+    }
 }
 
 fn parse_generation_line(line: &str) -> Result<Generation> {
@@ -439,11 +466,7 @@ impl HostState {
         if self.rollback_pending && self.current == Some(generation.number) {
             return Outcome::Pending;
         }
-        self.verdicts
-            .iter()
-            .rev()
-            .find(|v| v.number == generation.number && v.store_path == generation.store_path)
-            .map_or(Outcome::Unknown, |v| v.outcome)
+        outcome_of(&self.verdicts, generation.number, &generation.store_path)
     }
 
     /// Why `ioc`'s running process differs from what its unit and the
@@ -463,6 +486,16 @@ impl HostState {
         let nix_env = self.nix_env.as_deref()?;
         Some(format!("{}/nix-store", nix_env.rsplit_once('/').map_or("", |(dir, _)| dir)))
     }
+}
+
+/// The latest verdict on generation `number` while it pointed at
+/// `store_path` (a number reused after a deletion is another generation).
+pub(crate) fn outcome_of(verdicts: &[Verdict], number: u32, store_path: &Utf8PathBuf) -> Outcome {
+    verdicts
+        .iter()
+        .rev()
+        .find(|v| v.number == number && &v.store_path == store_path)
+        .map_or(Outcome::Unknown, |v| v.outcome)
 }
 
 /// The state of a unit, from `systemctl show`.

@@ -7,7 +7,6 @@
 context "$@"
 shift 7
 nonce=$1 history=$2 procserv_profile=$3
-say() { printf '%s %s %s\n' "$nonce" "$1" "$2"; }
 # Before use_nix: `nix copy` finds nix-store only on the plain SSH PATH.
 if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi
 use_nix
@@ -60,35 +59,12 @@ for f in "$unit_dir"/epnix-*.service; do
   cat "$f"
 done
 
-# What runs: systemd's view of this top's units, and for each the time its
-# file changed and the directory its IOC process (procServ's child) runs in.
-units=
+# What runs: systemd's view of this top's units, their files and processes.
+units=''
 for f in $(our_units); do units="$units ${f##*/}"; done
-if [ -n "$units" ]; then
-  props=Id,ActiveState,SubState,MainPID,NRestarts,InvocationID,ActiveEnterTimestamp,ExecMainStartTimestamp,NeedDaemonReload
-  printf '%s show\n' "$nonce"
-  # Unit names are plain words; `--timestamp=unix` is systemd 251 and later.
-  # shellcheck disable=SC2086
-  systemctl show --timestamp=unix --property="$props" $units 2>/dev/null ||
-    systemctl show --property="$props" $units
-  for u in $units; do
-    pid=$(systemctl show --property=MainPID --value "$u")
-    cwd=-
-    if [ "${pid:-0}" != 0 ]; then
-      # The procServ that runs, and the one the unit names now.
-      exe=$(readlink "/proc/$pid/exe" 2>/dev/null || echo -)
-      want=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit_dir/$u" | head -n 1)
-      say procserv-of "$u ${exe:--} $(readlink -f "$want" 2>/dev/null || echo -)"
-      # The file is one line of PIDs: its words are what we want.
-      # shellcheck disable=SC2013
-      for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
-        cwd=$(readlink "/proc/$child/cwd" 2>/dev/null || echo -)
-        break
-      done
-    fi
-    say process "$u $(stat -c %Y "$unit_dir/$u") $cwd"
-  done
-fi
+# Unit names are plain words.
+# shellcheck disable=SC2086
+if [ -n "$units" ]; then what_runs $units; fi
 
 # An armed restore point means a switch that is not confirmed (yet): its
 # rollback is armed, running, or due at the next boot.

@@ -63,3 +63,40 @@ generation_links() {
 install_file() {
   cp "$1" "$2.epnix-tmp" && chmod 0644 "$2.epnix-tmp" && mv -f "$2.epnix-tmp" "$2"
 }
+
+# say KEY VALUE: one record of a report, opened by the script's `$nonce`
+# (which no file can contain by accident), so texts after it need no
+# escaping.
+# shellcheck disable=SC2317,SC2154
+say() {
+  printf '%s %s %s\n' "$nonce" "$1" "$2"
+}
+
+# what_runs UNIT...: systemd's view of the units (a `show` record), and for
+# each running one the procServ that runs and the one its file names now,
+# the time its file changed, and the directory its IOC process (procServ's
+# child) runs in: what drift is judged from (`host::Process`).
+# shellcheck disable=SC2317,SC2154
+what_runs() {
+  props=Id,ActiveState,SubState,MainPID,NRestarts,InvocationID,ActiveEnterTimestamp,ExecMainStartTimestamp,NeedDaemonReload
+  printf '%s show\n' "$nonce"
+  # `--timestamp=unix` is systemd 251 and later.
+  systemctl show --timestamp=unix --property="$props" "$@" 2>/dev/null ||
+    systemctl show --property="$props" "$@"
+  for u in "$@"; do
+    pid=$(systemctl show --property=MainPID --value "$u")
+    cwd=-
+    if [ "${pid:-0}" != 0 ]; then
+      exe=$(readlink "/proc/$pid/exe" 2>/dev/null || echo -)
+      want=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit_dir/$u" | head -n 1)
+      say procserv-of "$u ${exe:--} $(readlink -f "$want" 2>/dev/null || echo -)"
+      # The file is one line of PIDs: its words are what we want.
+      # shellcheck disable=SC2013
+      for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+        cwd=$(readlink "/proc/$child/cwd" 2>/dev/null || echo -)
+        break
+      done
+    fi
+    say process "$u $(stat -c %Y "$unit_dir/$u") $cwd"
+  done
+}
