@@ -15,14 +15,16 @@ use crate::commands::delete::{self, DeleteOptions, Doomed};
 use crate::commands::deploy::{self, DeployOptions};
 use crate::commands::remove::{self, RemoveOptions};
 use crate::commands::rollback::{self, RollbackOptions};
-use crate::commands::{self, Changing, Run, list, status};
+use crate::commands::status::{self, StatusOptions};
+use crate::commands::{self, Changing, Run, list};
 use crate::config;
 use crate::exit::{self, BadInput, Exit};
 use crate::nix::Flake;
 use crate::output::{self, Ended, ErrorReport, Render, Style};
 use crate::progress::{Progress, Verbosity};
+use crate::running::Detail;
 use crate::suggest;
-use crate::target::Selection;
+use crate::target::{HostSelection, Selection};
 
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
@@ -34,9 +36,10 @@ struct Cli {
     #[command(flatten)]
     deploy: DeployArgs,
     /// Show every command run, on this machine and on the host, with its
-    /// arguments (on stderr).
-    #[arg(short, long, global = true, conflicts_with = "quiet")]
-    verbose: bool,
+    /// arguments (on stderr). For `status`: more columns with `-v` and
+    /// `-vv`, and the commands with `-vvv`.
+    #[arg(short, long, global = true, conflicts_with = "quiet", action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Show errors only: no progress, no notes (stdout still has the result).
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -48,8 +51,10 @@ enum Command {
     Deploy(DeployArgs),
     /// List the generations of a top on a host.
     List(ListArgs),
-    /// Show a top's generation, IOC units and last rollback on a host.
-    Status(HostTop),
+    /// Show every IOC on a host (or of one top): state, uptime, restarts;
+    /// `-v` adds PID, CPU, memory and console clients, `-vv` the console
+    /// socket and the last log line. Exits 1 when an IOC does not run.
+    Status(StatusArgs),
     /// Switch a top back to its newest healthy generation before the current
     /// one (or `--to N`), units and checks included, under an armed rollback.
     Rollback(RollbackArgs),
@@ -65,15 +70,12 @@ enum Command {
     },
 }
 
-/// The host and top every command acts on.
+/// The host a command acts on, and how to reach it.
 #[derive(Args, Debug)]
-struct HostTop {
+struct HostArgs {
     /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
     #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
     host: Option<String>,
-    /// A top from `epnixDeploy.tops`.
-    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
-    top: Option<String>,
     /// The flake that defines `epnixDeploy`.
     #[arg(long, default_value = ".")]
     flake: String,
@@ -90,16 +92,46 @@ struct HostTop {
     json: bool,
 }
 
-impl HostTop {
-    fn selection(&self) -> Selection {
+impl HostArgs {
+    fn selection(&self) -> HostSelection {
         let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
-        Selection {
+        HostSelection {
             flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
             host: self.host.clone().expect("clap requires it"),
-            top: self.top.clone().expect("clap requires it"),
             ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
         }
     }
+}
+
+/// The host and top most commands act on.
+#[derive(Args, Debug)]
+struct HostTop {
+    #[command(flatten)]
+    on: HostArgs,
+    /// A top from `epnixDeploy.tops`.
+    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
+}
+
+impl HostTop {
+    fn selection(&self) -> Selection {
+        let on = self.on.selection();
+        Selection {
+            flake: on.flake,
+            host: on.host,
+            top: self.top.clone().expect("clap requires it"),
+            ssh_opts: on.ssh_opts,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    on: HostArgs,
+    /// Only this top (default: every top on the host).
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -210,7 +242,7 @@ struct Request {
 enum Checked {
     Deploy(DeployOptions),
     List(Selection),
-    Status(Selection),
+    Status(StatusOptions),
     Rollback(RollbackOptions),
     Delete(DeleteOptions),
     Remove(RemoveOptions),
@@ -229,14 +261,17 @@ impl Checked {
         }
     }
 
-    fn selection(&self) -> &Selection {
-        match self {
+    /// The host and top it acts on, for its error report.
+    fn subject(&self) -> (String, Option<String>) {
+        let sel = match self {
             Checked::Deploy(o) => &o.selection,
-            Checked::List(s) | Checked::Status(s) => s,
+            Checked::List(s) => s,
+            Checked::Status(o) => return (o.on.host.clone(), o.top.clone()),
             Checked::Rollback(o) => &o.selection,
             Checked::Delete(o) => &o.selection,
             Checked::Remove(o) => &o.selection,
-        }
+        };
+        (sel.host.clone(), Some(sel.top.clone()))
     }
 }
 
@@ -246,7 +281,13 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
-    let verbosity = if cli.verbose {
+    // `status` reads `-v` and `-vv` as more columns, as procServ tools'
+    // `list -v` do; its commands show from `-vvv`.
+    let traced = match cli.command {
+        Some(Command::Status(_)) => cli.verbose >= 3,
+        _ => cli.verbose >= 1,
+    };
+    let verbosity = if traced {
         Verbosity::Verbose
     } else if cli.quiet {
         Verbosity::Quiet
@@ -264,7 +305,7 @@ pub fn main() -> ExitCode {
                 }
             };
         }
-        command => check(command.unwrap_or(Command::Deploy(cli.deploy))),
+        command => check(command.unwrap_or(Command::Deploy(cli.deploy)), cli.verbose),
     };
     // Ctrl-C must not kill the tool between a switch and its outcome: the
     // steps stop at the next safe point and say what the host will do.
@@ -278,21 +319,21 @@ pub fn main() -> ExitCode {
         Err((err, name, json)) => return failed(&err, name, json, None, None),
     };
     let name = request.command.name();
-    let sel = request.command.selection().clone();
+    let subject = request.command.subject();
     let result = run(&request, &progress);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => failed(&err, name, request.json, Some(&sel), progress.failed_step().map(|(_, step)| step)),
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(err) => failed(&err, name, request.json, Some(subject), progress.failed_step().map(|(_, step)| step)),
     }
 }
 
 /// Resolves the parsed flags into a request; a refusal carries the
 /// command's name and `--json`, so that it is reported as asked.
-fn check(command: Command) -> Result<Request, (anyhow::Error, &'static str, bool)> {
+fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'static str, bool)> {
     let style = |wide: bool| Style { short_paths: !wide && std::io::stdout().is_terminal() };
     let (command, json, style) = match command {
         Command::Deploy(args) => {
-            let json = args.target.json;
+            let json = args.target.on.json;
             let options = DeployOptions {
                 selection: args.target.selection(),
                 dry_run: args.dry_run,
@@ -304,8 +345,16 @@ fn check(command: Command) -> Result<Request, (anyhow::Error, &'static str, bool
             };
             (Checked::Deploy(options), json, style(false))
         }
-        Command::List(args) => (Checked::List(args.target.selection()), args.target.json, style(args.wide)),
-        Command::Status(args) => (Checked::Status(args.selection()), args.json, style(false)),
+        Command::List(args) => (Checked::List(args.target.selection()), args.target.on.json, style(args.wide)),
+        Command::Status(args) => {
+            let detail = match verbose {
+                0 => Detail::Base,
+                1 => Detail::Usage,
+                _ => Detail::Socket,
+            };
+            let options = StatusOptions { on: args.on.selection(), top: args.top, detail };
+            (Checked::Status(options), args.on.json, style(false))
+        }
         Command::Rollback(args) => {
             let options = RollbackOptions {
                 selection: args.target.selection(),
@@ -315,10 +364,10 @@ fn check(command: Command) -> Result<Request, (anyhow::Error, &'static str, bool
                 no_magic_rollback: args.no_magic_rollback,
                 changing: Changing { skip_hostname_check: args.skip_hostname_check },
             };
-            (Checked::Rollback(options), args.target.json, style(false))
+            (Checked::Rollback(options), args.target.on.json, style(false))
         }
         Command::DeleteGeneration(args) => {
-            let json = args.target.json;
+            let json = args.target.on.json;
             let doomed = doomed(&args).map_err(|err| (err.into(), "delete-generation", json))?;
             let options = DeleteOptions {
                 selection: args.target.selection(),
@@ -336,7 +385,7 @@ fn check(command: Command) -> Result<Request, (anyhow::Error, &'static str, bool
                 gc: args.gc,
                 changing: Changing { skip_hostname_check: args.skip_hostname_check },
             };
-            (Checked::Remove(options), args.target.json, style(false))
+            (Checked::Remove(options), args.target.on.json, style(false))
         }
         Command::Completions { .. } => unreachable!("handled before"),
     };
@@ -355,26 +404,45 @@ fn doomed(args: &DeleteArgs) -> Result<Doomed, BadInput> {
     }
 }
 
-/// Runs the command and prints its result.
-fn run(request: &Request, progress: &Progress) -> Result<()> {
-    fn print<T: Render + Clone>(request: &Request, progress: &Progress, value: T, wrap: fn(Ended<T>) -> Run) {
-        let json = request.json.then(|| wrap(Ended::Done { result: value.clone() }));
-        output::print_result(json, &value, &request.style, progress);
+/// Runs the command and prints its result; how the run ended.
+fn run(request: &Request, progress: &Progress) -> Result<Exit> {
+    fn print<T: Render + Clone>(request: &Request, progress: &Progress, value: T, wrap: fn(Ended<T>) -> Run) -> Exit {
+        print_as(request, progress, value, wrap, Exit::Success)
     }
-    match &request.command {
+    fn print_as<T: Render + Clone>(
+        request: &Request,
+        progress: &Progress,
+        value: T,
+        wrap: fn(Ended<T>) -> Run,
+        exit: Exit,
+    ) -> Exit {
+        let json = request.json.then(|| wrap(Ended::Done { result: value.clone() }));
+        output::print_result(json, exit, &value, &request.style, progress);
+        exit
+    }
+    Ok(match &request.command {
         Checked::Deploy(o) => print(request, progress, deploy::run(o, progress)?, Run::Deploy),
         Checked::List(s) => print(request, progress, list::run(s, progress)?, Run::List),
-        Checked::Status(s) => print(request, progress, status::run(s, progress)?, Run::Status),
+        Checked::Status(o) => {
+            let report = status::run(o, progress)?;
+            let exit = report.exit();
+            print_as(request, progress, report, Run::Status, exit)
+        }
         Checked::Rollback(o) => print(request, progress, rollback::run(o, progress)?, Run::Rollback),
         Checked::Delete(o) => print(request, progress, delete::run(o, progress)?, Run::DeleteGeneration),
         Checked::Remove(o) => print(request, progress, remove::run(o, progress)?, Run::Remove),
-    }
-    Ok(())
+    })
 }
 
 /// Reports a failure: the error on stderr, and with `--json` the document
 /// on stdout. Returns the exit code.
-fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>, step: Option<String>) -> ExitCode {
+fn failed(
+    err: &anyhow::Error,
+    name: &str,
+    json: bool,
+    subject: Option<(String, Option<String>)>,
+    step: Option<String>,
+) -> ExitCode {
     let exit = exit::code_for(err);
     eprintln!("error: {err}");
     for cause in err.chain().skip(1) {
@@ -382,8 +450,10 @@ fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>, 
     }
     if json {
         let mut error = ErrorReport::new(err);
-        error.host = sel.map(|s| s.host.clone());
-        error.top = sel.map(|s| s.top.clone());
+        if let Some((host, top)) = subject {
+            error.host = Some(host);
+            error.top = top;
+        }
         error.step = step;
         output::print_failure(exit, failure_run(name, error));
     }

@@ -70,7 +70,10 @@ impl Exit {
     pub fn meaning(self) -> &'static str {
         match self {
             Exit::Success => "done: the IOCs run healthy on the generation asked for",
-            Exit::Failed => "failed; the host is on its previous generation, healthy (never switched, or rolled back)",
+            Exit::Failed => {
+                "failed; the host is on its previous generation, healthy (never switched, or rolled back); \
+                 for `status`: an IOC does not run"
+            }
             Exit::BadInput => "bad input or a host that cannot take it; nothing changed",
             Exit::NeedsAttention => "the rollback failed too; the host needs attention",
             Exit::Unknown => {

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod process;
 pub mod progress;
 pub mod remote;
+pub mod running;
 pub mod ssh;
 pub mod suggest;
 pub mod table;

@@ -94,9 +94,17 @@ fn split_hint(text: &str) -> (String, Option<String>) {
 }
 
 /// Prints a result: text on stdout (notes on stderr), or the JSON document.
-pub fn print_result<R: Serialize + JsonSchema>(json: Option<R>, text: &dyn Render, style: &Style, progress: &Progress) {
+/// `exit` is how the run ends: success, or a result that reports a fault
+/// (`status` with an IOC down).
+pub fn print_result<R: Serialize + JsonSchema>(
+    json: Option<R>,
+    exit: Exit,
+    text: &dyn Render,
+    style: &Style,
+    progress: &Progress,
+) {
     match json {
-        Some(run) => print_json(&Document { version: VERSION, outcome: Exit::Success, exit_code: 0, run }),
+        Some(run) => print_json(&Document { version: VERSION, outcome: exit, exit_code: exit.code(), run }),
         None => {
             print!("{}", text.text(style));
             for note in text.notes() {

@@ -119,6 +119,25 @@ impl fmt::Display for Target {
     }
 }
 
+/// Where to find a host: the `<host>` argument, the flake that may name it,
+/// and `--ssh-opts`.
+#[derive(Clone, Debug)]
+pub struct HostSelection {
+    pub flake: crate::nix::Flake,
+    pub host: String,
+    /// `--ssh-opts`, added after the host's own `sshOpts`.
+    pub ssh_opts: Vec<String>,
+}
+
+impl HostSelection {
+    /// Resolves the host argument, with `--ssh-opts` applied.
+    pub fn target(&self, config: Option<&Config>) -> Result<Target, BadInput> {
+        let mut target = Target::resolve(&self.host, config)?;
+        target.ssh_opts.extend(self.ssh_opts.iter().cloned());
+        Ok(target)
+    }
+}
+
 /// Where to find the host and which top to act on.
 #[derive(Clone, Debug)]
 pub struct Selection {
@@ -130,11 +149,14 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The host part of the selection.
+    pub fn on(&self) -> HostSelection {
+        HostSelection { flake: self.flake.clone(), host: self.host.clone(), ssh_opts: self.ssh_opts.clone() }
+    }
+
     /// Resolves the host argument, with `--ssh-opts` applied.
     pub fn target(&self, config: Option<&Config>) -> Result<Target, BadInput> {
-        let mut target = Target::resolve(&self.host, config)?;
-        target.ssh_opts.extend(self.ssh_opts.iter().cloned());
-        Ok(target)
+        self.on().target(config)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::layout;
 
 /// The key that marks a unit as ours and names the top it belongs to. systemd
 /// ignores `X-` keys, so it costs nothing at run time.
-const OWNER_KEY: &str = "X-EpnixDeploy-Top";
+pub const OWNER_KEY: &str = "X-EpnixDeploy-Top";
 
 /// What the unit needs to know about the host it goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -236,7 +236,7 @@ fn set_procserv_cmd(procserv: &NixProcServ) -> crate::ssh::RemoteCmd {
 /// Picks the top and the host, and checks that they belong together.
 fn select<'a>(config: &'a Config, sel: &Selection) -> Result<(&'a Top, Target), BadInput> {
     let top_name = sel.top.as_str();
-    let target = super::resolve(config, sel)?;
+    let target = super::resolve(config, &sel.on(), Some(&sel.top))?;
     let top = config.tops.get(top_name).ok_or_else(|| super::unknown_top(config, top_name))?;
     if let Some(name) = &target.name {
         if !top.hosts.contains(name) {

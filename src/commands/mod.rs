@@ -31,7 +31,7 @@ use crate::remote;
 use crate::ssh::Remote;
 use crate::suggest;
 use crate::table;
-use crate::target::{self, Selection, Target};
+use crate::target::{self, HostSelection, Selection, Target};
 
 /// The subcommands' names, for "did you mean" when one is mistaken for a
 /// host (`cli` checks that they are its subcommands).
@@ -66,36 +66,47 @@ fn target(sel: &Selection) -> Result<(Target, Option<Config>)> {
     if !config::is_safe_name(&sel.top) {
         return Err(BadInput::new(format!("`{}` is not a valid top name", sel.top)).into());
     }
-    if sel.host.contains('@') {
-        return Ok((sel.target(None)?, None));
+    host_target(&sel.on(), Some(&sel.top))
+}
+
+/// Resolves the host of a command that may name a `top` (for "did you
+/// mean" when the two are swapped), with the configuration when the host
+/// is a configured name.
+fn host_target(on: &HostSelection, top: Option<&str>) -> Result<(Target, Option<Config>)> {
+    if let Some(top) = top.filter(|t| !config::is_safe_name(t)) {
+        return Err(BadInput::new(format!("`{top}` is not a valid top name")).into());
     }
-    let config = nix::evaluate(&sel.flake).map_err(|err| {
+    if on.host.contains('@') {
+        return Ok((on.target(None)?, None));
+    }
+    let config = nix::evaluate(&on.flake).map_err(|err| {
         err.context(format!(
             "`{}` is a host name, which needs the flake's `epnixDeploy.hosts`; without a flake, give the host as `user@hostname[:port]`",
-            sel.host
+            on.host
         ))
     })?;
-    let target = resolve(&config, sel)?;
+    let target = resolve(&config, on, top)?;
     Ok((target, Some(config)))
 }
 
 /// Resolves a configured host, with a "did you mean" for a misspelt host,
 /// and for a top and host given the wrong way round.
-pub fn resolve(config: &Config, sel: &Selection) -> Result<Target, BadInput> {
-    if !config.hosts.contains_key(&sel.host) && !sel.host.contains('@') {
-        let swapped = config.tops.contains_key(&sel.host) && config.hosts.contains_key(&sel.top);
+pub fn resolve(config: &Config, on: &HostSelection, top: Option<&str>) -> Result<Target, BadInput> {
+    if !config.hosts.contains_key(&on.host) && !on.host.contains('@') {
+        let swapped = top.is_some_and(|top| config.tops.contains_key(&on.host) && config.hosts.contains_key(top));
         if swapped {
             return Err(BadInput::new(format!(
                 "`{}` is a top and `{}` a host: the host comes first",
-                sel.host, sel.top
+                on.host,
+                top.unwrap_or_default()
             ))
-            .hint(format!("epnix-deploy … {} {}", sel.top, sel.host)));
+            .hint(format!("epnix-deploy … {} {}", top.unwrap_or_default(), on.host)));
         }
-        let err = BadInput::new(format!("unknown host `{}`", sel.host));
-        if let Some(near) = suggest::closest(&sel.host, config.hosts.keys()) {
+        let err = BadInput::new(format!("unknown host `{}`", on.host));
+        if let Some(near) = suggest::closest(&on.host, config.hosts.keys()) {
             return Err(err.hint(format!("did you mean `{near}`? Or give the host as `user@hostname[:port]`")));
         }
-        if let Some(command) = suggest::closest(&sel.host, &NAMES) {
+        if let Some(command) = suggest::closest(&on.host, &NAMES) {
             return Err(err.hint(format!("did you mean the command, `epnix-deploy {command} …`?")));
         }
         let hosts: Vec<&str> = config.hosts.keys().map(String::as_str).collect();
@@ -106,7 +117,7 @@ pub fn resolve(config: &Config, sel: &Selection) -> Result<Target, BadInput> {
             NAMES.join(", ")
         )));
     }
-    sel.target(Some(config))
+    on.target(Some(config))
 }
 
 /// A top that is not in the configuration, with a "did you mean".

@@ -43,6 +43,7 @@ scripts! {
     REMOVE = "remove";
     ROLLBACK = "rollback";
     ROLLBACK_AT_BOOT = "rollback_at_boot";
+    RUNNING = "running";
     RUN_CHECK = "run_check";
     SET_PROFILE = "set_profile";
     SWITCH = "switch";

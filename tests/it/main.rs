@@ -11,6 +11,7 @@ mod module;
 mod parity;
 mod procserv;
 mod ssh_failures;
+mod status;
 mod support;
 mod testbed;
 

@@ -42,6 +42,14 @@ fn procserv_from_nix_runs_the_iocs_with_oneshot_and_stays_through_a_rollback() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+    // `status` counts that restart, and shows the new IOC process.
+    let out = epnix_deploy(&flake, &["status", host.name.as_str(), "-v", "--json"]);
+    assert_exit(&out, 0);
+    let status = &json(&out)["iocs"][0];
+    assert_eq!(status["restarts"], restarts(&host), "{status:#}");
+    let child = host
+        .ssh_ok(&format!("cut -d' ' -f1 /proc/$(systemctl show --property=MainPID --value {UNIT})/task/*/children"));
+    assert_eq!(status["pid"].to_string(), child.trim(), "{status:#}");
 
     // A new top, then a rollback of the top: procServ's profile stays.
     flake.write_with_nix_procserv(&host, &demo_top("v2", &[&ioc]));
