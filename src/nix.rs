@@ -4,6 +4,8 @@
 //! Only flags that both Debian's Nix 2.8 and current Nix (2.18+) understand
 //! are used, so the tool works with either.
 
+use std::path::{Component, Path, PathBuf};
+
 use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
 use serde::Deserialize;
@@ -57,7 +59,12 @@ pub fn eval_config(flake: &Flake) -> Cmd {
 pub fn evaluate(flake: &Flake) -> Result<Config> {
     let json = eval_config(flake).output().map_err(|err| {
         let text = err.to_string();
-        BadInput::new(format!("could not evaluate `{}#epnixDeploy`:\n{text}", flake.reference)).hint(eval_hint(&text))
+        let cwd = std::env::current_dir().unwrap_or_default();
+        BadInput::new(format!("could not evaluate `{}#epnixDeploy`:\n{text}", flake.reference)).hint(eval_hint(
+            &flake.reference,
+            &cwd,
+            &text,
+        ))
     })?;
     let value: serde_json::Value = serde_json::from_str(&json).context("reading the JSON of `nix eval`")?;
     Ok(Config::parse(&value)?)
@@ -65,16 +72,28 @@ pub fn evaluate(flake: &Flake) -> Result<Config> {
 
 /// What to do about a failed evaluation, from Nix's own message: a flake
 /// that is not there, an input that cannot be fetched (the template's
-/// published address, offline), an output that is missing.
-fn eval_hint(stderr: &str) -> String {
+/// published address, offline), an output that is missing. Nix says the
+/// same of a missing flake and a missing input ("No such file or
+/// directory", git's "does not appear to be a git repository"): the path it
+/// names tells them apart, the flake's own directory (`reference`, against
+/// `cwd`) or another one.
+fn eval_hint(reference: &str, cwd: &Path, stderr: &str) -> String {
     let has = |needle: &str| stderr.contains(needle);
+    let missing = missing_path(stderr);
+    let own = missing.is_some_and(|m| local_dir(reference, cwd).is_some_and(|dir| Path::new(m) == dir));
+    // Inside the store, the path is in a copy of a source, which may be the
+    // flake's own copy: only a path outside it is surely an input's.
+    let input_missing = missing.is_some_and(|m| !own && !m.starts_with("/nix/store/"));
     if has("does not provide attribute") && has("epnixDeploy") {
         "the flake has no `epnixDeploy` output: is `--flake` the right flake? Start one with \
          `nix flake init -t <epnix-deploy>#top`"
             .to_owned()
-    } else if has("does not contain a 'flake.nix'") || has("is not a flake") || has("No such file or directory") {
+    } else if !input_missing
+        && (own || has("does not contain a 'flake.nix'") || has("is not a flake") || has("No such file or directory"))
+    {
         "no flake there: run the command in the flake's directory, or pass `--flake <path or reference>`".to_owned()
-    } else if has("unable to download")
+    } else if input_missing
+        || has("unable to download")
         || has("Could not resolve host")
         || has("unable to fetch")
         || has("cannot fetch")
@@ -88,6 +107,37 @@ fn eval_hint(stderr: &str) -> String {
     } else {
         "the lines above are Nix's own error; `nix eval <flake>#epnixDeploy --show-trace` shows more".to_owned()
     }
+}
+
+/// The path that Nix, or the git it runs, reports as not there.
+fn missing_path(stderr: &str) -> Option<&str> {
+    let between = |start: &str, end: &str| {
+        let rest = &stderr[stderr.find(start)? + start.len()..];
+        Some(&rest[..rest.find(end)?]).filter(|path| !path.contains('\n'))
+    };
+    between("getting status of '", "': No such file or directory")
+        .or_else(|| between("fatal: '", "' does not appear to be a git repository"))
+}
+
+/// The directory of a local flake reference (`.`, `/srv/top`, `path:…`,
+/// `git+file://…`), made absolute against `cwd`; None for any other.
+fn local_dir(reference: &str, cwd: &Path) -> Option<PathBuf> {
+    let path = ["path:", "git+file://", "file://"].iter().find_map(|p| reference.strip_prefix(p)).unwrap_or(reference);
+    let path = path.split('?').next().unwrap_or(path);
+    if !path.starts_with(['/', '.']) {
+        return None;
+    }
+    let mut dir = cwd.to_path_buf();
+    for part in Path::new(path).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                dir.pop();
+            }
+            other => dir.push(other),
+        }
+    }
+    Some(dir)
 }
 
 /// Builds a package of the configuration, e.g. `tops.<top>.package`,
@@ -188,12 +238,38 @@ mod tests {
 
     #[test]
     fn failed_evaluations_get_a_hint_that_fits() {
+        let hint = |reference: &str, stderr: &str| eval_hint(reference, Path::new("/home/ops/site"), stderr);
         let missing = "error: flake 'git+file:///x' does not provide attribute 'packages.x86_64-linux.epnixDeploy', 'legacyPackages.x86_64-linux.epnixDeploy' or 'epnixDeploy'";
-        assert!(eval_hint(missing).contains("no `epnixDeploy` output"));
+        assert!(hint(".", missing).contains("no `epnixDeploy` output"));
         let offline = "error: unable to download 'https://api.github.com/repos/x/y/commits/HEAD': Could not resolve host: api.github.com (6)";
-        assert!(eval_hint(offline).contains("--override-input"));
+        assert!(hint(".", offline).contains("--override-input"));
         let nothing = "error: path '/tmp/x' does not contain a 'flake.nix', searching up";
-        assert!(eval_hint(nothing).contains("--flake"));
+        assert!(hint("/tmp/x", nothing).contains("--flake"));
+        // A flake in git without a `flake.nix`: its copy in the store has none.
+        let no_file = "error: getting status of '/nix/store/0ccn-source/flake.nix': No such file or directory";
+        assert!(hint("git+file:///tmp/x", no_file).contains("no flake there"));
+    }
+
+    /// Nix 2.8 words a missing `path:` or `git+file:` flake and a missing
+    /// input of that kind alike; only the path it names differs.
+    #[test]
+    fn a_missing_input_is_told_from_a_missing_flake() {
+        let hint = |reference: &str, stderr: &str| eval_hint(reference, Path::new("/home/ops/site"), stderr);
+        let status = |path: &str| format!("error: getting status of '{path}': No such file or directory");
+        let git = |path: &str| {
+            format!(
+                "fatal: '{path}' does not appear to be a git repository\nerror: program 'git' failed with exit code 128"
+            )
+        };
+        for reference in ["path:/srv/top", "/srv/top", "git+file:///srv/top?ref=main", "path:../../../srv/top"] {
+            assert!(hint(reference, &status("/srv/top")).contains("no flake there"), "{reference}");
+            assert!(hint(reference, &git("/srv/top")).contains("no flake there"), "{reference}");
+            assert!(hint(reference, &status("/src/epnix-deploy")).contains("--override-input"), "{reference}");
+            assert!(hint(reference, &git("/src/epnix-deploy")).contains("--override-input"), "{reference}");
+        }
+        assert!(hint(".", &status("/home/ops/site")).contains("no flake there"));
+        assert!(hint("./", &status("/home/ops/epnix-deploy")).contains("--override-input"));
+        assert!(hint("github:epics/top", &status("/src/epnix-deploy")).contains("--override-input"));
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod activation;
 mod completion;
 mod deploy;
 mod faults;
+mod first_hour;
 mod generations;
 mod hardening;
 mod json;
