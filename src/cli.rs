@@ -155,9 +155,23 @@ struct DeployArgs {
     /// End the deploy lock of a deploy that is gone, and take it.
     #[arg(long)]
     break_lock: bool,
-    /// Deploy even if the host's name is not the configured one.
+    #[command(flatten)]
+    changing: ChangingArgs,
+}
+
+/// The flags of every command that changes a host.
+#[derive(Args, Debug)]
+struct ChangingArgs {
+    /// Change the host even if it answers as another name than its
+    /// `expectedHostname` (by default its name in `epnixDeploy.hosts`).
     #[arg(long)]
     skip_hostname_check: bool,
+}
+
+impl ChangingArgs {
+    fn checked(&self) -> Changing {
+        Changing { skip_hostname_check: self.skip_hostname_check }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -187,9 +201,8 @@ struct RollbackArgs {
     /// confirmed; a failed health check still rolls back.
     #[arg(long)]
     no_magic_rollback: bool,
-    /// Change the host even if its name is not the configured one.
-    #[arg(long)]
-    skip_hostname_check: bool,
+    #[command(flatten)]
+    changing: ChangingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -202,9 +215,8 @@ struct RemoveArgs {
     /// Run the host's garbage collector afterwards and report what it freed.
     #[arg(long)]
     gc: bool,
-    /// Change the host even if its name is not the configured one.
-    #[arg(long)]
-    skip_hostname_check: bool,
+    #[command(flatten)]
+    changing: ChangingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -226,9 +238,8 @@ struct DeleteArgs {
     /// List what would be deleted; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Change the host even if its name is not the configured one.
-    #[arg(long)]
-    skip_hostname_check: bool,
+    #[command(flatten)]
+    changing: ChangingArgs,
 }
 
 /// What the user asked for, checked: one command and how to print.
@@ -341,7 +352,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 activation_timeout: args.activation_timeout.map(Duration::from_secs),
                 no_magic_rollback: args.no_magic_rollback,
                 break_lock: args.break_lock,
-                skip_hostname_check: args.skip_hostname_check,
+                skip_hostname_check: args.changing.skip_hostname_check,
             };
             (Checked::Deploy(options), json, style(false))
         }
@@ -362,7 +373,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 force: args.force,
                 activation_timeout: args.activation_timeout.map(Duration::from_secs),
                 no_magic_rollback: args.no_magic_rollback,
-                changing: Changing { skip_hostname_check: args.skip_hostname_check },
+                changing: args.changing.checked(),
             };
             (Checked::Rollback(options), args.target.on.json, style(false))
         }
@@ -374,7 +385,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 doomed,
                 gc: args.gc,
                 dry_run: args.dry_run,
-                changing: Changing { skip_hostname_check: args.skip_hostname_check },
+                changing: args.changing.checked(),
             };
             (Checked::Delete(options), json, style(false))
         }
@@ -383,7 +394,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 selection: args.target.selection(),
                 purge: args.purge,
                 gc: args.gc,
-                changing: Changing { skip_hostname_check: args.skip_hostname_check },
+                changing: args.changing.checked(),
             };
             (Checked::Remove(options), args.target.on.json, style(false))
         }
