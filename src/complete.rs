@@ -32,7 +32,7 @@ use clap_complete::engine::CompletionCandidate;
 use clap_complete::env::{self, EnvCompleter, Shells};
 use clap_complete::{CompleteEnv, Shell};
 
-use crate::process::Cmd;
+use crate::nix::{self, Flake};
 
 /// The environment variable that turns a run into a completion request.
 const VAR: &str = "COMPLETE";
@@ -103,62 +103,41 @@ fn names(level: &str) -> Vec<CompletionCandidate> {
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let words = args.iter().position(|a| a == "--").map_or(&[][..], |i| &args[i + 1..]);
     let line = Line::from_bash(words.to_vec(), words.len().saturating_sub(1));
-    let flake = FlakeOnLine::find(&line.words);
-    let Ok(json) = flake.attr_names(level).output() else {
+    let flake = flake_on_line(&line.words);
+    let Ok(json) = nix::attr_names(&flake, level).output() else {
         return Vec::new();
     };
     let names: Vec<String> = serde_json::from_str(&json).unwrap_or_default();
     names.into_iter().map(CompletionCandidate::new).collect()
 }
 
-/// The flake a command line names, as the command would read it.
-#[derive(Debug, PartialEq)]
-struct FlakeOnLine {
-    reference: String,
-    override_inputs: Vec<(String, String)>,
-}
-
-impl FlakeOnLine {
-    /// `--flake` (the last one) and every `--override-input`, else `.`.
-    fn find(words: &[String]) -> FlakeOnLine {
-        let mut flake = FlakeOnLine { reference: ".".to_owned(), override_inputs: Vec::new() };
-        let mut words = words.iter();
-        while let Some(word) = words.next() {
-            if word == "--" {
-                break;
-            }
-            let (name, inline) = word.split_once('=').map_or((word.as_str(), None), |(n, v)| (n, Some(v)));
-            let inline = inline.map(shell_word);
-            let mut words = words.by_ref().map(|w| shell_word(w));
-            match name {
-                "--flake" => {
-                    if let Some(value) = inline.or_else(|| words.next()) {
-                        flake.reference = value;
-                    }
-                }
-                "--override-input" => {
-                    if let (Some(input), Some(to)) = (inline.or_else(|| words.next()), words.next()) {
-                        flake.override_inputs.push((input, to));
-                    }
-                }
-                _ => {}
-            }
+/// The flake a command line names, as the command would read it: `--flake`
+/// (the last one) and every `--override-input`, else `.`.
+fn flake_on_line(words: &[String]) -> Flake {
+    let mut flake = Flake::new(".");
+    let mut words = words.iter();
+    while let Some(word) = words.next() {
+        if word == "--" {
+            break;
         }
-        flake
-    }
-
-    /// `nix eval` of the names of `epnixDeploy.<level>`: the attribute set
-    /// itself is not evaluated, only its names. A lock file is never
-    /// written: completing must not change the user's flake.
-    fn attr_names(&self, level: &str) -> Cmd {
-        let mut cmd = Cmd::new("nix")
-            .args(["--extra-experimental-features", "nix-command flakes", "eval", "--json", "--no-write-lock-file"])
-            .arg(format!("{}#epnixDeploy.{level}", self.reference));
-        for (input, to) in &self.override_inputs {
-            cmd = cmd.args(["--override-input", input, to]);
+        let (name, inline) = word.split_once('=').map_or((word.as_str(), None), |(n, v)| (n, Some(v)));
+        let inline = inline.map(shell_word);
+        let mut words = words.by_ref().map(|w| shell_word(w));
+        match name {
+            "--flake" => {
+                if let Some(value) = inline.or_else(|| words.next()) {
+                    flake.reference = value;
+                }
+            }
+            "--override-input" => {
+                if let (Some(input), Some(to)) = (inline.or_else(|| words.next()), words.next()) {
+                    flake.override_inputs.push((input, to));
+                }
+            }
+            _ => {}
         }
-        cmd.args(["--apply", "builtins.attrNames"])
     }
+    flake
 }
 
 /// A word as the shell would pass it to the command: bash hands over what
@@ -335,8 +314,8 @@ mod tests {
 
     #[test]
     fn the_flake_is_the_last_flake_option_else_the_current_directory() {
-        assert_eq!(FlakeOnLine::find(&words(&["epnix-deploy", "list", "h"])).reference, ".");
-        let flake = FlakeOnLine::find(&words(&[
+        assert_eq!(flake_on_line(&words(&["epnix-deploy", "list", "h"])).reference, ".");
+        let flake = flake_on_line(&words(&[
             "epnix-deploy",
             "--flake",
             "/a",
@@ -349,10 +328,10 @@ mod tests {
         ]));
         assert_eq!(
             flake,
-            FlakeOnLine { reference: "/b c".into(), override_inputs: vec![("epnix".into(), "path:/e".into())] }
+            Flake { reference: "/b c".into(), override_inputs: vec![("epnix".into(), "path:/e".into())] }
         );
         assert_eq!(
-            flake.attr_names("hosts").to_string(),
+            nix::attr_names(&flake, "hosts").to_string(),
             "nix --extra-experimental-features 'nix-command flakes' eval --json --no-write-lock-file \
              '/b c#epnixDeploy.hosts' --override-input epnix path:/e --apply builtins.attrNames"
         );

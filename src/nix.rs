@@ -54,6 +54,16 @@ pub fn eval_config(flake: &Flake) -> Cmd {
     nix().args(["eval", "--json"]).args(flake.installable("epnixDeploy"))
 }
 
+/// The attribute names of `epnixDeploy.<level>` (for completion): the set
+/// itself is not evaluated, only its names. A lock file is never written:
+/// completing must not change the user's flake.
+pub fn attr_names(flake: &Flake, level: &str) -> Cmd {
+    nix()
+        .args(["eval", "--json", "--no-write-lock-file"])
+        .args(flake.installable(&format!("epnixDeploy.{level}")))
+        .args(["--apply", "builtins.attrNames"])
+}
+
 /// Evaluates and checks the flake's `epnixDeploy`. A flake that does not
 /// evaluate is bad input: nothing has been touched yet.
 pub fn evaluate(flake: &Flake) -> Result<Config> {
