@@ -97,7 +97,9 @@ impl TestFlake {
         self.write_full(host, &host.name, procserv, tops);
     }
 
-    fn write_full(&self, host: &TestHost, name: &str, host_extra: &str, tops: &str) {
+    /// Like [`TestFlake::write_as`], with more attributes of the host
+    /// (`host_extra`, Nix text).
+    pub fn write_full(&self, host: &TestHost, name: &str, host_extra: &str, tops: &str) {
         let text = format!(
             r#"{{
   outputs = {{ self }}:
