@@ -129,6 +129,13 @@ fn conserver_offers_the_console_of_every_ioc_on_the_host() {
         host.ssh_ok(&format!("cat {INCLUDE}"))
     );
 
+    // A dry run lists the step, last.
+    let out = epnix_deploy(&flake, &[host.name.as_str(), "demo", "--dry-run", "--json"]);
+    assert_exit(&out, 0);
+    let plan = json(&out)["plan"].clone();
+    let last = plan.as_array().and_then(|steps| steps.last()).unwrap_or_else(|| panic!("no plan: {plan:#}"));
+    assert!(last["action"].as_str().unwrap().starts_with(&format!("rewrite `{INCLUDE}` with one console per IOC")));
+
     // Once the line is there, conserver reads the file; as Debian starts it,
     // it cannot reach the UNIX consoles, and the next deploy says so.
     host.ssh_ok(&format!("echo '#include {INCLUDE}' >>{CONFIG} && systemctl start conserver-server"));
