@@ -293,7 +293,46 @@ let
     procServ = level "hostProcServ" {
       package = storePath "epnix.packages.x86_64-linux.procServ";
     } [ ];
+    # The console server in front of the host's IOCs: the tool rewrites
+    # `includeFile` after each deploy, rollback and remove.
+    conserver =
+      path: value:
+      let
+        defaults = levels.hostConserver.defaults;
+        include = value.includeFile or defaults.includeFile;
+        # The include file is rewritten whole: it must never be conserver's
+        # own configuration.
+        clobbers =
+          if isAttrs value && hostFile "" include == [ ] && include == (value.configFile or defaults.configFile) then
+            err "${path}.includeFile" "`${include}` is also `configFile`: epnix-deploy would overwrite conserver's configuration; give the include file a name of its own"
+          else
+            [ ];
+      in
+      level "hostConserver" {
+        enable = boolean;
+        includeFile = hostFile;
+        configFile = hostFile;
+        service =
+          p: name:
+          if !isString name then
+            err p "must be a string, not ${kind name}"
+          else if match "[A-Za-z0-9_:@][A-Za-z0-9_.:@-]{0,254}" name == null then
+            err p "`${name}` is not a systemd unit name; name the unit that runs conserver, e.g. `conserver-server.service` (Debian) or `conserver.service`"
+          else
+            [ ];
+      } clobbers path value;
   } [ ];
+
+  # A file on the host: an absolute path, without white space (conserver's
+  # `#include` line would lose it at the ends) or control characters.
+  hostFile =
+    path: value:
+    if !isString value then
+      err path "must be a string, not ${kind value}"
+    else if match "/[^[:space:][:cntrl:]]*" value == null || match ".*/" value != null then
+      err path "`${value}` is not an absolute path to a file, without white space"
+    else
+      [ ];
 
   # Errors of a path option that must stay inside the top.
   pathErrors =

@@ -58,10 +58,21 @@ pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 /// `epnixDeploy`.
 pub const ROOT_KEYS: &[&str] = &["hosts", "tops"];
 /// `epnixDeploy.hosts.<name>`.
-pub const HOST_KEYS: &[&str] =
-    &["hostname", "expectedHostname", "sshUser", "sshPort", "sshOpts", "tags", "magicRollback", "procServ"];
+pub const HOST_KEYS: &[&str] = &[
+    "hostname",
+    "expectedHostname",
+    "sshUser",
+    "sshPort",
+    "sshOpts",
+    "tags",
+    "magicRollback",
+    "procServ",
+    "conserver",
+];
 /// `epnixDeploy.hosts.<name>.procServ`.
 pub const HOST_PROCSERV_KEYS: &[&str] = &["package"];
+/// `epnixDeploy.hosts.<name>.conserver`.
+pub const HOST_CONSERVER_KEYS: &[&str] = &["enable", "includeFile", "configFile", "service"];
 /// `epnixDeploy.tops.<name>`.
 pub const TOP_KEYS: &[&str] = &["package", "hosts", "iocs", "activationTimeout", "magicRollback", "confirmTimeout"];
 /// `epnixDeploy.tops.<top>.iocs.<name>`.
@@ -101,6 +112,39 @@ pub struct Host {
     /// Nix to the profile `/nix/var/nix/profiles/epnix/procServ` as the EPNix
     /// guide does; without it, the host's own `procServ` on the PATH.
     pub procserv_package: Option<Utf8PathBuf>,
+    /// `conserver`: the console server in front of the host's IOCs.
+    pub conserver: Conserver,
+}
+
+/// `epnixDeploy.hosts.<name>.conserver`: conserver, the console server some
+/// sites reach every IOC console of a host through. Enabled, each deploy,
+/// rollback and remove on the host rewrites an include file of conserver's
+/// configuration with one console per IOC of every top there, then has
+/// conserver re-read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conserver {
+    /// `enable` (default false).
+    pub enable: bool,
+    /// `includeFile`: the file epnix-deploy owns and rewrites, which
+    /// conserver's configuration must `#include`.
+    pub include_file: Utf8PathBuf,
+    /// `configFile`: conserver's configuration, where the `#include` line
+    /// is looked for (Debian's path by default).
+    pub config_file: Utf8PathBuf,
+    /// `service`: the systemd unit that runs conserver, whose main process
+    /// is told to re-read its configuration (Debian's name by default).
+    pub service: String,
+}
+
+impl Default for Conserver {
+    fn default() -> Conserver {
+        Conserver {
+            enable: false,
+            include_file: "/etc/conserver/epnix-deploy.cf".into(),
+            config_file: "/etc/conserver/conserver.cf".into(),
+            service: "conserver-server.service".into(),
+        }
+    }
 }
 
 /// `epnixDeploy.tops.<name>`: an EPICS top and the IOCs it runs.
@@ -277,6 +321,12 @@ pub fn schema() -> Value {
             "hostProcServ": level(&["hosts", "*", "procServ"], HOST_PROCSERV_KEYS, json!({
                 "package": host.procserv_package,
             })),
+            "hostConserver": level(&["hosts", "*", "conserver"], HOST_CONSERVER_KEYS, json!({
+                "enable": host.conserver.enable,
+                "includeFile": host.conserver.include_file,
+                "configFile": host.conserver.config_file,
+                "service": host.conserver.service,
+            })),
             "top": level(&["tops", "*"], TOP_KEYS, json!({
                 "hosts": top.hosts,
                 "activationTimeout": top.activation_timeout,
@@ -403,7 +453,62 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         }
         None => None,
     };
-    Ok(Host { hostname, expected_hostname, ssh_user, ssh_port, ssh_opts, magic_rollback, procserv_package })
+    let conserver = node.get(map, "conserver").map(|n| parse_conserver(&n)).transpose()?.unwrap_or_default();
+    Ok(Host { hostname, expected_hostname, ssh_user, ssh_port, ssh_opts, magic_rollback, procserv_package, conserver })
+}
+
+fn parse_conserver(node: &Node) -> Result<Conserver, BadInput> {
+    let map = node.object(HOST_CONSERVER_KEYS)?;
+    let mut conserver = Conserver::default();
+    if let Some(n) = node.get(map, "enable") {
+        conserver.enable = n.boolean()?;
+    }
+    if let Some(n) = node.get(map, "includeFile") {
+        conserver.include_file = host_file(&n)?;
+    }
+    if let Some(n) = node.get(map, "configFile") {
+        conserver.config_file = host_file(&n)?;
+    }
+    if let Some(n) = node.get(map, "service") {
+        let name = n.string()?;
+        if !is_unit_name(name) {
+            return Err(n.error(format!("`{name}` is not a systemd unit name")).hint(
+                "name the unit that runs conserver, e.g. `conserver-server.service` (Debian) or `conserver.service`",
+            ));
+        }
+        conserver.service = name.to_owned();
+    }
+    // The include file is rewritten whole: it must never be conserver's own
+    // configuration.
+    if conserver.include_file == conserver.config_file {
+        return Err(node
+            .field("includeFile")
+            .error(format!(
+                "`{}` is also `configFile`: epnix-deploy would overwrite conserver's configuration",
+                conserver.include_file
+            ))
+            .hint("give the include file a name of its own, e.g. `/etc/conserver/epnix-deploy.cf`"));
+    }
+    Ok(conserver)
+}
+
+/// A file on the host: an absolute path, without white space (conserver's
+/// `#include` line would lose it at the ends) or control characters.
+fn host_file(node: &Node) -> Result<Utf8PathBuf, BadInput> {
+    let path = node.string()?;
+    if !path.starts_with('/') || path.ends_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(node
+            .error(format!("`{path}` is not an absolute path to a file, without white space"))
+            .hint("e.g. `/etc/conserver/epnix-deploy.cf`"));
+    }
+    Ok(Utf8PathBuf::from(path))
+}
+
+/// A name `systemctl` takes for a unit, and no option.
+fn is_unit_name(name: &str) -> bool {
+    (1..=255).contains(&name.len())
+        && !name.starts_with(['-', '.'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:@".contains(&b))
 }
 
 /// A name a machine can have: what the kernel holds (at most 64 bytes) and
@@ -895,6 +1000,46 @@ mod tests {
             error_of(json)
                 .contains("epnixDeploy.tops.procServ: `procServ` is the name of the profile of the host's procServ")
         );
+    }
+
+    #[test]
+    fn a_host_may_put_conserver_in_front_of_its_iocs() {
+        assert_eq!(Config::parse(&example()).unwrap().hosts["ioc-server-1"].conserver, Conserver::default());
+        assert!(!Conserver::default().enable);
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["conserver"] = json!({ "enable": true, "includeFile": "/etc/conserver/iocs.cf" });
+        let conserver = Config::parse(&json).unwrap().hosts["ioc-server-1"].conserver.clone();
+        assert!(conserver.enable);
+        assert_eq!(conserver.include_file, "/etc/conserver/iocs.cf");
+        assert_eq!(conserver.config_file, "/etc/conserver/conserver.cf");
+        assert_eq!(conserver.service, "conserver-server.service");
+
+        let error = |conserver: Value| {
+            let mut json = example();
+            json["hosts"]["ioc-server-1"]["conserver"] = conserver;
+            error_of(json)
+        };
+        let at = "epnixDeploy.hosts.ioc-server-1.conserver";
+        assert_eq!(error(json!({ "enable": "yes" })), format!("{at}.enable: must be true or false, not a string"));
+        for bad in ["iocs.cf", "/etc/conserver/", "/etc/my iocs.cf", "/etc/a\nb"] {
+            assert!(
+                error(json!({ "includeFile": bad }))
+                    .starts_with(&format!("{at}.includeFile: `{bad}` is not an absolute path to a file")),
+                "{bad}"
+            );
+        }
+        assert!(error(json!({ "configFile": "conserver.cf" })).starts_with(&format!("{at}.configFile: ")));
+        let err = error(json!({ "includeFile": "/etc/conserver.cf", "configFile": "/etc/conserver.cf" }));
+        assert!(err.starts_with(&format!("{at}.includeFile: `/etc/conserver.cf` is also `configFile`")), "{err}");
+        assert!(
+            error(json!({ "service": "-H host" }))
+                .starts_with(&format!("{at}.service: `-H host` is not a systemd unit name"))
+        );
+        assert!(error(json!({ "enabled": true })).contains("hint: did you mean `enable`?"));
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["conserver"] =
+            json!({ "service": "conserver.service", "configFile": "/etc/conserver.cf" });
+        assert_eq!(Config::parse(&json).unwrap().hosts["ioc-server-1"].conserver.service, "conserver.service");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod complete;
 pub mod config;
+pub mod conserver;
 pub mod exit;
 pub mod generation;
 pub mod host;

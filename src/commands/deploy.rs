@@ -146,6 +146,12 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
             let at = if to_copy.is_empty() { 1 } else { 2 };
             steps.insert(at, PlannedStep { on: target.label.clone(), action: set_procserv_cmd(p).to_string() });
         }
+        if let Some(step) = super::conserver_step(&target, Some(&config)) {
+            // Once the switch is confirmed: a switch's last step is what a
+            // failed check does instead.
+            let at = if plan.changes_host() { steps.len() - 1 } else { steps.len() };
+            steps.insert(at, step);
+        }
         remote.close();
         let mut report = SwitchReport::new(&target, &plan, state.current, state.current);
         report.dry_run = true;
@@ -182,8 +188,9 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
     } else {
         activation::ensure_running(&remote, &plan, state.current, progress, &target, timeout)?
     };
+    let conserver = super::update_conserver(&remote, &target, Some(&config), progress);
     remote.close();
-    Ok(SwitchReport::new(&target, &plan, generation, state.current))
+    Ok(SwitchReport { conserver, ..SwitchReport::new(&target, &plan, generation, state.current) })
 }
 
 /// Refuses a host whose name is not the configured one (a dry run has no
@@ -406,6 +413,7 @@ mod tests {
             magic_rollback: true,
             procserv_package: None,
             expected_hostname: None,
+            conserver: config::Conserver::default(),
         };
         let config = Config { hosts: BTreeMap::from([(name.to_owned(), host)]), tops: BTreeMap::new() };
         Target::resolve(name, Some(&config)).unwrap()

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::activation;
 use crate::config::{self, Config};
+use crate::conserver::{self, ConserverReport};
 use crate::exit::BadInput;
 use crate::host::{self, Generation, HostState, RollbackEvent};
 use crate::layout;
@@ -179,6 +180,40 @@ fn current<'a>(state: &'a HostState, target: &Target, top: &str) -> Result<&'a G
     })
 }
 
+/// The host's conserver settings, when it asks for conserver
+/// (`hosts.<name>.conserver.enable`); a `user@hostname` target never does.
+fn conserver_of<'a>(target: &Target, config: Option<&'a Config>) -> Option<&'a config::Conserver> {
+    let host = config?.hosts.get(target.name.as_ref()?)?;
+    Some(&host.conserver).filter(|c| c.enable)
+}
+
+/// Rewrites the host's conserver include file, when the host asks for
+/// conserver. Called once a deploy, rollback or remove has succeeded, so it
+/// never fails the command: the IOCs are where they should be. What keeps
+/// conserver from offering the consoles goes to stderr as warnings, and into
+/// the report.
+fn update_conserver(
+    remote: &Remote,
+    target: &Target,
+    config: Option<&Config>,
+    progress: &Progress,
+) -> Option<ConserverReport> {
+    let settings = conserver_of(target, config)?;
+    let step = progress.step(&target.label, "conserver");
+    let report = conserver::update(remote, settings);
+    step.done(&report.summary());
+    for warning in report.warnings(&target.label) {
+        progress.note(&warning);
+    }
+    Some(report)
+}
+
+/// The dry run's line for [`update_conserver`].
+fn conserver_step(target: &Target, config: Option<&Config>) -> Option<PlannedStep> {
+    let settings = conserver_of(target, config)?;
+    Some(PlannedStep { on: target.label.clone(), action: conserver::planned(settings) })
+}
+
 /// A rollback the host carried out, as `list` and `status` report it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -252,6 +287,9 @@ pub struct SwitchReport {
     pub iocs: Vec<IocChange>,
     /// On a dry run, what would be done, in order.
     pub plan: Option<Vec<PlannedStep>>,
+    /// The host's conserver include file, when the host asks for conserver
+    /// (not on a dry run).
+    pub conserver: Option<ConserverReport>,
 }
 
 /// What a switch did (or would do) to one IOC.
@@ -297,6 +335,7 @@ impl SwitchReport {
                 })
                 .collect(),
             plan: None,
+            conserver: None,
         }
     }
 
@@ -404,12 +443,24 @@ pub(crate) mod tests {
                 },
             ],
             plan: None,
+            conserver: Some(ConserverReport {
+                include_file: "/etc/conserver/epnix-deploy.cf".into(),
+                consoles: vec!["iocA".into(), "iocB".into(), "iocOther".into()],
+                changed: true,
+                reloaded: true,
+                problems: vec![conserver::Problem {
+                    kind: conserver::ProblemKind::NotRoot,
+                    message: "conserver runs as `conservr`, who cannot open the UNIX consoles of `iocA`".into(),
+                    hint: "run conserver as root".into(),
+                }],
+            }),
         }
     }
 
     fn dry_run() -> SwitchReport {
         let mut report = switched();
         report.dry_run = true;
+        report.conserver = None;
         report.generation = Some(3);
         report.plan = Some(vec![
             PlannedStep { on: "ioc1".into(), action: "take the deploy lock".into() },

@@ -4,7 +4,8 @@ use anyhow::Result;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{Changing, Freed, collect_garbage, connect};
+use super::{Changing, Freed, collect_garbage, connect, update_conserver};
+use crate::conserver::ConserverReport;
 use crate::exit::{BadInput, Exit, Failure};
 use crate::host;
 use crate::layout;
@@ -36,13 +37,15 @@ pub struct RemoveReport {
     /// The generations deleted (with `--purge`).
     pub deleted: Vec<u32>,
     pub freed: Option<Freed>,
+    /// The host's conserver include file, when the host asks for conserver.
+    pub conserver: Option<ConserverReport>,
 }
 
 /// Takes a top off a host: stops and removes its units. Its generations
 /// stay (a later deploy or rollback brings it back) unless `purge`.
 pub fn run(opts: &RemoveOptions, progress: &Progress) -> Result<RemoveReport> {
     let sel = &opts.selection;
-    let (target, _, remote, state) = connect(sel, progress, Some(opts.changing), host::Depth::Current)?;
+    let (target, config, remote, state) = connect(sel, progress, Some(opts.changing), host::Depth::Current)?;
     if state.current.is_none() && state.units_of(&sel.top).next().is_none() && state.generations.is_empty() {
         return Err(BadInput::new(format!("top `{}` is not on `{target}`: nothing to remove", sel.top)).into());
     }
@@ -72,9 +75,10 @@ pub fn run(opts: &RemoveOptions, progress: &Progress) -> Result<RemoveReport> {
         .into());
     }
     step.done(&format!("{} unit(s) removed", removed.len()));
+    let conserver = update_conserver(&remote, &target, config.as_ref(), progress);
     let freed = if opts.gc { collect_garbage(&remote, &target, progress)? } else { None };
     remote.close();
-    Ok(RemoveReport { host: target.label.clone(), top: sel.top.clone(), removed, deleted, freed })
+    Ok(RemoveReport { host: target.label.clone(), top: sel.top.clone(), removed, deleted, freed, conserver })
 }
 
 impl Render for RemoveReport {
@@ -103,6 +107,7 @@ pub(crate) mod tests {
             removed: vec!["iocA".into(), "iocB".into()],
             deleted: vec![1, 2, 3],
             freed: Some(Freed { store_paths: 7, mebibytes: 3.5 }),
+            conserver: None,
         }
     }
 

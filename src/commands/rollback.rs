@@ -124,8 +124,9 @@ pub fn run(opts: &RollbackOptions, progress: &Progress) -> Result<SwitchReport> 
     };
     let before = Before { generation: state.current };
     let generation = activation::switch_safely(&remote, &target, &plan, &before, &safety, &checks, progress)?;
+    let conserver = super::update_conserver(&remote, &target, config.as_ref(), progress);
     remote.close();
-    Ok(SwitchReport::new(&target, &plan, generation, state.current))
+    Ok(SwitchReport { conserver, ..SwitchReport::new(&target, &plan, generation, state.current) })
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ macro_rules! scripts {
 scripts! {
     BREAK_LOCK = "break_lock";
     CONFIRM = "confirm";
+    CONSERVER = "conserver";
     DELETE = "delete";
     FETCH_GENERATION = "fetch_generation";
     GC = "gc";

@@ -826,3 +826,196 @@ fn lock_is_held_while_its_connection_lasts_and_break_lock_ends_it() {
     assert!(!host.exists(&host.records().join("lock.holder")), "the holder line is left");
     assert_eq!(host.run(BREAK_LOCK, &[]).stdout, "free\n");
 }
+
+// ---------------------------------------------------------------- conserver.sh
+
+/// A unit that `unit::render` writes for IOC `name` of `top`, with `console`.
+fn rendered(top: &str, name: &str, working_directory: &str, script: &str, console: crate::config::Console) -> String {
+    let ioc = crate::config::Ioc {
+        working_directory: working_directory.into(),
+        startup_script: script.into(),
+        environment: BTreeMap::new(),
+        console,
+        description: None,
+        enable: true,
+        health_check: crate::config::HealthCheck::default(),
+    };
+    let facts = unit::HostFacts { procserv: "/usr/bin/procServ".into(), procserv_oneshot: true };
+    unit::render(top, name, &ioc, &facts)
+}
+
+impl FakeHost {
+    fn conserver_dir(&self) -> PathBuf {
+        self.root.join("etc/conserver")
+    }
+
+    /// conserver.sh with the host's paths; `service` names the stand-in's unit.
+    fn conserver(&self) -> Ran {
+        let dir = self.conserver_dir();
+        let (include, config) = (path_str(&dir.join("epnix-deploy.cf")), path_str(&dir.join("conserver.cf")));
+        let (units, lock) = (path_str(&self.unit_dir()), path_str(&self.root.join("units.lock")));
+        let owner = unit::owner_line("");
+        self.run_bare(CONSERVER, &[&units, &owner, &lock, &include, &config, "conserver-server.service", "epnix.none"])
+    }
+
+    fn include_file(&self) -> String {
+        std::fs::read_to_string(self.conserver_dir().join("epnix-deploy.cf")).unwrap_or_default()
+    }
+
+    /// `systemctl show` answers with `pid` as the service's main process.
+    fn conserver_runs_as(&self, pid: u32) {
+        let stand_in = format!("#!/bin/sh\necho \"systemctl $*\" >>\"$CALLS\"\ncase $1 in show) echo {pid} ;; esac\n");
+        std::fs::write(self.bin().join("systemctl"), stand_in).unwrap();
+    }
+}
+
+const HEADER: &str = "# Written by epnix-deploy: one console per IOC it runs on this host, of every top.\n\
+                      # Do not edit: each deploy, rollback and remove of epnix-deploy rewrites it.\n";
+
+/// Every top's IOCs get a console, read from their units however their
+/// paths are quoted; units that are not ours get none.
+#[test]
+fn conserver_lists_the_consoles_of_every_top_and_writes_only_on_change() {
+    use crate::config::Console;
+    let host = FakeHost::new();
+    std::fs::create_dir_all(host.conserver_dir()).unwrap();
+    host.write_unit("epnix-a.service", &rendered(TOP, "a", "iocBoot/iocA", "./st.cmd", Console::Unix));
+    // Words that look like a console, in quoted paths before and after it.
+    host.write_unit(
+        "epnix-b.service",
+        &rendered("other", "b", "ioc 2001 ./x", "./st \"$x\" 7 unix:/y.cmd", Console::Tcp(2002)),
+    );
+    host.write_unit("epnix-c.service", &rendered(TOP, "c", "ioc unix:/z c", "./st 2003.cmd", Console::Unix));
+    host.write_unit("epnix-handmade.service", "[Service]\nExecStart=/usr/bin/procServ 2004 ./st.cmd\n");
+    host.write_unit("epnix-edited.service", &format!("{}\n[Service]\nExecStart=/bin/true\n", unit::owner_line(TOP)));
+
+    let ran = host.conserver();
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(
+        ran.stdout,
+        "console a uds /run/epics/a/console\nconsole b host 2002\nconsole c uds /run/epics/c/console\n\
+         unreadable epnix-edited.service\nchanged yes\nincluded absent\nconserver none\nreloaded no\n"
+    );
+    assert_eq!(
+        host.include_file(),
+        format!(
+            "{HEADER}console a {{ master localhost; type uds; uds /run/epics/a/console; }}\n\
+             console b {{ master localhost; type host; host 127.0.0.1; port 2002; }}\n\
+             console c {{ master localhost; type uds; uds /run/epics/c/console; }}\n"
+        )
+    );
+    let written = std::fs::metadata(host.conserver_dir().join("epnix-deploy.cf")).unwrap().modified().unwrap();
+    assert!(!host.conserver_dir().join("epnix-deploy.cf.epnix-tmp").exists(), "the temporary file is left");
+
+    let again = host.conserver();
+    assert!(again.stdout.contains("changed no\n"), "{again:?}");
+    let kept = std::fs::metadata(host.conserver_dir().join("epnix-deploy.cf")).unwrap().modified().unwrap();
+    assert_eq!(kept, written, "an unchanged file was written again");
+    assert!(!host.conserver_dir().join("epnix-deploy.cf.epnix-tmp").exists(), "the temporary file is left");
+
+    // Without IOCs, a placeholder keeps conserver from stopping.
+    for u in ["a", "b", "c", "edited"] {
+        host.remove_unit(&format!("epnix-{u}.service"));
+    }
+    let ran = host.conserver();
+    assert!(ran.stdout.starts_with("changed yes\n"), "{ran:?}");
+    assert_eq!(
+        host.include_file(),
+        format!(
+            "{HEADER}console epnix.none {{ master localhost; type noop; motd \"no IOC of epnix-deploy runs on this \
+             host\"; }}\n"
+        )
+    );
+}
+
+/// The `#include` line is found in conserver's configuration or in a file
+/// it includes, with white space around the path.
+#[test]
+fn conserver_looks_for_the_include_line() {
+    let host = FakeHost::new();
+    let dir = host.conserver_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let include = path_str(&dir.join("epnix-deploy.cf"));
+    let included = |host: &FakeHost| {
+        let ran = host.conserver();
+        assert_eq!(ran.code, Some(0), "{ran:?}");
+        ran.stdout.lines().find_map(|l| l.strip_prefix("included ")).unwrap().to_owned()
+    };
+    assert_eq!(included(&host), "absent");
+    std::fs::write(dir.join("conserver.cf"), format!("config * {{ }}\n# #include {include}\n #include {include}\n"))
+        .unwrap();
+    assert_eq!(included(&host), "no");
+    std::fs::write(dir.join("conserver.cf"), format!("config * {{ }}\n#include \t{include}  \n")).unwrap();
+    assert_eq!(included(&host), "yes");
+    let site = path_str(&dir.join("site.cf"));
+    std::fs::write(dir.join("conserver.cf"), format!("#include {site}\n")).unwrap();
+    std::fs::write(dir.join("site.cf"), format!("#include {}\n#include {include}\n", path_str(&dir.join("none.cf"))))
+        .unwrap();
+    assert_eq!(included(&host), "yes");
+    // A loop of includes ends.
+    std::fs::write(dir.join("site.cf"), format!("#include {}\n", path_str(&dir.join("conserver.cf")))).unwrap();
+    assert_eq!(included(&host), "no");
+}
+
+/// A running conserver is told to re-read its configuration when the file
+/// changed and is included, and only then.
+#[test]
+fn conserver_rereads_its_configuration_only_after_a_change() {
+    let host = FakeHost::new();
+    let dir = host.conserver_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let hups = host.root.join("hups");
+    let mut conserver = Proc(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"trap 'echo hup >>"$0"' HUP; echo ready; while :; do sleep 0.05; done"#)
+            .arg(&hups)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run sh"),
+    );
+    let mut line = String::new();
+    BufReader::new(conserver.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    host.conserver_runs_as(conserver.0.id());
+    host.write_unit("epnix-a.service", &rendered(TOP, "a", ".", "./st.cmd", crate::config::Console::Unix));
+    let hup_count = || {
+        // The trap runs between two sleeps.
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::read_to_string(&hups).unwrap_or_default().lines().count()
+    };
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| Some(l.strip_prefix("Uid:")?.split_whitespace().next()?.to_owned()))
+        .unwrap();
+
+    // Not included: no signal, and the file is written all the same.
+    std::fs::write(dir.join("conserver.cf"), "config * { }\n").unwrap();
+    let ran = host.conserver();
+    let user = ran.stdout.lines().find_map(|l| l.strip_prefix(&format!("conserver {uid} "))).map(str::to_owned);
+    assert!(user.is_some_and(|u| !u.is_empty()), "{ran:?}");
+    assert!(ran.stdout.contains("changed yes\nincluded no\n") && ran.stdout.ends_with("\nreloaded no\n"), "{ran:?}");
+    assert_eq!(hup_count(), 0);
+    assert!(host.calls().contains(&"systemctl show --property=MainPID --value conserver-server.service".to_owned()));
+
+    std::fs::write(dir.join("conserver.cf"), format!("#include {}\n", path_str(&dir.join("epnix-deploy.cf")))).unwrap();
+    host.write_unit("epnix-b.service", &rendered(TOP, "b", ".", "./st.cmd", crate::config::Console::Tcp(2001)));
+    let ran = host.conserver();
+    assert!(ran.stdout.contains("changed yes\nincluded yes\n") && ran.stdout.ends_with("reloaded yes\n"), "{ran:?}");
+    assert_eq!(hup_count(), 1);
+
+    let ran = host.conserver();
+    assert!(ran.stdout.contains("changed no\n") && ran.stdout.ends_with("reloaded no\n"), "{ran:?}");
+    assert_eq!(hup_count(), 1, "signalled without a change");
+    assert!(conserver.running());
+}
+
+#[test]
+fn conserver_without_its_directory_writes_nothing() {
+    let host = FakeHost::new();
+    let ran = host.conserver();
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.ends_with("etc/conserver does not exist: is conserver installed?\n"), "{ran:?}");
+    assert!(!host.conserver_dir().exists());
+}

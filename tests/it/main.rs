@@ -2,6 +2,7 @@
 
 mod activation;
 mod completion;
+mod conserver;
 mod deploy;
 mod faults;
 mod first_hour;

@@ -70,6 +70,12 @@ pub(crate) const CONFIG: &str = r#"{
     tags = [ "linac" ];
     magicRollback = false;
     procServ.package = "/nix/store/00000000000000000000000000000000-procServ-2.8.0";
+    conserver = {
+      enable = true;
+      includeFile = "/etc/conserver/iocs.cf";
+      configFile = "/etc/conserver.cf";
+      service = "conserver.service";
+    };
   };
   tops.myTop = {
     package = "/nix/store/00000000000000000000000000000000-myTop";
@@ -344,6 +350,17 @@ fn bad_configs() -> Vec<String> {
             r#"{ hosts.h = { hostname = "h"; procServ.package = "procServ"; }; }"#,
             r#"{ hosts.h = { hostname = "h"; procServ.package = 1; }; }"#,
             r#"{ hosts.h = { hostname = "h"; procServ.pkg = "/nix/store/p"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver = true; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver.enable = "yes"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver.enabled = true; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver.includeFile = "epnix-deploy.cf"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver.includeFile = "/etc/conserver/"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver.includeFile = "/etc/my iocs.cf"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver.configFile = 1; }; }"#,
+            // The include file is rewritten whole: never conserver's own configuration.
+            r#"{ hosts.h = { hostname = "h"; conserver.includeFile = "/etc/conserver/conserver.cf"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver = { includeFile = "/etc/c.cf"; configFile = "/etc/c.cf"; }; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; conserver.service = "-H x"; }; }"#,
             r#"{ hosts."-h".hostname = "h"; }"#,
             // The name of the host's procServ profile is no top's.
             r#"{ tops.procServ = { package = "/nix/store/t"; iocs.i.workingDirectory = "a"; }; }"#,
