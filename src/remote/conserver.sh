@@ -38,11 +38,7 @@ consoles() {
     u=${f##*/}
     ioc=${u#epnix-}
     ioc=${ioc%.service}
-    # procServ's console is the word before the startup script, the last
-    # word of ExecStart= (quoted when it holds spaces): `unix:PATH` or a
-    # port. Neither is ever quoted, and no other word before the script can
-    # end like that.
-    console=$(sed -nE 's/^ExecStart=.* (unix:[^ "]+|[0-9]+) ("([^"\\]|\\.)*"|[^ "]+)$/\1/p' "$f" | head -n 1)
+    console=$(console_of "$f")
     case $ioc in '' | *[!A-Za-z0-9_-]*) console='' ;; esac
     case $console in
       unix:/*[!A-Za-z0-9_./-]*)

@@ -100,3 +100,12 @@ what_runs() {
     say process "$u $(stat -c %Y "$unit_dir/$u") $cwd"
   done
 }
+
+# console_of UNIT_FILE: procServ's console in the unit, `unix:PATH` or a TCP
+# port, or nothing. It is the word before the startup script, the last word
+# of ExecStart= (quoted when it holds spaces). Neither form is ever quoted,
+# and no other word before the script can end like that.
+# shellcheck disable=SC2317
+console_of() {
+  sed -nE 's/^ExecStart=.* (unix:[^ "]+|[0-9]+) ("([^"\\]|\\.)*"|[^ "]+)$/\1/p' "$1" | head -n 1
+}

@@ -10,19 +10,6 @@ nonce=$1 unit_dir=$2 owner_key=$3 profile_dir=$4 state_dir=$5 procserv_name=$6 g
 now=$(date +%s)
 say now "$now"
 
-# console_of FILE: procServ's endpoint in the unit's ExecStart, `unix:PATH`
-# or `tcp:PORT` (a bare port word), else `-`. Neither form is ever quoted.
-console_of() {
-  for word in $(sed -n 's/^ExecStart=//p' "$1" | head -n 1); do
-    case $word in
-      unix:*) echo "$word" && return ;;
-      '' | *[!0-9]*) ;;
-      *) echo "tcp:$word" && return ;;
-    esac
-  done
-  echo -
-}
-
 # The IOCs' units: those whose file carries an owner line.
 units='' tops=''
 for f in "$unit_dir"/epnix-*.service; do
@@ -31,7 +18,13 @@ for f in "$unit_dir"/epnix-*.service; do
   [ -n "$top" ] || continue
   if [ -n "$only" ] && [ "$top" != "$only" ]; then continue; fi
   u=${f##*/}
-  say unit "$u $top $(console_of "$f")"
+  console=$(console_of "$f")
+  case $console in
+    unix:*) ;;
+    [0-9]*) console=tcp:$console ;;
+    *) console=- ;;
+  esac
+  say unit "$u $top $console"
   units="$units $u"
   case " $tops " in *" $top "*) ;; *) tops="$tops $top" ;; esac
 done
@@ -107,6 +100,7 @@ $(ps -o pcpu=,rss= -p "$child" 2>/dev/null || echo '- -')
 EOF
   fi
   console=$(console_of "$unit_dir/$u")
+  case $console in [0-9]*) console=tcp:$console ;; esac
   case $console in
     unix:*)
       sock=${console#unix:}
