@@ -435,6 +435,8 @@ fn the_template_evaluates_to_a_valid_configuration() {
           inherit (template) epnixDeploy;
           iocs = template.nixosModules.default.services.epnix.iocs;
           imports = map toString template.nixosModules.default.imports;
+          apps = builtins.attrNames template.apps.x86_64-linux;
+          input = (import {template}).inputs.epnix-deploy.url;
         }}"#,
         flake = repo_file("flake.nix"),
         template = repo_file("templates/top/flake.nix"),
@@ -449,6 +451,9 @@ fn the_template_evaluates_to_a_valid_configuration() {
         assert_eq!(ioc["package"].as_str(), Some(top.package.as_str()));
     }
     assert_eq!(value["imports"], serde_json::json!([repo().join("nix/module.nix").display().to_string()]));
+    // `nix run` with no attribute deploys; the input is this repository.
+    assert_eq!(value["apps"], serde_json::json!(["default", "deploy"]));
+    assert_eq!(value["input"], "github:epics-extensions/epnix-deploy");
 }
 
 /// Nix reads the hand-written `flake.lock` as the up-to-date lock of
