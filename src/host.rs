@@ -317,6 +317,7 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
     let mut state = HostState::default();
     let mut current_units: Option<BTreeMap<String, String>> = None;
     let mut runs = WhatRuns::default();
+    let (mut builds, mut history) = ("", None);
     for (key, value, rest) in records(nonce, output)? {
         if runs.take(key, value, rest)? {
             continue;
@@ -327,19 +328,8 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
                 state.units.insert(ioc.to_owned(), rest.to_owned());
             }
             "generation" => state.generations.push(parse_generation_line(value)?),
-            "meta" => {
-                let number: u32 = value.parse().with_context(|| format!("bad generation number `{value}`"))?;
-                let (deployer, revision) = generation::parse_meta(rest);
-                let iocs = rest
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("unit="))
-                    .filter_map(layout::ioc_of_unit)
-                    .map(str::to_owned)
-                    .collect();
-                if let Some(g) = state.generations.iter_mut().find(|g| g.number == number) {
-                    g.made_by = Some(MadeBy { deployer, revision, iocs });
-                }
-            }
+            "builds" => builds = rest,
+            "history" => history = Some(rest),
             "current-units" => current_units = Some(BTreeMap::new()),
             "current-unit" => {
                 let ioc = layout::ioc_of_unit(value).with_context(|| format!("unexpected unit name `{value}`"))?;
@@ -356,6 +346,10 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
         }
     }
     state.generations.sort_by_key(|g| g.number);
+    add_builds(&mut state.generations, builds);
+    if let Some(history) = history {
+        add_history(&mut state.generations, history);
+    }
     state.current_units = current_units;
     state.processes = runs.processes();
 
@@ -429,16 +423,65 @@ impl WhatRuns {
 
 fn parse_generation_line(line: &str) -> Result<Generation> {
     let words: Vec<&str> = line.split(' ').collect();
-    let [number, created, store_path, build] = words[..] else {
+    let [number, created, store_path] = words[..] else {
         bail!("bad generation line `{line}`");
     };
     Ok(Generation {
         number: number.parse().with_context(|| format!("bad generation number in `{line}`"))?,
         created: created.parse().with_context(|| format!("bad time in `{line}`"))?,
         store_path: Utf8PathBuf::from(store_path),
-        build: (build != "-").then(|| Utf8PathBuf::from(build)),
+        build: None,
         made_by: None,
     })
+}
+
+/// The store path that holds `path` (`<store path>/<GENERATION_DIR>…`).
+fn store_path_holding(path: &str) -> Option<&str> {
+    Some(path.split_once(&format!("/{}", layout::GENERATION_DIR))?.0)
+}
+
+/// The `builds` record: `<store path>/<GENERATION_DIR> <the top's build>`
+/// lines, for the generations epnix-deploy made (several generations may
+/// share a store path).
+fn add_builds(generations: &mut [Generation], text: &str) {
+    let builds: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(dir, build)| Some((store_path_holding(dir)?, build)))
+        .collect();
+    for g in generations.iter_mut() {
+        g.build = builds.get(g.store_path.as_str()).map(|b| Utf8PathBuf::from(*b));
+    }
+}
+
+/// The `history` record: `unit <dir> <unit file>` and `meta <file> <line>`
+/// lines: who made each generation and which IOCs it runs.
+fn add_history(generations: &mut [Generation], text: &str) {
+    let mut made: BTreeMap<&str, (String, Vec<String>)> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.splitn(3, ' ');
+        let (Some(kind), Some(path), rest) = (words.next(), words.next(), words.next().unwrap_or("")) else {
+            continue;
+        };
+        let Some(store_path) = store_path_holding(path) else { continue };
+        let (meta, iocs) = made.entry(store_path).or_default();
+        match kind {
+            "meta" => {
+                meta.push_str(rest);
+                meta.push('\n');
+            }
+            "unit" => iocs.extend(layout::ioc_of_unit(rest).map(str::to_owned)),
+            _ => {}
+        }
+    }
+    for g in generations.iter_mut() {
+        if let Some((meta, iocs)) = made.get(g.store_path.as_str()) {
+            let mut iocs = iocs.clone();
+            iocs.sort();
+            let (deployer, revision) = generation::parse_meta(meta);
+            g.made_by = Some(MadeBy { deployer, revision, iocs });
+        }
+    }
 }
 
 /// The number in a profile generation link, e.g. `myTop-3-link` (possibly
@@ -555,9 +598,12 @@ mod tests {
         format!(
             "{N} nix-store-on-path yes\n{N} hostname ioc1\n{N} now 1700000300\n{N} uid 0\n{N} procserv /usr/bin/procServ\n{N} oneshot no\n\
              {N} nix-env /usr/bin/nix-env\n{N} systemctl /usr/bin/systemctl\n{N} profile-link myTop-2-link\n\
-             {N} generation 1 1700000000 /nix/store/old-top -\n\
-             {N} generation 2 1700000100 /nix/store/g2-gen /nix/store/abc-top\n\
-             {N} meta 2\ndeployer=ops@laptop\nrevision=dirty\nunit=epnix-a.service\n\
+             {N} generation 1 1700000000 /nix/store/old-top\n\
+             {N} generation 2 1700000100 /nix/store/g2-gen\n\
+             {N} builds\n/nix/store/g2-gen/.epnix-deploy /nix/store/abc-top\n\
+             {N} history\nmeta /nix/store/g2-gen/.epnix-deploy/meta deployer=ops@laptop\n\
+             unit /nix/store/g2-gen/.epnix-deploy/units epnix-a.service\n\
+             meta /nix/store/g2-gen/.epnix-deploy/meta revision=dirty\n\
              {N} current-units\n{N} current-unit epnix-a.service\n[Unit]\nX=1\n{N} current-checks\n{{}}\n\
              {N} unit epnix-a.service\n[Unit]\nX=1\n{N} unit epnix-b.service\nno newline\
              {N} show\nId=epnix-a.service\nActiveState=active\nSubState=running\nNRestarts=0\nInvocationID=i1\n\

@@ -22,21 +22,34 @@ say systemctl "$(command -v systemctl || true)"
 if [ -L "$profile" ]; then say profile-link "$(readlink "$profile")"; fi
 
 # Generations: number, creation time (the link's own mtime, as nix-env reads
-# it), store path, and the top's build when the generation was made by
-# epnix-deploy; then who made it and which IOCs it runs.
-generation_links | while read -r n link; do
-  path=$(readlink "$link")
-  build=-
-  if [ -L "$path/$gendir/top" ]; then build=$(readlink "$path/$gendir/top"); fi
-  say generation "$n $(stat -c %Y "$link") $path $build"
-  if [ "$history" = yes ] && [ -d "$path/$gendir/units" ]; then
-    printf '%s meta %s\n' "$nonce" "$n"
-    cat "$path/$gendir/meta" 2>/dev/null
-    for u in "$path/$gendir"/units/*.service; do
-      if [ -f "$u" ]; then echo "unit=${u##*/}"; fi
-    done
+# it) and store path; the top's build of each made by epnix-deploy; with
+# HISTORY, who made each and which IOCs it runs. A few processes whatever
+# the number of generations (one `find` reads them all), so a deploy costs
+# the same after hundreds of them.
+paths=''
+while read -r name mtime path; do
+  n=${name#"${profile##*/}"-}
+  n=${n%-link}
+  # The pattern also matches profiles whose names start with ours.
+  case $n in '' | *[!0-9]*) continue ;; esac
+  say generation "$n ${mtime%.*} $path"
+  # Generations may share a store path (`nix-env --set` of the same one).
+  case "$paths " in *" $path/$gendir "*) ;; *) paths="$paths $path/$gendir" ;; esac
+done <<EOF
+$(find "${profile%/*}" -maxdepth 1 -type l -name "${profile##*/}-*-link" -printf '%f %T@ %l\n' 2>/dev/null)
+EOF
+if [ -n "$paths" ]; then
+  printf '%s builds\n' "$nonce"
+  # Store paths are single words. A generation made by hand has no $gendir.
+  # shellcheck disable=SC2086
+  find $paths -maxdepth 1 -name top -type l -printf '%h %l\n' 2>/dev/null
+  if [ "$history" = yes ]; then
+    printf '%s history\n' "$nonce"
+    # shellcheck disable=SC2086
+    find $paths -maxdepth 2 \( -path '*/units/*.service' -printf 'unit %h %f\n' \) -o \
+      \( -name meta -exec awk '{ print "meta", FILENAME, $0 }' {} + \) 2>/dev/null
   fi
-done
+fi
 
 # What the current generation holds, for a plan to compare with.
 current=$(readlink -f "$profile" 2>/dev/null || true)
