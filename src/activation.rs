@@ -497,14 +497,20 @@ pub fn ensure_running(
     target: &Target,
     timeout: Duration,
 ) -> Result<Option<u32>> {
+    let generation = current.map(|g| format!("generation {g} (unchanged)")).unwrap_or_default();
     let step = progress.step(&target.label, "switch");
+    // Every IOC already enabled and active: nothing to do on the host.
+    if plan.actions().is_empty() {
+        step.done(&format!("{generation}; every IOC already runs"));
+        return Ok(current);
+    }
     apply(remote, plan, Guarded::No)?;
-    step.done(&current.map(|g| format!("generation {g} (unchanged)")).unwrap_or_default());
+    step.done(&generation);
     let step = progress.step(&target.label, "activate");
-    let running: BTreeMap<String, HealthCheck> =
-        plan.running().into_iter().map(|ioc| (ioc, HealthCheck::active())).collect();
-    check_health(remote, &running, timeout, &|| Ok(()), &step)?;
-    step.done(&format!("{} IOC(s) active", running.len()));
+    let starting: BTreeMap<String, HealthCheck> =
+        plan.health_checks(&BTreeMap::new()).into_keys().map(|ioc| (ioc, HealthCheck::active())).collect();
+    check_health(remote, &starting, timeout, &|| Ok(()), &step)?;
+    step.done(&format!("{} IOC(s) active", starting.len()));
     Ok(current)
 }
 

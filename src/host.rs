@@ -557,6 +557,8 @@ pub struct UnitState {
     pub started: Option<i64>,
     /// Its unit file changed on disk since systemd loaded it.
     pub need_reload: bool,
+    /// It starts at boot (`UnitFileState=enabled`).
+    pub enabled: bool,
 }
 
 /// Asks systemd for the state of `units`, in one call.
@@ -581,6 +583,7 @@ pub fn parse_show(output: &str) -> BTreeMap<String, UnitState> {
                 since: time("ActiveEnterTimestamp"),
                 started: time("ExecMainStartTimestamp"),
                 need_reload: field("NeedDaemonReload") == "yes",
+                enabled: field("UnitFileState") == "enabled",
             };
             states.insert(id.to_owned(), state);
         }

@@ -37,6 +37,10 @@ pub struct Plan {
     pub iocs: BTreeMap<String, Change>,
     /// Why each IOC marked [`Change::Drift`] is restarted.
     pub drift: BTreeMap<String, Drift>,
+    /// The [`Change::Unchanged`] IOCs whose units are enabled and active:
+    /// already right, so the switch leaves them alone and no check waits
+    /// on them.
+    pub settled: BTreeSet<String>,
 }
 
 /// In `--json`: `new`, `changed` (restarted), `drift` (restarted, see
@@ -230,6 +234,14 @@ fn plan(
             iocs.insert(name.clone(), Change::Removed);
         }
     }
+    let settled = iocs
+        .iter()
+        .filter(|(name, change)| {
+            let unit = state.processes.get(*name).map(|p| &p.state);
+            **change == Change::Unchanged && unit.is_some_and(|u| u.active == "active" && u.enabled)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
     Ok(Plan {
         top: top_name.to_owned(),
         build: build.clone(),
@@ -240,6 +252,7 @@ fn plan(
         rewrite,
         iocs,
         drift,
+        settled,
     })
 }
 
@@ -263,12 +276,18 @@ impl Plan {
                 };
                 (name.clone(), check)
             })
+            .filter(|(name, _)| !self.settled.contains(name))
             .collect()
     }
 
     /// The IOCs whose units run after the switch.
     pub fn running(&self) -> Vec<String> {
         self.units.keys().cloned().collect()
+    }
+
+    /// Those of them the switch must enable or start: all but the settled.
+    fn to_start(&self) -> Vec<String> {
+        self.units.keys().filter(|n| !self.settled.contains(*n)).cloned().collect()
     }
 
     /// The host's procServ moves to another build: every IOC of the top is
@@ -304,9 +323,10 @@ impl Plan {
         };
         let mut actions = unit("remove", self.with(&[Change::Removed]));
         actions.extend(unit("write", self.rewrite.iter().cloned().collect()));
-        actions.extend(unit("enable", self.running()));
+        actions.extend(unit("enable", self.to_start()));
         actions.extend(unit("restart", self.with(&[Change::Changed, Change::Drift])));
-        actions.extend(unit("start", self.with(&[Change::New, Change::Unchanged])));
+        let start = self.with(&[Change::New, Change::Unchanged]).into_iter().filter(|n| !self.settled.contains(n));
+        actions.extend(unit("start", start.collect()));
         actions
     }
 
@@ -403,6 +423,25 @@ mod tests {
         assert_eq!(plan.iocs["a"], Change::Unchanged);
         assert!(!plan.changes_host());
         assert_eq!(plan.actions(), strings(&["enable:epnix-a.service", "start:epnix-a.service"]));
+    }
+
+    #[test]
+    fn an_unchanged_ioc_that_is_enabled_and_active_is_left_alone() {
+        let top = top(json!({ "a": { "workingDirectory": "iocBoot/a" }, "b": { "workingDirectory": "iocBoot/b" } }));
+        let units = ["a", "b"].map(|n| (n, unit::render("t", n, &top.iocs[n], &facts())));
+        let mut state = host(Some("/nix/store/new-t"), &units);
+        let running = |enabled| crate::host::Process {
+            state: crate::host::UnitState { active: "active".into(), enabled, ..Default::default() },
+            ..Default::default()
+        };
+        state.processes.insert("a".into(), running(true));
+        state.processes.insert("b".into(), running(false));
+        let plan = plan_for(&top, &state).unwrap();
+        assert_eq!(plan.settled, BTreeSet::from(["a".to_owned()]));
+        assert_eq!(plan.actions(), strings(&["enable:epnix-b.service", "start:epnix-b.service"]));
+        assert_eq!(plan.health_checks(&BTreeMap::new()).keys().collect::<Vec<_>>(), ["b"]);
+        state.processes.insert("b".into(), running(true));
+        assert!(plan_for(&top, &state).unwrap().actions().is_empty());
     }
 
     #[test]

@@ -78,7 +78,7 @@ say() {
 # child) runs in: what drift is judged from (`host::Process`).
 # shellcheck disable=SC2317,SC2154
 what_runs() {
-  props=Id,ActiveState,SubState,MainPID,NRestarts,InvocationID,ActiveEnterTimestamp,ExecMainStartTimestamp,NeedDaemonReload
+  props=Id,ActiveState,SubState,MainPID,NRestarts,InvocationID,ActiveEnterTimestamp,ExecMainStartTimestamp,NeedDaemonReload,UnitFileState
   printf '%s show\n' "$nonce"
   # `--timestamp=unix` is systemd 251 and later.
   systemctl show --timestamp=unix --property="$props" "$@" 2>/dev/null ||
