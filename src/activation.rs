@@ -625,21 +625,17 @@ impl std::fmt::Display for HealthFailure {
 
 impl std::error::Error for HealthFailure {}
 
-/// Where one IOC is in its checks.
-#[derive(Clone, Debug, PartialEq)]
-enum Stage {
-    /// Not active yet, or its ready line has not appeared.
-    Starting,
-    /// Ready since this instant; settling.
-    Ready(Instant),
-    Passed,
-}
+/// How often the host-side waiter looks at the units, in seconds.
+const CHECK_INTERVAL: &str = "0.2";
 
 /// Checks that each IOC comes up and stays up: the unit is active, its ready
 /// line appears in this run's output, it runs `settle_time` without a
-/// restart, and its check command passes. `watch` runs on every round and
-/// ends the checks with its error (the host began its own rollback). Fails
-/// on the first IOC that fails.
+/// restart (timed from the ready line's own journal time), and its check
+/// command passes. One host-side command (`wait_healthy.sh`) watches all
+/// the units at once and streams what it sees; `watch` runs on each of its
+/// lines (a tick comes every [`CHECK_INTERVAL`]) and ends the checks with
+/// its error (the host began its own rollback). Fails on the first IOC that
+/// fails.
 pub fn check_health(
     remote: &Remote,
     checks: &BTreeMap<String, HealthCheck>,
@@ -650,11 +646,6 @@ pub fn check_health(
     if checks.is_empty() {
         return Ok(());
     }
-    let units: BTreeMap<String, String> = checks.keys().map(|ioc| (layout::unit_name(ioc), ioc.clone())).collect();
-    let show = host::show_units_cmd(units.keys().cloned());
-    let started = Instant::now();
-    let mut baseline: BTreeMap<String, host::UnitState> = BTreeMap::new();
-    let mut stages: BTreeMap<&String, Stage> = checks.keys().map(|ioc| (ioc, Stage::Starting)).collect();
     let fail = |ioc: &str, check: String| -> anyhow::Error {
         let journal = remote
             .run(&RemoteCmd::new([
@@ -669,98 +660,67 @@ pub fn check_health(
             .unwrap_or_default();
         HealthFailure { ioc: ioc.to_owned(), check, journal }.into()
     };
+    let mut args = vec![timeout.as_secs().to_string(), CHECK_INTERVAL.to_owned()];
+    for (ioc, check) in checks {
+        args.extend([
+            layout::unit_name(ioc),
+            check.ready_line.clone().unwrap_or_default(),
+            check.settle_time.to_string(),
+        ]);
+    }
+    let mut events = remote.lines(&remote::WAIT_HEALTHY.cmd(&args))?;
+    let mut stages: BTreeMap<&str, &str> = checks.keys().map(|ioc| (ioc.as_str(), "starting")).collect();
+    let ioc_of = |unit: &str| -> Result<&String> {
+        let ioc = layout::ioc_of_unit(unit).unwrap_or_default();
+        checks.get_key_value(ioc).map(|(name, _)| name).with_context(|| format!("the host's checks named `{unit}`"))
+    };
     loop {
         if interrupted() {
             anyhow::bail!(ConnectionLost("interrupted during the health checks".into()));
         }
         watch()?;
-        let states = host::parse_show(&remote.run(&show)?);
-        for (unit, ioc) in &units {
-            let state = states.get(unit).cloned().unwrap_or_default();
-            let first = baseline.entry(unit.clone()).or_insert_with(|| state.clone());
-            if state.active == "failed" {
-                return Err(fail(ioc, format!("the unit failed ({})", state.sub)));
+        let Some(line) = events.next_line()? else {
+            anyhow::bail!("the health checks on the host ended without a verdict");
+        };
+        let (event, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        let (unit, why) = rest.split_once(' ').unwrap_or((rest, ""));
+        match event {
+            "tick" => continue,
+            "done" => return Ok(()),
+            "failed" => return Err(fail(ioc_of(unit)?, why.to_owned())),
+            "timeout" => {
+                let ioc = ioc_of(unit)?;
+                let check = match (why, &checks[ioc].ready_line) {
+                    ("starting", Some(line)) => format!("its ready line `{line}` did not appear"),
+                    ("starting", None) => "its unit did not become active".to_owned(),
+                    _ => "it did not settle".to_owned(),
+                };
+                return Err(fail(ioc, format!("{check} within the activation timeout of {}s", timeout.as_secs())));
             }
-            if state.restarts > first.restarts || (!first.invocation.is_empty() && state.invocation != first.invocation)
-            {
-                return Err(fail(ioc, "it crashed and systemd restarted it".into()));
+            "starting" => {
+                stages.insert(ioc_of(unit)?, "starting");
             }
-            if first.invocation.is_empty() {
-                *first = state.clone();
+            "settling" => {
+                stages.insert(ioc_of(unit)?, "settling");
             }
-        }
-
-        // One round trip for all the journals that matter now.
-        let nonce = host::nonce();
-        let mut probe_args = vec![nonce.clone()];
-        for (unit, ioc) in &units {
-            let state = &states.get(unit).cloned().unwrap_or_default();
-            if state.active == "active" && !state.invocation.is_empty() {
-                probe_args.push(state.invocation.clone());
-                probe_args.push(checks[ioc].ready_line.clone().unwrap_or_default());
-            }
-        }
-        let probe = remote.run(&remote::PROBE.cmd(&probe_args))?;
-        let mut journal: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
-        for line in probe.lines().filter_map(|l| l.strip_prefix(nonce.as_str())) {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if let [id, ready, crashed] = words[..] {
-                journal.insert(id, (ready == "yes", crashed == "yes"));
-            }
-        }
-
-        for (unit, ioc) in &units {
-            let check = &checks[ioc];
-            let state = states.get(unit).cloned().unwrap_or_default();
-            let (ready, crashed) = journal.get(state.invocation.as_str()).copied().unwrap_or((false, false));
-            if crashed {
-                return Err(fail(ioc, "the IOC exited and procServ restarted it".into()));
-            }
-            let now = Instant::now();
-            let entry = stages.get_mut(ioc).expect("every IOC has a stage");
-            if *entry == Stage::Starting && state.active == "active" && (ready || check.ready_line.is_none()) {
-                *entry = Stage::Ready(now);
-            }
-            if let Stage::Ready(since) = *entry {
-                if now.duration_since(since) >= Duration::from_secs(check.settle_time) {
-                    if let Some(command) = &check.command {
-                        step.update(&format!("{ioc}: running its check command"));
-                        run_check_command(remote, ioc, command, check.command_timeout).map_err(|err| match err
-                            .downcast::<CheckFailed>(
-                        ) {
-                            Ok(failed) => fail(ioc, failed.0),
-                            Err(err) => err,
-                        })?;
-                        watch()?;
-                    }
-                    *entry = Stage::Passed;
+            "settled" => {
+                let ioc = ioc_of(unit)?;
+                let check = &checks[ioc];
+                if let Some(command) = &check.command {
+                    step.update(&format!("{ioc}: running its check command"));
+                    run_check_command(remote, ioc, command, check.command_timeout).map_err(|err| match err
+                        .downcast::<CheckFailed>()
+                    {
+                        Ok(failed) => fail(ioc, failed.0),
+                        Err(err) => err,
+                    })?;
                 }
+                stages.remove(ioc.as_str());
             }
+            _ => anyhow::bail!("the health checks on the host said `{line}`"),
         }
-
-        let waiting: Vec<(&String, &Stage)> =
-            stages.iter().filter(|(_, p)| **p != Stage::Passed).map(|(i, p)| (*i, p)).collect();
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        step.update(&format!(
-            "checking {}",
-            waiting
-                .iter()
-                .map(|(ioc, p)| format!("{ioc} ({})", if **p == Stage::Starting { "starting" } else { "settling" }))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        if started.elapsed() > timeout {
-            let (ioc, p) = waiting[0];
-            let check = match (p, &checks[ioc].ready_line) {
-                (Stage::Starting, Some(line)) => format!("its ready line `{line}` did not appear"),
-                (Stage::Starting, None) => "its unit did not become active".to_owned(),
-                _ => "it did not settle".to_owned(),
-            };
-            return Err(fail(ioc, format!("{check} within the activation timeout of {}s", timeout.as_secs())));
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        let waiting: Vec<String> = stages.iter().map(|(ioc, stage)| format!("{ioc} ({stage})")).collect();
+        step.update(&format!("checking {}", waiting.join(", ")));
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::generation;
 use crate::layout;
 use crate::remote;
-use crate::ssh::{Remote, RemoteCmd};
+use crate::ssh::Remote;
 use crate::unit::HostFacts;
 
 /// The state read from a host.
@@ -559,12 +559,6 @@ pub struct UnitState {
     pub need_reload: bool,
     /// It starts at boot (`UnitFileState=enabled`).
     pub enabled: bool,
-}
-
-/// Asks systemd for the state of `units`, in one call.
-pub fn show_units_cmd(units: impl IntoIterator<Item = String>) -> RemoteCmd {
-    let props = "--property=Id,ActiveState,SubState,NRestarts,InvocationID,ActiveEnterTimestamp";
-    RemoteCmd::new(["systemctl".to_owned(), "show".to_owned(), props.to_owned()].into_iter().chain(units))
 }
 
 /// Reads the output of `systemctl show` for several units, by unit name.

@@ -367,6 +367,23 @@ impl Remote {
         result.map_err(|err| lost(&self.target, err).context(format!("could not run `{cmd}`")))
     }
 
+    /// Starts `cmd` and hands over its stdout line by line as it comes, for
+    /// a host-side command that streams events. Dropping the [`Lines`]
+    /// ends the local end of the channel; the host-side command then finds
+    /// its next write failing, and ends.
+    pub fn lines(&self, cmd: &RemoteCmd) -> Result<Lines<'_>> {
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        let session = Arc::clone(self.session());
+        let child = self.runtime.block_on(async {
+            let mut command = session.arc_command(cmd.argv[0].as_str());
+            command.args(&cmd.argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+            command.spawn().await
+        });
+        let mut child = child.map_err(|err| lost(&self.target, err).context(format!("could not run `{cmd}`")))?;
+        let stdout = child.stdout().take().expect("stdout was piped");
+        Ok(Lines { remote: self, _child: child, lines: BufReader::new(stdout).lines() })
+    }
+
     /// The master's control socket, for programs that should ride the same
     /// connection (`nix copy` through `NIX_SSHOPTS`).
     pub fn control_socket(&self) -> &Path {
@@ -385,6 +402,22 @@ impl Remote {
             // A master that is already gone has nothing left to close.
             let _ = self.runtime.block_on(session.close());
         }
+    }
+}
+
+/// The output of a command started by [`Remote::lines`].
+pub struct Lines<'a> {
+    remote: &'a Remote,
+    /// Kept for as long as the lines are read: dropping it ends the channel.
+    _child: openssh::Child<Arc<Session>>,
+    lines: tokio::io::Lines<BufReader<openssh::ChildStdout>>,
+}
+
+impl Lines<'_> {
+    /// The next line; `None` once the command has ended.
+    pub fn next_line(&mut self) -> Result<Option<String>> {
+        let next = self.remote.runtime.block_on(self.lines.next_line());
+        next.map_err(|err| lost(&self.remote.target, openssh::Error::ChildIo(err)))
     }
 }
 

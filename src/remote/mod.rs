@@ -40,7 +40,6 @@ scripts! {
     INSPECT = "inspect";
     LOCK = "lock";
     PREPARE = "prepare";
-    PROBE = "probe";
     REMOVE = "remove";
     ROLLBACK = "rollback";
     ROLLBACK_AT_BOOT = "rollback_at_boot";
@@ -48,6 +47,7 @@ scripts! {
     RUN_CHECK = "run_check";
     SET_PROFILE = "set_profile";
     SWITCH = "switch";
+    WAIT_HEALTHY = "wait_healthy";
 }
 
 impl Script {
