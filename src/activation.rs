@@ -277,11 +277,19 @@ pub fn switch_safely(
     }
 
     let mut switched = None;
+    let mut confirm_login = None;
     let outcome = (|| -> Result<Option<u32>> {
         let step = progress.step(&target.label, "switch");
         let generation = apply(remote, plan, Guarded::ByRestorePoint)?;
         switched = generation;
         step.done(&generation.map(|g| format!("generation {g}")).unwrap_or_default());
+        // The confirmation's new login, made while the checks run: it still
+        // proves that the host takes new logins after the switch, and its
+        // round trips overlap the IOCs' start.
+        if safety.magic_rollback {
+            let target = target.clone();
+            confirm_login = Some(std::thread::spawn(move || Remote::connect(&target)));
+        }
         let step = progress.step(&target.label, "check");
         let watch = || match &heartbeat {
             Some(h) if h.host_rolls_back() => Err(HostRollsBack.into()),
@@ -294,7 +302,7 @@ pub fn switch_safely(
     let host_rolled_back = heartbeat.as_ref().is_some_and(Heartbeat::host_rolls_back);
     let back_to = before.describe(top);
 
-    match outcome {
+    let result = match outcome {
         Ok(generation) => {
             // The heartbeats go on until the confirmation is in: a slow new
             // login must not let the timer fire.
@@ -302,8 +310,9 @@ pub fn switch_safely(
             let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
             let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());
             let args = [layout::rollback_unit(top), verdict, store_path];
-            let confirmed = if safety.magic_rollback {
-                Remote::connect(target).context("confirming over a new SSH login").and_then(|fresh| {
+            let login = confirm_login.take().map(|l| l.join().unwrap_or_else(|_| Remote::connect(target)));
+            let confirmed = if let Some(login) = login {
+                login.context("confirming over a new SSH login").and_then(|fresh| {
                     let result = fresh.run(&remote::CONFIRM.for_top(top, &args));
                     fresh.close();
                     result
@@ -421,7 +430,15 @@ pub fn switch_safely(
                 }
             }
         }
+    };
+    // A login made for a confirmation that never came: close it, unless it
+    // is still trying (a host that went away), which ends on its own.
+    if let Some(login) = confirm_login.filter(|l| l.is_finished()) {
+        if let Ok(Ok(fresh)) = login.join() {
+            fresh.close();
+        }
     }
+    result
 }
 
 /// The error of a switch whose rollback is done or under way on the host:
