@@ -11,10 +11,14 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
+use crate::commands::console::{self, ConsoleOptions};
 use crate::commands::delete::{self, DeleteOptions, Doomed};
 use crate::commands::deploy::{self, DeployOptions};
+use crate::commands::ioc::IocSelection;
+use crate::commands::logs::{self, LogsOptions};
 use crate::commands::remove::{self, RemoveOptions};
 use crate::commands::rollback::{self, RollbackOptions};
+use crate::commands::service::{self, Action, ServiceOptions};
 use crate::commands::{self, Changing, Run, list, status};
 use crate::config;
 use crate::exit::{self, BadInput, Exit};
@@ -58,6 +62,17 @@ enum Command {
     /// Take a top off a host: stop and remove its units (and with `--purge`
     /// its generations).
     Remove(RemoveArgs),
+    /// Show an IOC's output (and procServ's), from the host's journal.
+    Logs(LogsArgs),
+    /// Attach to an IOC's procServ console; Ctrl-] detaches.
+    Console(ConsoleArgs),
+    /// Start IOCs, under their tops' deploy locks.
+    Start(ServiceArgs),
+    /// Stop IOCs, under their tops' deploy locks; the next deploy (or boot)
+    /// starts them again.
+    Stop(ServiceArgs),
+    /// Restart IOCs (procServ and the IOC), under their tops' deploy locks.
+    Restart(ServiceArgs),
     /// Print the completion script for SHELL.
     Completions {
         #[arg(value_enum)]
@@ -100,6 +115,90 @@ impl HostTop {
             ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
         }
     }
+}
+
+/// The host of the commands that act on IOCs, which find each IOC's top
+/// on the host.
+#[derive(Args, Debug)]
+struct HostIocs {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    host: String,
+    /// Only IOCs of this top; an IOC of another top is refused.
+    #[arg(long, add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
+    /// The flake that defines `epnixDeploy` (for a host by name).
+    #[arg(long, default_value = ".")]
+    flake: String,
+    /// Override an input of the flake for this run, as nix's own flag does.
+    #[arg(long, num_args = 2, value_names = ["INPUT", "FLAKE_REF"], action = clap::ArgAction::Append)]
+    override_input: Vec<String>,
+    /// Extra ssh options for this run; they come after the host's `sshOpts`.
+    #[arg(long, value_name = "OPTS", allow_hyphen_values = true)]
+    ssh_opts: Option<String>,
+}
+
+impl HostIocs {
+    fn selection(&self, iocs: &[String]) -> IocSelection {
+        let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
+        let mut unique: Vec<String> = Vec::new();
+        for ioc in iocs {
+            if !unique.contains(ioc) {
+                unique.push(ioc.clone());
+            }
+        }
+        IocSelection {
+            flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
+            host: self.host.clone(),
+            ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
+            top: self.top.clone(),
+            iocs: unique,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct LogsArgs {
+    #[command(flatten)]
+    target: HostIocs,
+    /// The IOC.
+    ioc: String,
+    /// Show the last N lines [default: 50, or all since `--since`].
+    #[arg(short = 'n', long, value_name = "N")]
+    lines: Option<u32>,
+    /// Keep showing new lines, until Ctrl-C.
+    #[arg(short, long)]
+    follow: bool,
+    /// Start at this time, as journalctl takes it: `2026-12-03 10:00`,
+    /// `yesterday`, `-1h`, `2 hours ago`.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    since: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ConsoleArgs {
+    #[command(flatten)]
+    target: HostIocs,
+    /// The IOC.
+    ioc: String,
+    /// Only watch: what you type is not sent to the IOC.
+    #[arg(long)]
+    read_only: bool,
+}
+
+#[derive(Args, Debug)]
+struct ServiceArgs {
+    #[command(flatten)]
+    target: HostIocs,
+    /// The IOCs.
+    #[arg(required = true, value_name = "IOC")]
+    iocs: Vec<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Change the host even if its name is not the configured one.
+    #[arg(long)]
+    skip_hostname_check: bool,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +313,9 @@ enum Checked {
     Rollback(RollbackOptions),
     Delete(DeleteOptions),
     Remove(RemoveOptions),
+    Logs(LogsOptions),
+    Console(ConsoleOptions),
+    Service(ServiceOptions),
 }
 
 impl Checked {
@@ -226,17 +328,27 @@ impl Checked {
             Checked::Rollback(_) => "rollback",
             Checked::Delete(_) => "delete-generation",
             Checked::Remove(_) => "remove",
+            Checked::Logs(_) => "logs",
+            Checked::Console(_) => "console",
+            Checked::Service(o) => o.action.as_str(),
         }
     }
 
-    fn selection(&self) -> &Selection {
-        match self {
+    /// The host and the top, as an error report names them.
+    fn host_top(&self) -> (String, Option<String>) {
+        let sel = match self {
             Checked::Deploy(o) => &o.selection,
             Checked::List(s) | Checked::Status(s) => s,
             Checked::Rollback(o) => &o.selection,
             Checked::Delete(o) => &o.selection,
             Checked::Remove(o) => &o.selection,
-        }
+            Checked::Logs(LogsOptions { selection, .. })
+            | Checked::Console(ConsoleOptions { selection, .. })
+            | Checked::Service(ServiceOptions { selection, .. }) => {
+                return (selection.host.clone(), selection.top.clone());
+            }
+        };
+        (sel.host.clone(), Some(sel.top.clone()))
     }
 }
 
@@ -269,20 +381,25 @@ pub fn main() -> ExitCode {
     // Ctrl-C must not kill the tool between a switch and its outcome: the
     // steps stop at the next safe point and say what the host will do.
     // Failing to install the handler only leaves the default behaviour.
-    let _ = ctrlc::set_handler(|| {
+    // `logs --follow` ends with Ctrl-C, and the console's ssh ends by
+    // itself: for them it is no interruption to announce.
+    let announce = !matches!(&request, Ok(Request { command: Checked::Logs(_) | Checked::Console(_), .. }));
+    let _ = ctrlc::set_handler(move || {
         activation::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-        eprintln!("interrupted: stopping at the next safe point");
+        if announce {
+            eprintln!("interrupted: stopping at the next safe point");
+        }
     });
     let request = match request {
         Ok(request) => request,
         Err((err, name, json)) => return failed(&err, name, json, None, None),
     };
     let name = request.command.name();
-    let sel = request.command.selection().clone();
+    let host_top = request.command.host_top();
     let result = run(&request, &progress);
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => failed(&err, name, request.json, Some(&sel), progress.failed_step().map(|(_, step)| step)),
+        Err(err) => failed(&err, name, request.json, Some(host_top), progress.failed_step().map(|(_, step)| step)),
     }
 }
 
@@ -338,9 +455,38 @@ fn check(command: Command) -> Result<Request, (anyhow::Error, &'static str, bool
             };
             (Checked::Remove(options), args.target.json, style(false))
         }
+        Command::Logs(args) => {
+            let options = LogsOptions {
+                selection: args.target.selection(std::slice::from_ref(&args.ioc)),
+                lines: args.lines,
+                follow: args.follow,
+                since: args.since,
+            };
+            (Checked::Logs(options), false, style(false))
+        }
+        Command::Console(args) => {
+            let options = ConsoleOptions {
+                selection: args.target.selection(std::slice::from_ref(&args.ioc)),
+                read_only: args.read_only,
+            };
+            (Checked::Console(options), false, style(false))
+        }
+        Command::Start(args) => service_options(Action::Start, args, style(false)),
+        Command::Stop(args) => service_options(Action::Stop, args, style(false)),
+        Command::Restart(args) => service_options(Action::Restart, args, style(false)),
         Command::Completions { .. } => unreachable!("handled before"),
     };
     Ok(Request { command, json, style })
+}
+
+/// `start`, `stop` or `restart`, checked.
+fn service_options(action: Action, args: ServiceArgs, style: Style) -> (Checked, bool, Style) {
+    let options = ServiceOptions {
+        action,
+        selection: args.target.selection(&args.iocs),
+        changing: Changing { skip_hostname_check: args.skip_hostname_check },
+    };
+    (Checked::Service(options), args.json, style)
 }
 
 /// Which generations `delete-generation` should delete.
@@ -368,13 +514,29 @@ fn run(request: &Request, progress: &Progress) -> Result<()> {
         Checked::Rollback(o) => print(request, progress, rollback::run(o, progress)?, Run::Rollback),
         Checked::Delete(o) => print(request, progress, delete::run(o, progress)?, Run::DeleteGeneration),
         Checked::Remove(o) => print(request, progress, remove::run(o, progress)?, Run::Remove),
+        Checked::Logs(o) => logs::run(o, progress)?,
+        Checked::Console(o) => console::run(o, progress)?,
+        Checked::Service(o) => {
+            let wrap = match o.action {
+                Action::Start => Run::Start,
+                Action::Stop => Run::Stop,
+                Action::Restart => Run::Restart,
+            };
+            print(request, progress, service::run(o, progress)?, wrap);
+        }
     }
     Ok(())
 }
 
 /// Reports a failure: the error on stderr, and with `--json` the document
 /// on stdout. Returns the exit code.
-fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>, step: Option<String>) -> ExitCode {
+fn failed(
+    err: &anyhow::Error,
+    name: &str,
+    json: bool,
+    host_top: Option<(String, Option<String>)>,
+    step: Option<String>,
+) -> ExitCode {
     let exit = exit::code_for(err);
     eprintln!("error: {err}");
     for cause in err.chain().skip(1) {
@@ -382,8 +544,10 @@ fn failed(err: &anyhow::Error, name: &str, json: bool, sel: Option<&Selection>, 
     }
     if json {
         let mut error = ErrorReport::new(err);
-        error.host = sel.map(|s| s.host.clone());
-        error.top = sel.map(|s| s.top.clone());
+        if let Some((host, top)) = host_top {
+            error.host = Some(host);
+            error.top = top;
+        }
         error.step = step;
         output::print_failure(exit, failure_run(name, error));
     }
@@ -398,6 +562,9 @@ fn failure_run(name: &str, error: ErrorReport) -> Run {
         "rollback" => Run::Rollback(Ended::Failed { error }),
         "delete-generation" => Run::DeleteGeneration(Ended::Failed { error }),
         "remove" => Run::Remove(Ended::Failed { error }),
+        "start" => Run::Start(Ended::Failed { error }),
+        "stop" => Run::Stop(Ended::Failed { error }),
+        "restart" => Run::Restart(Ended::Failed { error }),
         _ => Run::Deploy(Ended::Failed { error }),
     }
 }
@@ -420,7 +587,12 @@ fn usage_error(err: clap::Error) -> ExitCode {
     let subcommand = args.iter().find_map(|a| commands::NAMES.iter().find(|n| **n == a)).copied();
     let err = safe_suggestion(err, subcommand);
     let _ = err.print();
-    if args.iter().any(|a| a == "--json") {
+    // Only a command that has `--json` answers in JSON (`logs` and
+    // `console` have none).
+    let has_json = |name: &str| {
+        Cli::command().find_subcommand(name).is_none_or(|c| c.get_arguments().any(|a| a.get_id() == "json"))
+    };
+    if args.iter().any(|a| a == "--json") && subcommand.is_none_or(has_json) {
         let name = subcommand.unwrap_or("deploy");
         let text = err.render().to_string();
         let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
@@ -447,7 +619,9 @@ fn safe_suggestion(err: clap::Error, subcommand: Option<&str>) -> clap::Error {
     };
     collect(&command);
     command.get_subcommands().for_each(&mut collect);
-    flags.retain(|f| !DANGEROUS_FLAGS.contains(&f.as_str()));
+    // The flag typed may be another subcommand's (`logs --json`): not a
+    // suggestion for itself.
+    flags.retain(|f| !DANGEROUS_FLAGS.contains(&f.as_str()) && *f != flag);
     flags.sort();
     flags.dedup();
     let mut safe = clap::Error::new(ErrorKind::UnknownArgument).with_cmd(&command);
@@ -494,5 +668,6 @@ mod tests {
         assert_eq!(suggestion(&["h", "t", "--no-magic"]), None);
         assert_eq!(suggestion(&["list", "h", "t", "--wdie"]).as_deref(), Some("--wide"));
         assert_eq!(suggestion(&["h", "t", "--dryrun"]).as_deref(), Some("--dry-run"));
+        assert_eq!(suggestion(&["logs", "h", "ioc", "--json"]), None);
     }
 }

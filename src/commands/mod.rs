@@ -7,11 +7,15 @@
 //! (with the deploy lock for commands that change the host), the report of
 //! a switch (deploy and rollback), and the garbage collector.
 
+pub mod console;
 pub mod delete;
 pub mod deploy;
+pub mod ioc;
 pub mod list;
+pub mod logs;
 pub mod remove;
 pub mod rollback;
+pub mod service;
 pub mod status;
 
 use anyhow::{Context, Result};
@@ -35,7 +39,20 @@ use crate::target::{self, Selection, Target};
 
 /// The subcommands' names, for "did you mean" when one is mistaken for a
 /// host (`cli` checks that they are its subcommands).
-pub const NAMES: [&str; 7] = ["deploy", "list", "status", "rollback", "delete-generation", "remove", "completions"];
+pub const NAMES: [&str; 12] = [
+    "deploy",
+    "list",
+    "status",
+    "rollback",
+    "delete-generation",
+    "remove",
+    "logs",
+    "console",
+    "start",
+    "stop",
+    "restart",
+    "completions",
+];
 
 /// Every command's result or error, tagged with the command's name: the
 /// body of the `--json` document.
@@ -48,6 +65,9 @@ pub enum Run {
     Rollback(Ended<SwitchReport>),
     DeleteGeneration(Ended<delete::DeleteReport>),
     Remove(Ended<remove::RemoveReport>),
+    Start(Ended<service::ServiceReport>),
+    Stop(Ended<service::ServiceReport>),
+    Restart(Ended<service::ServiceReport>),
 }
 
 /// The JSON Schema of the `--json` document, committed as
@@ -66,6 +86,12 @@ fn target(sel: &Selection) -> Result<(Target, Option<Config>)> {
     if !config::is_safe_name(&sel.top) {
         return Err(BadInput::new(format!("`{}` is not a valid top name", sel.top)).into());
     }
+    host_target(sel)
+}
+
+/// Resolves the host alone, for commands that learn the top from the host
+/// (`logs`, `console`, `start`, …).
+fn host_target(sel: &Selection) -> Result<(Target, Option<Config>)> {
     if sel.host.contains('@') {
         return Ok((sel.target(None)?, None));
     }
@@ -423,6 +449,7 @@ pub(crate) mod tests {
         let deleted = delete::tests::sample(false);
         insta::assert_snapshot!("delete", document(Run::DeleteGeneration(Ended::Done { result: deleted })));
         insta::assert_snapshot!("remove", document(Run::Remove(Ended::Done { result: remove::tests::sample() })));
+        insta::assert_snapshot!("restart", document(Run::Restart(Ended::Done { result: service::tests::sample() })));
         let error = output::ErrorReport {
             host: Some("ioc1".into()),
             top: Some("myTop".into()),

@@ -32,18 +32,22 @@ macro_rules! scripts {
 scripts! {
     BREAK_LOCK = "break_lock";
     CONFIRM = "confirm";
+    CONSOLE = "console";
     DELETE = "delete";
     FETCH_GENERATION = "fetch_generation";
     GC = "gc";
     HEARTBEAT = "heartbeat";
     INSPECT = "inspect";
+    LOCATE = "locate";
     LOCK = "lock";
+    LOGS = "logs";
     PREPARE = "prepare";
     PROBE = "probe";
     REMOVE = "remove";
     ROLLBACK = "rollback";
     ROLLBACK_AT_BOOT = "rollback_at_boot";
     RUN_CHECK = "run_check";
+    SERVICE = "service";
     SET_PROFILE = "set_profile";
     SWITCH = "switch";
 }
