@@ -11,10 +11,14 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
+use crate::commands::console::{self, ConsoleOptions};
 use crate::commands::delete::{self, DeleteOptions, Doomed};
 use crate::commands::deploy::{self, DeployOptions};
+use crate::commands::ioc::IocSelection;
+use crate::commands::logs::{self, LogsOptions};
 use crate::commands::remove::{self, RemoveOptions};
 use crate::commands::rollback::{self, RollbackOptions};
+use crate::commands::service::{self, Action, ServiceOptions};
 use crate::commands::status::{self, StatusOptions};
 use crate::commands::{self, Changing, Run, list};
 use crate::config;
@@ -63,6 +67,17 @@ enum Command {
     /// Take a top off a host: stop and remove its units (and with `--purge`
     /// its generations).
     Remove(RemoveArgs),
+    /// Show an IOC's output (and procServ's), from the host's journal.
+    Logs(LogsArgs),
+    /// Attach to an IOC's procServ console; Ctrl-] detaches.
+    Console(ConsoleArgs),
+    /// Start IOCs, under their tops' deploy locks.
+    Start(ServiceArgs),
+    /// Stop IOCs, under their tops' deploy locks; the next deploy (or boot)
+    /// starts them again.
+    Stop(ServiceArgs),
+    /// Restart IOCs (procServ and the IOC), under their tops' deploy locks.
+    Restart(ServiceArgs),
     /// Print the completion script for SHELL.
     Completions {
         #[arg(value_enum)]
@@ -70,13 +85,10 @@ enum Command {
     },
 }
 
-/// The host a command acts on, and how to reach it.
+/// Where the flake is and how to reach the host: every command's.
 #[derive(Args, Debug)]
-struct HostArgs {
-    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
-    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
-    host: Option<String>,
-    /// The flake that defines `epnixDeploy`.
+struct Reach {
+    /// The flake that defines `epnixDeploy` (for a host by name).
     #[arg(long, default_value = ".")]
     flake: String,
     /// Override an input of the flake for this run, as nix's own flag does,
@@ -87,6 +99,27 @@ struct HostArgs {
     /// they come after the host's `sshOpts`.
     #[arg(long, value_name = "OPTS", allow_hyphen_values = true)]
     ssh_opts: Option<String>,
+}
+
+impl Reach {
+    fn selection(&self, host: String) -> HostSelection {
+        let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
+        HostSelection {
+            flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
+            host,
+            ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+}
+
+/// The host a command acts on, and how to reach it.
+#[derive(Args, Debug)]
+struct HostArgs {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
+    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    host: Option<String>,
+    #[command(flatten)]
+    reach: Reach,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -94,12 +127,7 @@ struct HostArgs {
 
 impl HostArgs {
     fn selection(&self) -> HostSelection {
-        let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
-        HostSelection {
-            flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
-            host: self.host.clone().expect("clap requires it"),
-            ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
-        }
+        self.reach.selection(self.host.clone().expect("clap requires it"))
     }
 }
 
@@ -125,6 +153,32 @@ impl HostTop {
     }
 }
 
+/// The host of the commands that act on IOCs, which find each IOC's top
+/// on the host.
+#[derive(Args, Debug)]
+struct HostIocs {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    host: String,
+    /// Only IOCs of this top; an IOC of another top is refused.
+    #[arg(long, add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
+    #[command(flatten)]
+    reach: Reach,
+}
+
+impl HostIocs {
+    fn selection(&self, iocs: &[String]) -> IocSelection {
+        let mut unique: Vec<String> = Vec::new();
+        for ioc in iocs {
+            if !unique.contains(ioc) {
+                unique.push(ioc.clone());
+            }
+        }
+        IocSelection { on: self.reach.selection(self.host.clone()), top: self.top.clone(), iocs: unique }
+    }
+}
+
 #[derive(Args, Debug)]
 struct StatusArgs {
     #[command(flatten)]
@@ -132,6 +186,49 @@ struct StatusArgs {
     /// Only this top (default: every top on the host).
     #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
     top: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct LogsArgs {
+    #[command(flatten)]
+    target: HostIocs,
+    /// The IOC.
+    ioc: String,
+    /// Show the last N lines [default: 50, or all since `--since`].
+    #[arg(short = 'n', long, value_name = "N")]
+    lines: Option<u32>,
+    /// Keep showing new lines, until Ctrl-C.
+    #[arg(short, long)]
+    follow: bool,
+    /// Start at this time, as journalctl takes it: `2026-12-03 10:00`,
+    /// `yesterday`, `-1h`, `2 hours ago`.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    since: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ConsoleArgs {
+    #[command(flatten)]
+    target: HostIocs,
+    /// The IOC.
+    ioc: String,
+    /// Only watch: what you type is not sent to the IOC.
+    #[arg(long)]
+    read_only: bool,
+}
+
+#[derive(Args, Debug)]
+struct ServiceArgs {
+    #[command(flatten)]
+    target: HostIocs,
+    /// The IOCs.
+    #[arg(required = true, value_name = "IOC")]
+    iocs: Vec<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    changing: ChangingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -257,6 +354,9 @@ enum Checked {
     Rollback(RollbackOptions),
     Delete(DeleteOptions),
     Remove(RemoveOptions),
+    Logs(LogsOptions),
+    Console(ConsoleOptions),
+    Service(ServiceOptions),
 }
 
 impl Checked {
@@ -269,6 +369,9 @@ impl Checked {
             Checked::Rollback(_) => "rollback",
             Checked::Delete(_) => "delete-generation",
             Checked::Remove(_) => "remove",
+            Checked::Logs(_) => "logs",
+            Checked::Console(_) => "console",
+            Checked::Service(o) => o.action.as_str(),
         }
     }
 
@@ -281,6 +384,11 @@ impl Checked {
             Checked::Rollback(o) => &o.selection,
             Checked::Delete(o) => &o.selection,
             Checked::Remove(o) => &o.selection,
+            Checked::Logs(LogsOptions { selection, .. })
+            | Checked::Console(ConsoleOptions { selection, .. })
+            | Checked::Service(ServiceOptions { selection, .. }) => {
+                return (selection.on.host.clone(), selection.top.clone());
+            }
         };
         (sel.host.clone(), Some(sel.top.clone()))
     }
@@ -321,9 +429,14 @@ pub fn main() -> ExitCode {
     // Ctrl-C must not kill the tool between a switch and its outcome: the
     // steps stop at the next safe point and say what the host will do.
     // Failing to install the handler only leaves the default behaviour.
-    let _ = ctrlc::set_handler(|| {
+    // `logs --follow` ends with Ctrl-C, and the console's ssh ends by
+    // itself: for them it is no interruption to announce.
+    let announce = !matches!(&request, Ok(Request { command: Checked::Logs(_) | Checked::Console(_), .. }));
+    let _ = ctrlc::set_handler(move || {
         activation::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-        eprintln!("interrupted: stopping at the next safe point");
+        if announce {
+            eprintln!("interrupted: stopping at the next safe point");
+        }
     });
     let request = match request {
         Ok(request) => request,
@@ -398,9 +511,35 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
             };
             (Checked::Remove(options), args.target.on.json, style(false))
         }
+        Command::Logs(args) => {
+            let options = LogsOptions {
+                selection: args.target.selection(std::slice::from_ref(&args.ioc)),
+                lines: args.lines,
+                follow: args.follow,
+                since: args.since,
+            };
+            (Checked::Logs(options), false, style(false))
+        }
+        Command::Console(args) => {
+            let options = ConsoleOptions {
+                selection: args.target.selection(std::slice::from_ref(&args.ioc)),
+                read_only: args.read_only,
+            };
+            (Checked::Console(options), false, style(false))
+        }
+        Command::Start(args) => service_options(Action::Start, args, style(false)),
+        Command::Stop(args) => service_options(Action::Stop, args, style(false)),
+        Command::Restart(args) => service_options(Action::Restart, args, style(false)),
         Command::Completions { .. } => unreachable!("handled before"),
     };
     Ok(Request { command, json, style })
+}
+
+/// `start`, `stop` or `restart`, checked.
+fn service_options(action: Action, args: ServiceArgs, style: Style) -> (Checked, bool, Style) {
+    let options =
+        ServiceOptions { action, selection: args.target.selection(&args.iocs), changing: args.changing.checked() };
+    (Checked::Service(options), args.json, style)
 }
 
 /// Which generations `delete-generation` should delete.
@@ -442,6 +581,22 @@ fn run(request: &Request, progress: &Progress) -> Result<Exit> {
         Checked::Rollback(o) => print(request, progress, rollback::run(o, progress)?, Run::Rollback),
         Checked::Delete(o) => print(request, progress, delete::run(o, progress)?, Run::DeleteGeneration),
         Checked::Remove(o) => print(request, progress, remove::run(o, progress)?, Run::Remove),
+        Checked::Logs(o) => {
+            logs::run(o, progress)?;
+            Exit::Success
+        }
+        Checked::Console(o) => {
+            console::run(o, progress)?;
+            Exit::Success
+        }
+        Checked::Service(o) => {
+            let wrap = match o.action {
+                Action::Start => Run::Start,
+                Action::Stop => Run::Stop,
+                Action::Restart => Run::Restart,
+            };
+            print(request, progress, service::run(o, progress)?, wrap)
+        }
     })
 }
 
@@ -479,6 +634,9 @@ fn failure_run(name: &str, error: ErrorReport) -> Run {
         "rollback" => Run::Rollback(Ended::Failed { error }),
         "delete-generation" => Run::DeleteGeneration(Ended::Failed { error }),
         "remove" => Run::Remove(Ended::Failed { error }),
+        "start" => Run::Start(Ended::Failed { error }),
+        "stop" => Run::Stop(Ended::Failed { error }),
+        "restart" => Run::Restart(Ended::Failed { error }),
         _ => Run::Deploy(Ended::Failed { error }),
     }
 }
@@ -501,7 +659,12 @@ fn usage_error(err: clap::Error) -> ExitCode {
     let subcommand = args.iter().find_map(|a| commands::NAMES.iter().find(|n| **n == a)).copied();
     let err = safe_suggestion(err, subcommand);
     let _ = err.print();
-    if args.iter().any(|a| a == "--json") {
+    // Only a command that has `--json` answers in JSON (`logs` and
+    // `console` have none).
+    let has_json = |name: &str| {
+        Cli::command().find_subcommand(name).is_none_or(|c| c.get_arguments().any(|a| a.get_id() == "json"))
+    };
+    if args.iter().any(|a| a == "--json") && subcommand.is_none_or(has_json) {
         let name = subcommand.unwrap_or("deploy");
         let text = err.render().to_string();
         let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
@@ -528,7 +691,9 @@ fn safe_suggestion(err: clap::Error, subcommand: Option<&str>) -> clap::Error {
     };
     collect(&command);
     command.get_subcommands().for_each(&mut collect);
-    flags.retain(|f| !DANGEROUS_FLAGS.contains(&f.as_str()));
+    // The flag typed may be another subcommand's (`logs --json`): not a
+    // suggestion for itself.
+    flags.retain(|f| !DANGEROUS_FLAGS.contains(&f.as_str()) && *f != flag);
     flags.sort();
     flags.dedup();
     let mut safe = clap::Error::new(ErrorKind::UnknownArgument).with_cmd(&command);
@@ -575,5 +740,6 @@ mod tests {
         assert_eq!(suggestion(&["h", "t", "--no-magic"]), None);
         assert_eq!(suggestion(&["list", "h", "t", "--wdie"]).as_deref(), Some("--wide"));
         assert_eq!(suggestion(&["h", "t", "--dryrun"]).as_deref(), Some("--dry-run"));
+        assert_eq!(suggestion(&["logs", "h", "ioc", "--json"]), None);
     }
 }

@@ -223,10 +223,11 @@ pub enum Lock {
 pub struct Remote {
     runtime: Runtime,
     session: Option<Arc<Session>>,
-    /// The remote process that holds the deploy lock: it lives as long as its
-    /// stdin stays open, so the lock goes with this connection, even when
+    /// The remote processes that hold deploy locks (one per top; `start`
+    /// and `stop` may act on IOCs of several): each lives as long as its
+    /// stdin stays open, so the locks go with this connection, even when
     /// the deployer is killed.
-    lock: Option<openssh::Child<Arc<Session>>>,
+    locks: Vec<openssh::Child<Arc<Session>>>,
     target: Target,
     /// Holds the generated ssh config (when `sshOpts` needs one) and the
     /// control socket directory for the life of the connection.
@@ -290,7 +291,7 @@ impl Remote {
             };
             anyhow::Error::new(Failure::new(Exit::Unreachable, login.failed(&said)))
         })?;
-        Ok(Remote { runtime, session: Some(Arc::new(session)), lock: None, target: target.clone(), _dir: dir })
+        Ok(Remote { runtime, session: Some(Arc::new(session)), locks: Vec::new(), target: target.clone(), _dir: dir })
     }
 
     fn session(&self) -> &Arc<Session> {
@@ -317,7 +318,7 @@ impl Remote {
             .map_err(|err| lost(&self.target, err))?;
         match line.trim_end().split_once(' ').unwrap_or((line.trim_end(), "")) {
             ("locked", stale) => {
-                self.lock = Some(child);
+                self.locks.push(child);
                 Ok(Lock::Held { stale: Some(stale.to_owned()).filter(|s| !s.is_empty()) })
             }
             ("busy", holder) => Ok(Lock::Busy(holder.to_owned())),
@@ -390,9 +391,25 @@ impl Remote {
         self.session().control_socket()
     }
 
-    /// Releases the lock, if held, and closes the master connection.
+    /// `ssh` running `cmd` over the master connection, for a command that
+    /// streams or talks to the user (`logs`, `console`): the caller spawns
+    /// it and chooses its stdin and stdout. With `tty`, the command gets a
+    /// terminal on the host (`ssh -tt`), which ssh puts in raw mode when
+    /// stdin is one here, and which the host hangs up when the connection
+    /// ends, ending the command too.
+    pub fn attached(&self, cmd: &RemoteCmd, tty: bool) -> std::process::Command {
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        let mut ssh = std::process::Command::new("ssh");
+        ssh.arg("-S").arg(self.control_socket());
+        // `LogLevel=ERROR`: no "Shared connection to … closed." at the end.
+        ssh.args(["-o", "ControlMaster=no", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]);
+        ssh.args([if tty { "-tt" } else { "-T" }, "none", &cmd.shell_line()]);
+        ssh
+    }
+
+    /// Releases the locks held, and closes the master connection.
     pub fn close(mut self) {
-        if let Some(mut lock) = self.lock.take() {
+        for mut lock in std::mem::take(&mut self.locks) {
             // Closing its stdin ends the lock holder; a lost connection has
             // ended it already.
             drop(lock.stdin().take());

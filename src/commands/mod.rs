@@ -7,11 +7,15 @@
 //! (with the deploy lock for commands that change the host), the report of
 //! a switch (deploy and rollback), and the garbage collector.
 
+pub mod console;
 pub mod delete;
 pub mod deploy;
+pub mod ioc;
 pub mod list;
+pub mod logs;
 pub mod remove;
 pub mod rollback;
+pub mod service;
 pub mod status;
 
 use anyhow::{Context, Result};
@@ -36,7 +40,20 @@ use crate::target::{self, HostSelection, Selection, Target};
 
 /// The subcommands' names, for "did you mean" when one is mistaken for a
 /// host (`cli` checks that they are its subcommands).
-pub const NAMES: [&str; 7] = ["deploy", "list", "status", "rollback", "delete-generation", "remove", "completions"];
+pub const NAMES: [&str; 12] = [
+    "deploy",
+    "list",
+    "status",
+    "rollback",
+    "delete-generation",
+    "remove",
+    "logs",
+    "console",
+    "start",
+    "stop",
+    "restart",
+    "completions",
+];
 
 /// Every command's result or error, tagged with the command's name: the
 /// body of the `--json` document.
@@ -49,6 +66,9 @@ pub enum Run {
     Rollback(Ended<SwitchReport>),
     DeleteGeneration(Ended<delete::DeleteReport>),
     Remove(Ended<remove::RemoveReport>),
+    Start(Ended<service::ServiceReport>),
+    Stop(Ended<service::ServiceReport>),
+    Restart(Ended<service::ServiceReport>),
 }
 
 /// The JSON Schema of the `--json` document, committed as
@@ -485,6 +505,7 @@ pub(crate) mod tests {
         let deleted = delete::tests::sample(false);
         insta::assert_snapshot!("delete", document(Run::DeleteGeneration(Ended::Done { result: deleted })));
         insta::assert_snapshot!("remove", document(Run::Remove(Ended::Done { result: remove::tests::sample() })));
+        insta::assert_snapshot!("restart", document(Run::Restart(Ended::Done { result: service::tests::sample() })));
         let error = output::ErrorReport {
             host: Some("ioc1".into()),
             top: Some("myTop".into()),

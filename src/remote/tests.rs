@@ -1019,3 +1019,214 @@ fn conserver_without_its_directory_writes_nothing() {
     assert!(ran.stderr.ends_with("etc/conserver does not exist: is conserver installed?\n"), "{ran:?}");
     assert!(!host.conserver_dir().exists());
 }
+
+// ---------------------------------------------------------------- locate.sh, service.sh, logs.sh, console.sh
+
+/// Replaces the host's `systemctl` with one that also answers: `is-active`
+/// and `is-enabled` from `units` (unit, active state, enabled state), and
+/// `start`, `stop` or `restart` of a unit in `failing` with exit 1. It
+/// logs every call, as the plain stand-in does.
+fn fake_systemd(host: &FakeHost, units: &[(&str, &str, &str)], failing: &[&str]) {
+    let mut text = String::from("#!/bin/sh\necho \"systemctl $*\" >>\"$CALLS\"\ncase $1:$2 in\n");
+    for (unit, active, enabled) in units {
+        text += &format!("  is-active:{unit}) echo {active}; [ {active} = active ] ;;\n");
+        text += &format!("  is-enabled:{unit}) echo {enabled} ;;\n");
+    }
+    for unit in failing {
+        text +=
+            &format!("  start:{unit} | stop:{unit} | restart:{unit}) echo \"Job for {unit} failed.\" >&2; exit 1 ;;\n");
+    }
+    text += "  show:*) for u; do case $u in epnix-*) printf 'Id=%s\\nActiveState=active\\n\\n' \"$u\" ;; esac; done ;;\nesac\n";
+    std::fs::write(host.bin().join("systemctl"), text).unwrap();
+}
+
+/// A stand-in for a host program `name` on the host's `PATH`.
+fn stand_in(host: &FakeHost, name: &str, text: &str) {
+    let path = host.bin().join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn marker_key() -> String {
+    unit::owner_line("")
+}
+
+#[test]
+fn locate_lists_every_ioc_unit_and_the_state_of_those_asked_for() {
+    let host = FakeHost::new();
+    host.write_unit("epnix-a.service", &unit_of("linac", "v1"));
+    host.write_unit("epnix-r.service", &unit_of("ring", "v1"));
+    host.write_unit("epnix-mine.service", "[Service]\nExecStart=/bin/procServ 2000 ./st.cmd\n");
+    host.write_unit("other.service", &unit_of("linac", "v1"));
+    fake_systemd(&host, &[("epnix-a.service", "active", "enabled")], &[]);
+    let dir = path_str(&host.unit_dir());
+
+    let ran = host.run_bare(LOCATE, &[&dir, &marker_key(), "epnix-a.service", "epnix-gone.service"]);
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines[0], format!("uid {}", uid.trim()));
+    assert!(lines[1] == "socat yes" || lines[1] == "socat no", "{lines:?}");
+    assert_eq!(
+        lines[2..],
+        [
+            "unit epnix-a.service linac /bin/true v1",
+            "unit epnix-mine.service - /bin/procServ 2000 ./st.cmd",
+            "unit epnix-r.service ring /bin/true v1",
+            "state epnix-a.service active enabled",
+        ]
+    );
+}
+
+/// `service.sh ACTION` on `a` (top linac) and `r` (top ring).
+fn service(host: &FakeHost, action: &str) -> Ran {
+    let dir = path_str(&host.unit_dir());
+    let records = |top: &str| path_str(&host.root.join("state").join(top));
+    let (linac, ring) = (unit::owner_line("linac"), unit::owner_line("ring"));
+    let args = [action, &dir, "epnix-a.service", &linac, &records("linac"), "epnix-r.service", &ring, &records("ring")];
+    host.run_bare(SERVICE, &args)
+}
+
+fn service_host() -> FakeHost {
+    let host = FakeHost::new();
+    host.write_unit("epnix-a.service", &unit_of("linac", "v1"));
+    host.write_unit("epnix-r.service", &unit_of("ring", "v1"));
+    host
+}
+
+#[test]
+fn service_acts_on_each_unit_and_says_what_it_did() {
+    let host = service_host();
+    fake_systemd(&host, &[("epnix-a.service", "active", "enabled"), ("epnix-r.service", "inactive", "enabled")], &[]);
+
+    let ran = service(&host, "start");
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let (did, show) = ran.stdout.split_once("\n\n").unwrap();
+    assert_eq!(did, "did epnix-a.service unchanged\ndid epnix-r.service started");
+    assert!(show.starts_with("Id=epnix-a.service\nActiveState=active\n\nId=epnix-r.service"), "{show}");
+    let acts: Vec<String> = host.calls().into_iter().filter(|c| !c.starts_with("systemctl is-")).collect();
+    assert_eq!(acts[0], "systemctl start epnix-r.service");
+    assert!(acts[1].starts_with("systemctl show --timestamp=unix "), "{acts:?}");
+
+    host.forget_calls();
+    let ran = service(&host, "stop");
+    assert_eq!(ran.stdout.split_once("\n\n").unwrap().0, "did epnix-a.service stopped\ndid epnix-r.service unchanged");
+    host.forget_calls();
+    let ran = service(&host, "restart");
+    assert_eq!(
+        ran.stdout.split_once("\n\n").unwrap().0,
+        "did epnix-a.service restarted\ndid epnix-r.service restarted"
+    );
+}
+
+#[test]
+fn service_goes_on_past_a_failure_and_says_so() {
+    let host = service_host();
+    fake_systemd(&host, &[], &["epnix-a.service"]);
+
+    let ran = service(&host, "restart");
+
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stdout.starts_with("did epnix-a.service failed\ndid epnix-r.service restarted\n\n"), "{ran:?}");
+    assert!(ran.stderr.contains("Job for epnix-a.service failed."), "{ran:?}");
+}
+
+#[test]
+fn service_changes_nothing_for_a_unit_that_moved_or_a_pending_rollback() {
+    let host = service_host();
+    fake_systemd(&host, &[], &[]);
+    host.write_unit("epnix-r.service", &unit_of("booster", "v1"));
+    let ran = service(&host, "stop");
+    assert_eq!((ran.code, ran.stdout.as_str()), (Some(20), "moved epnix-r.service\n"), "{ran:?}");
+    host.remove_unit("epnix-r.service");
+    let ran = service(&host, "stop");
+    assert_eq!((ran.code, ran.stdout.as_str()), (Some(20), "moved epnix-r.service\n"), "{ran:?}");
+    assert!(host.calls().is_empty(), "{:?}", host.calls());
+
+    host.write_unit("epnix-r.service", &unit_of("ring", "v1"));
+    let restore = host.root.join("state/ring/restore");
+    std::fs::create_dir_all(&restore).unwrap();
+    std::fs::write(restore.join("armed"), "").unwrap();
+    let ran = service(&host, "stop");
+    assert_eq!((ran.code, ran.stdout.as_str()), (Some(21), "pending epnix-r.service\n"), "{ran:?}");
+    std::fs::remove_file(restore.join("armed")).unwrap();
+    std::fs::create_dir_all(host.root.join("state/ring/restore.rolling")).unwrap();
+    let ran = service(&host, "stop");
+    assert_eq!((ran.code, ran.stdout.as_str()), (Some(21), "pending epnix-r.service\n"), "{ran:?}");
+    assert!(host.calls().is_empty(), "{:?}", host.calls());
+}
+
+/// A `journalctl` that logs its argv, refuses `--since=bad`, and when
+/// following runs until it is ended, noting its PID.
+const JOURNALCTL: &str = r#"#!/bin/sh
+echo "journalctl $*" >>"$CALLS"
+for a; do
+  case $a in --since=bad) echo "Failed to parse timestamp: bad" >&2; exit 1 ;; --follow) echo $$ >"$CALLS.pid"; exec sleep 60 ;; esac
+done
+echo "2026-12-03T10:00:00+00:00 host procServ[1]: iocRun: All initialization complete"
+"#;
+
+#[test]
+fn logs_prints_the_journal_and_refuses_a_time_journalctl_cannot_read() {
+    let host = FakeHost::new();
+    stand_in(&host, "journalctl", JOURNALCTL);
+
+    let ran = host.run_bare(LOGS, &["epnix-a.service", "no", "--lines=50", "--since=today"]);
+
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.stdout.ends_with("iocRun: All initialization complete\n"), "{ran:?}");
+    assert_eq!(
+        host.calls(),
+        [
+            "journalctl --quiet --lines=0 --since=today",
+            "journalctl --unit=epnix-a.service --no-pager --output=short-iso --utc --lines=50 --since=today",
+        ]
+    );
+    let ran = host.run_bare(LOGS, &["epnix-a.service", "no", "--since=bad"]);
+    assert_eq!((ran.code, ran.stdout.as_str()), (Some(64), ""), "{ran:?}");
+}
+
+#[test]
+fn a_follow_ends_with_its_connection_however_quiet_the_journal() {
+    let host = FakeHost::new();
+    stand_in(&host, "journalctl", JOURNALCTL);
+    let args: Vec<String> = ["epnix-a.service", "yes", "--lines=5"].map(str::to_owned).to_vec();
+    let mut follow = Proc(host.command(LOGS, &args).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap());
+    let pid_file = host.root.join("calls.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "journalctl never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let journalctl = std::fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+    assert!(follow.running());
+
+    // The deployer is gone: its end of the connection closes.
+    drop(follow.0.stdin.take());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while follow.running() {
+        assert!(Instant::now() < deadline, "logs.sh outlived its connection");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!Path::new(&format!("/proc/{journalctl}")).exists(), "journalctl {journalctl} was left running");
+    assert!(host.calls().last().unwrap().ends_with("--follow --lines=5"), "{:?}", host.calls());
+}
+
+#[test]
+fn console_runs_socat_both_ways_or_only_towards_the_terminal() {
+    let host = FakeHost::new();
+    stand_in(&host, "socat", "#!/bin/sh\necho \"socat $*\" >>\"$CALLS\"\n");
+
+    let ran = host.run_bare(CONSOLE, &["interactive", "UNIX-CONNECT:/run/epics/a/console"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    // Not on a terminal here, so `stty` complains; socat runs all the same.
+    let ran = host.run_bare(CONSOLE, &["read-only", "TCP4:127.0.0.1:2001"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(
+        host.calls(),
+        ["socat STDIO,raw,echo=0,escape=0x1d UNIX-CONNECT:/run/epics/a/console", "socat -u TCP4:127.0.0.1:2001 STDOUT",]
+    );
+}

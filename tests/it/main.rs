@@ -10,6 +10,7 @@ mod generations;
 mod hardening;
 mod json;
 mod module;
+mod operate;
 mod parity;
 mod procserv;
 mod ssh_failures;
