@@ -145,7 +145,7 @@ pub fn prepare_cmd(plan: &Plan, safety: &Safety) -> RemoteCmd {
         layout::rollback_unit(top),
         format!("{}s", safety.confirm_timeout.as_secs()),
         layout::boot_rollback_unit(),
-        layout::STATE_DIR.to_owned(),
+        layout::state_dir().to_string(),
         remote::ROLLBACK.text(),
         remote::ROLLBACK_AT_BOOT.text(),
     ];
