@@ -519,7 +519,7 @@ pub struct UnitState {
 /// Asks systemd for the state of `units`, in one call.
 pub fn show_units_cmd(units: impl IntoIterator<Item = String>) -> RemoteCmd {
     let props = "--property=Id,ActiveState,SubState,NRestarts,InvocationID,ActiveEnterTimestamp";
-    RemoteCmd::new(["systemctl".to_owned(), "show".to_owned(), props.to_owned()].into_iter().chain(units))
+    RemoteCmd::systemctl(["show".to_owned(), props.to_owned()].into_iter().chain(units))
 }
 
 /// Reads the output of `systemctl show` for several units, by unit name.
