@@ -265,7 +265,21 @@ let
           err p "`${name}` is not a valid ${what} name (letters, digits, `_` and `-`, not starting with `-`, at most 64 characters)"
       ) (attrNames set);
 
-  hostErrors = level "host" {
+  # `local = true` deploys to the machine the tool runs on: its hostname
+  # must say so.
+  localErrors =
+    path: value:
+    if
+      isAttrs value
+      && (value.local or false) == true
+      && isString (value.hostname or null)
+      && value.hostname != "localhost"
+    then
+      err "${path}.hostname" "is `${value.hostname}`, but `local = true` deploys to the machine the tool runs on; set `hostname = \"localhost\"`, or drop `local` to reach the host over SSH"
+    else
+      [ ];
+
+  hostErrors = path: value: level "host" {
     hostname =
       path: value:
       if !isString value then
@@ -290,6 +304,19 @@ let
     sshOpts = strings;
     tags = strings;
     magicRollback = boolean;
+    local = boolean;
+    # The words that run a command as root when the login user is not root.
+    privilegeEscalationCommand =
+      path: value:
+      let
+        errors = strings path value;
+      in
+      if errors != [ ] then
+        errors
+      else if value == [ ] || elem "" value then
+        err path "must name a command, with no empty word, e.g. `[ \"sudo\" \"-n\" \"--\" ]` (the default)"
+      else
+        [ ];
     procServ = level "hostProcServ" {
       package = storePath "epnix.packages.x86_64-linux.procServ";
     } [ ];
@@ -321,7 +348,7 @@ let
           else
             [ ];
       } clobbers path value;
-  } [ ];
+  } (localErrors path value) path value;
 
   # A file on the host: an absolute path, without white space (conserver's
   # `#include` line would lose it at the ends) or control characters.

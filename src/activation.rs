@@ -16,7 +16,6 @@
 //! never both win. Before the tool claims an outcome, it reads the host.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread::JoinHandle;
@@ -32,7 +31,7 @@ use crate::plan::{Guarded, Plan};
 use crate::process::tail;
 use crate::progress::{Progress, Step};
 use crate::remote;
-use crate::ssh::{self, ConnectionLost, Lock, Remote, RemoteCmd};
+use crate::ssh::{self, ConnectionLost, Detached, Lock, Remote, RemoteCmd};
 use crate::target::Target;
 
 /// Set by the Ctrl-C handler; long steps look at it and stop.
@@ -95,7 +94,10 @@ pub fn take_lock(
         Lock::NotRoot(user) => Err(BadInput::new(format!(
             "on `{target}`: the SSH user `{user}` is not root, and managing IOC units needs root; nothing was changed"
         ))
-        .hint("set `sshUser = \"root\"` for this host (or give it as `root@host`)")
+        .hint(
+            "set `sshUser = \"root\"` for this host (or give it as `root@host`), or a `privilegeEscalationCommand` \
+             that makes the user root",
+        )
         .into()),
         Lock::WrongHost(name) => Err(wrong_host(target, &name).into()),
     }
@@ -145,7 +147,7 @@ pub fn prepare_cmd(plan: &Plan, safety: &Safety) -> RemoteCmd {
         layout::rollback_unit(top),
         format!("{}s", safety.confirm_timeout.as_secs()),
         layout::boot_rollback_unit(),
-        layout::STATE_DIR.to_owned(),
+        layout::state_dir().to_string(),
         remote::ROLLBACK.text(),
         remote::ROLLBACK_AT_BOOT.text(),
     ];
@@ -154,8 +156,9 @@ pub fn prepare_cmd(plan: &Plan, safety: &Safety) -> RemoteCmd {
 }
 
 /// The heartbeats of an armed rollback, on a thread of their own. Each is a
-/// new channel of the master connection, run by `ssh` itself, so no check
-/// command, journal read or switch can hold one up.
+/// new channel of the master connection, run by `ssh` itself (for this
+/// machine, a process of its own), so no check command, journal read or
+/// switch can hold one up.
 struct Heartbeat {
     stop: Arc<AtomicBool>,
     /// What the host last said: [`BEAT_OK`], [`BEAT_ROLLING_BACK`] or [`BEAT_LOST`].
@@ -170,18 +173,16 @@ const BEAT_ROLLING_BACK: u8 = 1;
 const BEAT_LOST: u8 = 2;
 
 impl Heartbeat {
-    fn start(socket: PathBuf, cmd: RemoteCmd) -> Heartbeat {
+    fn start(beat: Detached) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let said = Arc::new(AtomicU8::new(BEAT_OK));
         let interval = Duration::from_secs(HEARTBEAT_INTERVAL_SECS);
         let thread = {
             let (stop, said) = (Arc::clone(&stop), Arc::clone(&said));
             std::thread::spawn(move || {
-                let line = cmd.shell_line();
                 while !stop.load(Ordering::SeqCst) {
                     let started = Instant::now();
-                    let beat = ssh::run_on_master(&socket, &line, interval);
-                    let now = match beat {
+                    let now = match beat.run(interval) {
                         Ok(out) if out.status.success() => BEAT_OK,
                         Ok(out) if String::from_utf8_lossy(&out.stdout).contains("rolling-back") => BEAT_ROLLING_BACK,
                         _ => BEAT_LOST,
@@ -214,6 +215,17 @@ impl Heartbeat {
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+/// How the confirmation proves the host can still be reached: a new SSH
+/// login. On this machine there is no login to prove; what the
+/// confirmation proves is that the tool, from a process of its own, still
+/// reaches the host's systemd after the checks, alive and in charge.
+pub fn fresh_login(target: &Target) -> &'static str {
+    match target.local {
+        Some(_) => "from a new process",
+        None => "over a new SSH login",
     }
 }
 
@@ -264,10 +276,8 @@ pub fn switch_safely(
     remote.run(&prepare_cmd(plan, safety))?;
     let mut heartbeat = None;
     if safety.magic_rollback {
-        heartbeat = Some(Heartbeat::start(
-            remote.control_socket().to_owned(),
-            remote::HEARTBEAT.for_top(top, &[layout::rollback_unit(top)]),
-        ));
+        heartbeat =
+            Some(Heartbeat::start(remote.detached(&remote::HEARTBEAT.for_top(top, &[layout::rollback_unit(top)]))));
         step.done(&format!(
             "the host rolls back by itself unless confirmed within {}s (also after a reboot)",
             safety.confirm_timeout.as_secs()
@@ -312,7 +322,7 @@ pub fn switch_safely(
             let args = [layout::rollback_unit(top), verdict, store_path];
             let login = confirm_login.take().map(|l| l.join().unwrap_or_else(|_| Remote::connect(target)));
             let confirmed = if let Some(login) = login {
-                login.context("confirming over a new SSH login").and_then(|fresh| {
+                login.with_context(|| format!("confirming {}", fresh_login(target))).and_then(|fresh| {
                     let result = fresh.run(&remote::CONFIRM.for_top(top, &args));
                     fresh.close();
                     result
@@ -325,7 +335,8 @@ pub fn switch_safely(
             }
             match confirmed {
                 Ok(_) => {
-                    step.done(if safety.magic_rollback { "over a new SSH login; rollback disarmed" } else { "" });
+                    let how = format!("{}; rollback disarmed", fresh_login(target));
+                    step.done(if safety.magic_rollback { &how } else { "" });
                     // A switch that kept the generation still runs on it.
                     Ok(generation.or(before.generation))
                 }
@@ -601,7 +612,7 @@ fn roll_back(remote: &Remote, top: &str, reason: &str) -> Result<RolledBack> {
     argv.push(reason.to_owned());
     let output = remote.run(&RemoteCmd::new(argv))?;
     // The timer has nothing left to do.
-    let _ = remote.run(&RemoteCmd::new(["systemctl", "stop", &format!("{}.timer", layout::rollback_unit(top))]));
+    let _ = remote.run(&RemoteCmd::systemctl(["stop".to_owned(), format!("{}.timer", layout::rollback_unit(top))]));
     parse_rollback(&output)
 }
 
@@ -665,15 +676,7 @@ pub fn check_health(
     }
     let fail = |ioc: &str, check: String| -> anyhow::Error {
         let journal = remote
-            .run(&RemoteCmd::new([
-                "journalctl",
-                "--no-pager",
-                "--lines=15",
-                "-o",
-                "cat",
-                "--unit",
-                &layout::unit_name(ioc),
-            ]))
+            .run(&RemoteCmd::journalctl(["--no-pager", "--lines=15", "-o", "cat", "--unit", &layout::unit_name(ioc)]))
             .unwrap_or_default();
         HealthFailure { ioc: ioc.to_owned(), check, journal }.into()
     };

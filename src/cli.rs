@@ -23,12 +23,13 @@ use crate::commands::status::{self, StatusOptions};
 use crate::commands::{self, Changing, Run, list};
 use crate::config;
 use crate::exit::{self, BadInput, Exit};
+use crate::layout::{self, Layout};
 use crate::nix::Flake;
 use crate::output::{self, Ended, ErrorReport, Render, Style};
 use crate::progress::{Progress, Verbosity};
 use crate::running::Detail;
 use crate::suggest;
-use crate::target::{HostSelection, Selection};
+use crate::target::{HostSelection, Local, Selection};
 
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
@@ -102,12 +103,13 @@ struct Reach {
 }
 
 impl Reach {
-    fn selection(&self, host: String) -> HostSelection {
+    fn selection(&self, host: String, local: Option<Local>) -> HostSelection {
         let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
         HostSelection {
             flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
             host,
             ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
+            local,
         }
     }
 }
@@ -115,19 +117,54 @@ impl Reach {
 /// The host a command acts on, and how to reach it.
 #[derive(Args, Debug)]
 struct HostArgs {
-    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
-    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; none
+    /// with `--local` or `--user`.
+    #[arg(
+        required_unless_present_any = ["local", "user"],
+        add = clap_complete::ArgValueCandidates::new(crate::complete::hosts)
+    )]
     host: Option<String>,
     #[command(flatten)]
     reach: Reach,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// The host is this machine, reached with no SSH: the same switch,
+    /// checks and rollback (`epnix-deploy --local <top>`).
+    #[arg(long, conflicts_with = "ssh_opts")]
+    local: bool,
+    /// The host is this machine, and the IOCs are `systemctl --user` units
+    /// of the current user, under its own directories (implies `--local`).
+    #[arg(long, conflicts_with = "ssh_opts")]
+    user: bool,
 }
 
 impl HostArgs {
-    fn selection(&self) -> HostSelection {
-        self.reach.selection(self.host.clone().expect("clap requires it"))
+    /// The flag that names this machine, for messages.
+    fn flag(&self) -> &'static str {
+        if self.user { "--user" } else { "--local" }
+    }
+
+    /// The host, and the top: `top`, or with `--local` and `--user`, which
+    /// name no host, the one word given (clap took it for the host's).
+    fn selection(&self, top: Option<&String>) -> Result<(HostSelection, Option<String>), BadInput> {
+        let local = match (self.local, self.user) {
+            (_, true) => Some(Local::User),
+            (true, false) => Some(Local::System),
+            (false, false) => None,
+        };
+        let flag = self.flag();
+        let (host, top) = match (local, &self.host, top) {
+            (None, host, top) => (host.clone().expect("clap requires it"), top.cloned()),
+            (Some(_), Some(host), Some(top)) => {
+                return Err(BadInput::new(format!(
+                    "`{flag}` deploys to this machine, and `{host}` would name another host"
+                ))
+                .hint(format!("name the top alone: `epnix-deploy … {flag} {top}`")));
+            }
+            (Some(_), host, top) => ("localhost".to_owned(), host.clone().or(top.cloned())),
+        };
+        Ok((self.reach.selection(host, local), top))
     }
 }
 
@@ -137,19 +174,21 @@ struct HostTop {
     #[command(flatten)]
     on: HostArgs,
     /// A top from `epnixDeploy.tops`.
-    #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    #[arg(
+        required_unless_present_any = ["local", "user"],
+        add = clap_complete::ArgValueCandidates::new(crate::complete::tops)
+    )]
     top: Option<String>,
 }
 
 impl HostTop {
-    fn selection(&self) -> Selection {
-        let on = self.on.selection();
-        Selection {
-            flake: on.flake,
-            host: on.host,
-            top: self.top.clone().expect("clap requires it"),
-            ssh_opts: on.ssh_opts,
-        }
+    fn selection(&self) -> Result<Selection, BadInput> {
+        let (on, top) = self.on.selection(self.top.as_ref())?;
+        let top = top.ok_or_else(|| {
+            BadInput::new("which top? None was given")
+                .hint(format!("name it after the flag: `epnix-deploy … {} <top>`", self.on.flag()))
+        })?;
+        Ok(Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local })
     }
 }
 
@@ -175,7 +214,7 @@ impl HostIocs {
                 unique.push(ioc.clone());
             }
         }
-        IocSelection { on: self.reach.selection(self.host.clone()), top: self.top.clone(), iocs: unique }
+        IocSelection { on: self.reach.selection(self.host.clone(), None), top: self.top.clone(), iocs: unique }
     }
 }
 
@@ -375,6 +414,21 @@ impl Checked {
         }
     }
 
+    /// `--local` or `--user`.
+    fn local(&self) -> Option<Local> {
+        match self {
+            Checked::Deploy(o) => o.selection.local,
+            Checked::List(s) => s.local,
+            Checked::Status(o) => o.on.local,
+            Checked::Rollback(o) => o.selection.local,
+            Checked::Delete(o) => o.selection.local,
+            Checked::Remove(o) => o.selection.local,
+            Checked::Logs(LogsOptions { selection, .. })
+            | Checked::Console(ConsoleOptions { selection, .. })
+            | Checked::Service(ServiceOptions { selection, .. }) => selection.on.local,
+        }
+    }
+
     /// The host and top it acts on, for its error report.
     fn subject(&self) -> (String, Option<String>) {
         let sel = match self {
@@ -455,11 +509,12 @@ pub fn main() -> ExitCode {
 /// command's name and `--json`, so that it is reported as asked.
 fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'static str, bool)> {
     let style = |wide: bool| Style { short_paths: !wide && std::io::stdout().is_terminal() };
+    let refused = |name: &'static str, json: bool| move |err: BadInput| (anyhow::Error::from(err), name, json);
     let (command, json, style) = match command {
         Command::Deploy(args) => {
             let json = args.target.on.json;
             let options = DeployOptions {
-                selection: args.target.selection(),
+                selection: args.target.selection().map_err(refused("deploy", json))?,
                 dry_run: args.dry_run,
                 substitute_on_destination: args.substitute_on_destination,
                 activation_timeout: args.activation_timeout.map(Duration::from_secs),
@@ -469,19 +524,22 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
             };
             (Checked::Deploy(options), json, style(false))
         }
-        Command::List(args) => (Checked::List(args.target.selection()), args.target.on.json, style(args.wide)),
+        Command::List(args) => {
+            let json = args.target.on.json;
+            (Checked::List(args.target.selection().map_err(refused("list", json))?), json, style(args.wide))
+        }
         Command::Status(args) => {
             let detail = match verbose {
                 0 => Detail::Base,
                 1 => Detail::Usage,
                 _ => Detail::Socket,
             };
-            let options = StatusOptions { on: args.on.selection(), top: args.top, detail };
-            (Checked::Status(options), args.on.json, style(false))
+            let (on, top) = args.on.selection(args.top.as_ref()).map_err(refused("status", args.on.json))?;
+            (Checked::Status(StatusOptions { on, top, detail }), args.on.json, style(false))
         }
         Command::Rollback(args) => {
             let options = RollbackOptions {
-                selection: args.target.selection(),
+                selection: args.target.selection().map_err(refused("rollback", args.target.on.json))?,
                 to: args.to,
                 force: args.force,
                 activation_timeout: args.activation_timeout.map(Duration::from_secs),
@@ -494,7 +552,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
             let json = args.target.on.json;
             let doomed = doomed(&args).map_err(|err| (err.into(), "delete-generation", json))?;
             let options = DeleteOptions {
-                selection: args.target.selection(),
+                selection: args.target.selection().map_err(refused("delete-generation", json))?,
                 doomed,
                 gc: args.gc,
                 dry_run: args.dry_run,
@@ -504,7 +562,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
         }
         Command::Remove(args) => {
             let options = RemoveOptions {
-                selection: args.target.selection(),
+                selection: args.target.selection().map_err(refused("remove", args.target.on.json))?,
                 purge: args.purge,
                 gc: args.gc,
                 changing: args.changing.checked(),
@@ -532,6 +590,10 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
         Command::Restart(args) => service_options(Action::Restart, args, style(false)),
         Command::Completions { .. } => unreachable!("handled before"),
     };
+    // Before anything reads a path.
+    if command.local() == Some(Local::User) {
+        layout::choose(Layout::user_here().map_err(refused(command.name(), json))?);
+    }
     Ok(Request { command, json, style })
 }
 
@@ -723,6 +785,36 @@ mod tests {
         let names: Vec<String> =
             Cli::command().get_subcommands().map(|c| c.get_name().to_owned()).filter(|n| n != "help").collect();
         assert_eq!(names, commands::NAMES);
+    }
+
+    #[test]
+    fn local_and_user_take_the_top_alone() {
+        let deploy = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["epnix-deploy"].iter().chain(args)).unwrap();
+            match cli.command {
+                None => cli.deploy.target.selection(),
+                Some(Command::List(list)) => list.target.selection(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let sel = deploy(&["--local", "demo"]).unwrap();
+        assert_eq!((sel.host.as_str(), sel.top.as_str(), sel.local), ("localhost", "demo", Some(Local::System)));
+        let sel = deploy(&["list", "--user", "demo"]).unwrap();
+        assert_eq!((sel.top.as_str(), sel.local), ("demo", Some(Local::User)));
+        assert_eq!(deploy(&["ioc1", "demo"]).unwrap().local, None);
+        let err = deploy(&["--local", "ioc1", "demo"]).unwrap_err().to_string();
+        assert!(err.contains("`--local` deploys to this machine, and `ioc1` would name another host"), "{err}");
+        let err = deploy(&["--user"]).unwrap_err().to_string();
+        assert!(err.contains("which top?") && err.contains("`epnix-deploy … --user <top>`"), "{err}");
+        assert!(Cli::try_parse_from(["epnix-deploy", "--local", "demo", "--ssh-opts", "-p 22"]).is_err());
+
+        let status = |args: &[&str]| match Cli::try_parse_from(["epnix-deploy", "status"].iter().chain(args)) {
+            Ok(Cli { command: Some(Command::Status(s)), .. }) => s.on.selection(s.top.as_ref()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let (on, top) = status(&["--local"]);
+        assert_eq!((on.local, top), (Some(Local::System), None));
+        assert_eq!(status(&["--user", "demo"]).1.as_deref(), Some("demo"));
     }
 
     #[test]

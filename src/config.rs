@@ -68,6 +68,8 @@ pub const HOST_KEYS: &[&str] = &[
     "magicRollback",
     "procServ",
     "conserver",
+    "local",
+    "privilegeEscalationCommand",
 ];
 /// `epnixDeploy.hosts.<name>.procServ`.
 pub const HOST_PROCSERV_KEYS: &[&str] = &["package"];
@@ -114,6 +116,13 @@ pub struct Host {
     pub procserv_package: Option<Utf8PathBuf>,
     /// `conserver`: the console server in front of the host's IOCs.
     pub conserver: Conserver,
+    /// `local`: the host is the machine the tool runs on, reached with no
+    /// SSH (its `hostname` must be `localhost`). Default false.
+    pub local: bool,
+    /// `privilegeEscalationCommand`: the words that run a command as root
+    /// on the host when the login user is not root, as colmena names them.
+    /// Default `[ "sudo" "-n" "--" ]`.
+    pub privilege_escalation_command: Vec<String>,
 }
 
 /// `epnixDeploy.hosts.<name>.conserver`: conserver, the console server some
@@ -317,6 +326,8 @@ pub fn schema() -> Value {
             "host": level(&["hosts", "*"], HOST_KEYS, json!({
                 "sshOpts": host.ssh_opts,
                 "magicRollback": host.magic_rollback,
+                "local": host.local,
+                "privilegeEscalationCommand": host.privilege_escalation_command,
             })),
             "hostProcServ": level(&["hosts", "*", "procServ"], HOST_PROCSERV_KEYS, json!({
                 "package": host.procserv_package,
@@ -454,7 +465,37 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         None => None,
     };
     let conserver = node.get(map, "conserver").map(|n| parse_conserver(&n)).transpose()?.unwrap_or_default();
-    Ok(Host { hostname, expected_hostname, ssh_user, ssh_port, ssh_opts, magic_rollback, procserv_package, conserver })
+    let local = node.get(map, "local").map(|n| n.boolean()).transpose()?.unwrap_or(false);
+    if local && hostname != "localhost" {
+        return Err(node
+            .field("hostname")
+            .error(format!("is `{hostname}`, but `local = true` deploys to the machine the tool runs on"))
+            .hint("set `hostname = \"localhost\"`, or drop `local` to reach the host over SSH"));
+    }
+    let privilege_escalation_command = match node.get(map, "privilegeEscalationCommand") {
+        Some(n) => {
+            let words = n.strings()?;
+            if words.is_empty() || words.iter().any(String::is_empty) {
+                return Err(n
+                    .error("must name a command, with no empty word")
+                    .hint("e.g. `[ \"sudo\" \"-n\" \"--\" ]` (the default) or `[ \"doas\" \"-n\" ]`"));
+            }
+            words
+        }
+        None => crate::target::default_escalation(),
+    };
+    Ok(Host {
+        hostname,
+        expected_hostname,
+        ssh_user,
+        ssh_port,
+        ssh_opts,
+        magic_rollback,
+        procserv_package,
+        conserver,
+        local,
+        privilege_escalation_command,
+    })
 }
 
 fn parse_conserver(node: &Node) -> Result<Conserver, BadInput> {
@@ -1000,6 +1041,32 @@ mod tests {
             error_of(json)
                 .contains("epnixDeploy.tops.procServ: `procServ` is the name of the profile of the host's procServ")
         );
+    }
+
+    #[test]
+    fn a_host_may_be_this_machine_and_reach_root_through_another_command() {
+        let host = Config::parse(&example()).unwrap().hosts["ioc-server-1"].clone();
+        assert!(!host.local);
+        assert_eq!(host.privilege_escalation_command, ["sudo", "-n", "--"]);
+
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["privilegeEscalationCommand"] = json!(["doas", "-n"]);
+        json["hosts"]["lab"] = json!({ "hostname": "localhost", "local": true });
+        let config = Config::parse(&json).unwrap();
+        assert_eq!(config.hosts["ioc-server-1"].privilege_escalation_command, ["doas", "-n"]);
+        assert!(config.hosts["lab"].local);
+
+        let at = "epnixDeploy.hosts.ioc-server-1";
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["local"] = json!(true);
+        let err = error_of(json);
+        assert!(err.starts_with(&format!("{at}.hostname: is `10.0.0.5`, but `local = true` deploys")), "{err}");
+        for bad in [json!([]), json!(["sudo", ""])] {
+            let mut json = example();
+            json["hosts"]["ioc-server-1"]["privilegeEscalationCommand"] = bad;
+            let err = error_of(json);
+            assert!(err.starts_with(&format!("{at}.privilegeEscalationCommand: must name a command")), "{err}");
+        }
     }
 
     #[test]

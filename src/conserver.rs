@@ -79,7 +79,7 @@ pub enum ProblemKind {
 /// The host-side command that rewrites the include file.
 pub fn cmd(settings: &Conserver) -> RemoteCmd {
     remote::CONSERVER.cmd(&[
-        layout::UNIT_DIR,
+        layout::unit_dir().as_str(),
         // The start of every top's ownership line: the consoles are those of
         // every top on the host.
         &unit::owner_line(""),

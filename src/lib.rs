@@ -14,6 +14,7 @@ pub mod exit;
 pub mod generation;
 pub mod host;
 pub mod layout;
+pub mod local;
 pub mod nix;
 pub mod output;
 pub mod plan;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::exit::BadInput;
-use crate::process::Cmd;
+use crate::process::{Cmd, shell_quote};
 use crate::target::Target;
 
 /// A flake reference, with the inputs overridden for this run
@@ -199,10 +199,18 @@ pub fn parse_build_output(stdout: &str) -> Result<Utf8PathBuf> {
 /// `control_socket`. The port and user are already settled by the master.
 /// `remote_nix_store` names the host's `nix-store` when it is not on the
 /// PATH of a non-interactive SSH command (multi-user installs).
+/// `escalation` runs it as root, for a login that is not: the store of a
+/// single-user install (Debian's `nix-bin`) belongs to root, and a
+/// daemon's takes paths without signatures only from a trusted user, which
+/// root always is. Nix runs the remote program as `PROGRAM --serve --write`
+/// through ssh, so its words travel as one shell line (each word quoted),
+/// percent-encoded in the store URL; Nix 2.8 and current Nix both read it
+/// so.
 pub fn copy_to(
     target: &Target,
     control_socket: &str,
     paths: &[&str],
+    escalation: &[String],
     remote_nix_store: Option<&str>,
     substitute_on_destination: bool,
 ) -> Cmd {
@@ -211,10 +219,23 @@ pub fn copy_to(
         cmd = cmd.arg("--substitute-on-destination");
     }
     let mut store = format!("ssh://{}", target.destination());
-    if let Some(program) = remote_nix_store {
-        store.push_str(&format!("?remote-program={program}"));
+    if remote_nix_store.is_some() || !escalation.is_empty() {
+        let program = escalation.iter().map(String::as_str).chain([remote_nix_store.unwrap_or("nix-store")]);
+        let line = program.map(shell_quote).collect::<Vec<_>>().join(" ");
+        store.push_str(&format!("?remote-program={}", percent_encode(&line)));
     }
     cmd.arg("--to").arg(store).args(paths.iter().copied())
+}
+
+/// `text` as a URL query value: every byte but the unreserved ones and `/`
+/// as `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -285,7 +306,7 @@ mod tests {
     #[test]
     fn copy_rides_the_master_connection() {
         let target = Target::resolve("root@10.0.0.5:2201", None).unwrap();
-        let cmd = copy_to(&target, "/tmp/e/master", &["/nix/store/abc-top"], None, true);
+        let cmd = copy_to(&target, "/tmp/e/master", &["/nix/store/abc-top"], &[], None, true);
         assert_eq!(
             cmd.to_string(),
             "NIX_SSHOPTS='-o ControlMaster=no -o ControlPath=/tmp/e/master' nix --extra-experimental-features 'nix-command flakes' copy --substitute-on-destination --to ssh://root@10.0.0.5 /nix/store/abc-top"
@@ -295,13 +316,35 @@ mod tests {
     #[test]
     fn copy_names_the_remote_nix_store_when_it_is_off_the_path() {
         let target = Target::resolve("root@h", None).unwrap();
-        let cmd =
-            copy_to(&target, "/s", &["/nix/store/abc"], Some("/nix/var/nix/profiles/default/bin/nix-store"), false);
+        let cmd = copy_to(
+            &target,
+            "/s",
+            &["/nix/store/abc"],
+            &[],
+            Some("/nix/var/nix/profiles/default/bin/nix-store"),
+            false,
+        );
         assert!(
             cmd.to_string().ends_with(
                 "--to 'ssh://root@h?remote-program=/nix/var/nix/profiles/default/bin/nix-store' /nix/store/abc"
             ),
             "{cmd}"
         );
+    }
+
+    /// A login that is not root copies through its escalation command, as
+    /// one percent-encoded shell line.
+    #[test]
+    fn copy_as_a_user_that_is_not_root_goes_through_its_escalation() {
+        let target = Target::resolve("ops@h", None).unwrap();
+        let sudo = crate::target::default_escalation();
+        let cmd = copy_to(&target, "/s", &["/nix/store/abc"], &sudo, None, false);
+        assert!(
+            cmd.to_string().ends_with("--to 'ssh://ops@h?remote-program=sudo%20-n%20--%20nix-store' /nix/store/abc"),
+            "{cmd}"
+        );
+        let odd = ["run as".to_owned(), "root".to_owned()];
+        let cmd = copy_to(&target, "/s", &["/nix/store/abc"], &odd, Some("/opt/nix-store"), false);
+        assert!(cmd.to_string().contains("remote-program=%27run%20as%27%20root%20/opt/nix-store'"), "{cmd}");
     }
 }

@@ -101,7 +101,8 @@ pub enum Switch {
 
 /// Checks that epnix-deploy can manage the host's profiles and units.
 pub fn check_manageable(host: &HostState, label: &str) -> Result<(), BadInput> {
-    if !host.is_root {
+    // A user's own manager (`--user`) is managed as that user.
+    if !host.is_root && layout::current().manager == layout::Manager::System {
         return Err(BadInput::new(format!("on `{label}`: the SSH user is not root, and managing units needs root"))
             .hint("set `sshUser = \"root\"` for this host (or give it as `root@host`)"));
     }

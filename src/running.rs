@@ -145,10 +145,10 @@ pub fn read(remote: &Remote, detail: Detail, top: Option<&str>) -> Result<Runnin
     let procserv = layout::procserv_profile();
     let mut args = vec![
         nonce.clone(),
-        layout::UNIT_DIR.to_owned(),
+        layout::unit_dir().to_string(),
         unit::OWNER_KEY.to_owned(),
-        layout::PROFILE_DIR.to_owned(),
-        layout::STATE_DIR.to_owned(),
+        layout::profile_dir().to_string(),
+        layout::state_dir().to_string(),
         procserv.file_name().unwrap_or_default().to_owned(),
         layout::GENERATION_DIR.to_owned(),
         level.to_owned(),

@@ -1,4 +1,5 @@
-//! The one place that talks to remote hosts.
+//! The one place that talks to hosts: [`Remote`], over SSH, or for this
+//! machine through `local`.
 //!
 //! Each host gets one SSH master connection (the `openssh` crate); every remote
 //! command and `nix copy` ride it, so the user authenticates once. Remote
@@ -25,7 +26,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::runtime::Runtime;
 
 use crate::exit::{BadInput, Exit, Failure};
+use crate::layout::{self, Manager};
+use crate::local::Local;
 use crate::process::{shell_quote, tail};
+use crate::remote;
 use crate::target::Target;
 
 /// A command to run on a host, as data: `--dry-run` prints it, errors quote it.
@@ -36,6 +40,9 @@ pub struct RemoteCmd {
     pub stdin: Option<String>,
     /// For a host-side script: its name, shown instead of its whole text.
     pub script: Option<&'static str>,
+    /// The words before `argv` that run it as root, put there by the
+    /// [`Remote`] that runs it (`privilegeEscalationCommand`).
+    pub escalation: Vec<String>,
 }
 
 impl RemoteCmd {
@@ -44,7 +51,22 @@ impl RemoteCmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        RemoteCmd { argv: argv.into_iter().map(Into::into).collect(), stdin: None, script: None }
+        RemoteCmd {
+            argv: argv.into_iter().map(Into::into).collect(),
+            stdin: None,
+            script: None,
+            escalation: Vec::new(),
+        }
+    }
+
+    /// `systemctl ARGS` for this run's manager: the user's with `--user`.
+    pub fn systemctl<S: Into<String>>(args: impl IntoIterator<Item = S>) -> RemoteCmd {
+        RemoteCmd::new(manager_program("systemctl").into_iter().chain(args.into_iter().map(Into::into)))
+    }
+
+    /// `journalctl ARGS` for this run's manager's journal.
+    pub fn journalctl<S: Into<String>>(args: impl IntoIterator<Item = S>) -> RemoteCmd {
+        RemoteCmd::new(manager_program("journalctl").into_iter().chain(args.into_iter().map(Into::into)))
     }
 
     /// Runs a fixed `sh` script with positional arguments. The script is a
@@ -52,7 +74,7 @@ impl RemoteCmd {
     pub fn script(name: &'static str, script: &str, args: &[&str]) -> RemoteCmd {
         let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "epnix-deploy".to_owned()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
-        RemoteCmd { argv, stdin: None, script: Some(name) }
+        RemoteCmd { argv, stdin: None, script: Some(name), escalation: Vec::new() }
     }
 
     pub fn with_stdin(mut self, stdin: String) -> RemoteCmd {
@@ -61,11 +83,25 @@ impl RemoteCmd {
     }
 }
 
+/// `program`, with `--user` when this run's IOCs are the user's own.
+fn manager_program(program: &str) -> Vec<String> {
+    let mut argv = vec![program.to_owned()];
+    if layout::current().manager == Manager::User {
+        argv.push("--user".to_owned());
+    }
+    argv
+}
+
 impl RemoteCmd {
+    /// What runs: the escalation's words, then the command's.
+    pub fn full_argv(&self) -> Vec<String> {
+        self.escalation.iter().chain(&self.argv).cloned().collect()
+    }
+
     /// The command as one line for the remote shell, each word quoted, for
     /// programs that take it that way (`ssh HOST LINE`). Without stdin.
     pub fn shell_line(&self) -> String {
-        self.argv.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+        self.full_argv().iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
     }
 
     /// The command as `--verbose` shows it: a script by its name, as in
@@ -77,10 +113,10 @@ impl RemoteCmd {
             Some(_) => &self.argv[4..],
             None => &self.argv[..],
         };
-        let mut line: Vec<String> = match self.script {
-            Some(name) => vec!["sh".to_owned(), format!("{name}.sh")],
-            None => Vec::new(),
-        };
+        let mut line: Vec<String> = self.escalation.iter().map(|w| shell_quote(w)).collect();
+        if let Some(name) = self.script {
+            line.extend(["sh".to_owned(), format!("{name}.sh")]);
+        }
         line.extend(words.iter().map(|w| match w.lines().count() {
             n if n > 1 => format!("<{n} lines>"),
             _ if w.len() > TRACE_WORD_MAX => format!("<{} bytes>", w.len()),
@@ -98,13 +134,16 @@ const TRACE_WORD_MAX: usize = 200;
 
 impl fmt::Display for RemoteCmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for word in &self.escalation {
+            write!(f, "{} ", shell_quote(word))?;
+        }
         match self.script {
             // The script's text is ours and long: its name says which it is.
             Some(name) => {
                 let args: Vec<String> = self.argv[4..].iter().map(|w| shell_quote(w)).collect();
                 write!(f, "sh {name}.sh {}", args.join(" "))?;
             }
-            None => f.write_str(&self.shell_line())?,
+            None => f.write_str(&self.argv.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" "))?,
         }
         if let Some(stdin) = &self.stdin {
             write!(f, " <<< ({} bytes)", stdin.len())?;
@@ -212,15 +251,39 @@ pub enum Lock {
     Held { stale: Option<String> },
     /// Another deploy holds it; its holder line says who, since when.
     Busy(String),
-    /// The SSH user (named) is not root: nothing was written.
+    /// The login user (named) is not root, and nothing made it root:
+    /// nothing was written.
     NotRoot(String),
     /// The host has another name (given) than the configured one: nothing
     /// was written.
     WrongHost(String),
 }
 
-/// An open master connection to one host.
+/// The host a command acts on, reached: over an SSH master connection, or
+/// (`Target::local`) this machine, through `local`'s processes. Everything
+/// above this seam runs `RemoteCmd`s the same way on either.
+///
+/// A login that is not root gets root for every command through the
+/// host's `privilegeEscalationCommand` (`sudo -n --` by default), which
+/// [`Remote::connect`] checks before it returns: a command is its words,
+/// then the command's own argv, so a `sudoers` rule can name an exact
+/// command (`systemctl restart epnix-x.service`) as well as allow all.
 pub struct Remote {
+    link: Link,
+    target: Target,
+    /// The words before every command: the escalation, or none when the
+    /// login is root or the IOCs are the user's own.
+    escalation: Vec<String>,
+}
+
+enum Link {
+    // One per host and run: its size is of no account.
+    Ssh(Box<Ssh>),
+    Local(Local),
+}
+
+/// An open master connection.
+struct Ssh {
     runtime: Runtime,
     session: Option<Arc<Session>>,
     /// The remote processes that hold deploy locks (one per top; `start`
@@ -228,19 +291,218 @@ pub struct Remote {
     /// stdin stays open, so the locks go with this connection, even when
     /// the deployer is killed.
     locks: Vec<openssh::Child<Arc<Session>>>,
-    target: Target,
     /// Holds the generated ssh config (when `sshOpts` needs one) and the
     /// control socket directory for the life of the connection.
     _dir: tempfile::TempDir,
 }
 
 impl Remote {
-    /// Opens the master connection: the login. Its failure is
-    /// [`Exit::Unreachable`], with what ssh said and a hint, which is true
-    /// of a first connection (nothing was changed yet); a caller that
-    /// connects again after a change classifies the failure itself, as the
-    /// confirmation of a switch does.
+    /// Opens the master connection (the login), or for this machine,
+    /// nothing; then finds out whether the login is root, and if not,
+    /// whether the escalation makes it so. A failed login is
+    /// [`Exit::Unreachable`], with what ssh said and a hint; an escalation
+    /// that does not work (sudo wants a password) is [`BadInput`]: both
+    /// are true of a first connection (nothing was changed yet). A caller
+    /// that connects again after a change classifies the failure itself,
+    /// as the confirmation of a switch does.
     pub fn connect(target: &Target) -> Result<Remote> {
+        let link = match target.local {
+            Some(_) => Link::Local(Local::default()),
+            None => Link::Ssh(Box::new(Ssh::connect(target)?)),
+        };
+        let mut remote = Remote { link, target: target.clone(), escalation: Vec::new() };
+        match remote.escalation_needed() {
+            Ok(escalation) => {
+                remote.escalation = escalation;
+                Ok(remote)
+            }
+            Err(err) => {
+                remote.close();
+                Err(err)
+            }
+        }
+    }
+
+    /// Who the login is, and what makes it root: the words to put before
+    /// every command.
+    fn escalation_needed(&self) -> Result<Vec<String>> {
+        let manager = layout::current().manager;
+        let words: &[String] = match manager {
+            Manager::System => &self.target.escalation,
+            Manager::User => &[],
+        };
+        let said = self.run(&remote::IDENTITY.cmd(words))?;
+        let identity = parse_identity(&said)
+            .with_context(|| format!("on `{}`: `{}` printed {said:?}", self.target, remote::IDENTITY.name))?;
+        Ok(escalation_for(&self.target, manager, identity)?)
+    }
+
+    /// `cmd` as it runs: after the escalation, if any.
+    fn escalated(&self, cmd: &RemoteCmd) -> RemoteCmd {
+        RemoteCmd { escalation: self.escalation.clone(), ..cmd.clone() }
+    }
+
+    /// Takes a lock on the host with `cmd`, a script that prints `locked`
+    /// and then holds the lock until its stdin closes, or prints `busy` and
+    /// a holder line and exits.
+    pub fn hold_lock(&mut self, cmd: &RemoteCmd) -> Result<Lock> {
+        let cmd = self.escalated(cmd);
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        let argv = cmd.full_argv();
+        let line = match &mut self.link {
+            Link::Ssh(ssh) => ssh.hold(&argv).map_err(|err| lost(&self.target, err))?,
+            Link::Local(local) => local.hold(&argv).with_context(|| format!("could not run `{cmd}`"))?,
+        };
+        match line.trim_end().split_once(' ').unwrap_or((line.trim_end(), "")) {
+            ("locked", stale) => Ok(Lock::Held { stale: Some(stale.to_owned()).filter(|s| !s.is_empty()) }),
+            ("busy", holder) => Ok(Lock::Busy(holder.to_owned())),
+            ("notroot", user) => Ok(Lock::NotRoot(user.to_owned())),
+            ("wronghost", name) => Ok(Lock::WrongHost(name.to_owned())),
+            _ => Err(ConnectionLost(format!("on `{}`: taking the deploy lock failed", self.target)).into()),
+        }
+    }
+
+    /// Runs `cmd` and returns its stdout; a non-zero exit is an error that
+    /// carries the command, the status and the tail of stderr.
+    pub fn run(&self, cmd: &RemoteCmd) -> Result<String> {
+        let output = self.output(cmd)?;
+        // ssh reserves 255 for its own failures: the connection is gone.
+        if matches!(self.link, Link::Ssh(_)) && output.status.code() == Some(255) {
+            return Err(ConnectionLost(format!(
+                "on `{}`: the SSH connection was lost running `{}`",
+                self.target,
+                self.escalated(cmd)
+            ))
+            .into());
+        }
+        if !output.status.success() {
+            anyhow::bail!(
+                "on `{}`: `{}` failed ({}):\n{}",
+                self.target,
+                self.escalated(cmd),
+                output.status,
+                tail(&String::from_utf8_lossy(&output.stderr))
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs `cmd` and returns whatever it did, for callers that read the status.
+    pub fn output(&self, cmd: &RemoteCmd) -> Result<Output> {
+        let cmd = self.escalated(cmd);
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        let argv = cmd.full_argv();
+        match &self.link {
+            Link::Ssh(ssh) => ssh
+                .output(&argv, cmd.stdin.as_deref())
+                .map_err(|err| lost(&self.target, err).context(format!("could not run `{cmd}`"))),
+            Link::Local(local) => {
+                local.output(&argv, cmd.stdin.as_deref()).with_context(|| format!("could not run `{cmd}`"))
+            }
+        }
+    }
+
+    /// `cmd`, ready to run from another thread, needing nothing of this
+    /// `Remote`: over SSH, a new channel of the master run by the `ssh`
+    /// program itself; here, a process. For the heartbeats.
+    pub fn detached(&self, cmd: &RemoteCmd) -> Detached {
+        let cmd = self.escalated(cmd);
+        let argv = match &self.link {
+            Link::Ssh(ssh) => {
+                let mut argv: Vec<String> = vec!["ssh".into(), "-S".into()];
+                argv.push(ssh.session().control_socket().to_string_lossy().into_owned());
+                argv.extend(["-o", "ControlMaster=no", "-o", "BatchMode=yes", "-T", "none"].map(str::to_owned));
+                argv.push(cmd.shell_line());
+                argv
+            }
+            Link::Local(_) => cmd.full_argv(),
+        };
+        Detached { argv }
+    }
+
+    /// Starts `cmd` and hands over its stdout line by line as it comes, for
+    /// a host-side command that streams events. Dropping the [`Lines`]
+    /// closes the command's stdout (over SSH, the channel): its next write
+    /// fails, and it ends.
+    pub fn lines(&self, cmd: &RemoteCmd) -> Result<Lines<'_>> {
+        let cmd = self.escalated(cmd);
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        let argv = cmd.full_argv();
+        let from = match &self.link {
+            Link::Ssh(ssh) => {
+                let session = Arc::clone(ssh.session());
+                let child = ssh.runtime.block_on(async {
+                    let mut command = session.arc_command(argv[0].as_str());
+                    command.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+                    command.spawn().await
+                });
+                let mut child =
+                    child.map_err(|err| lost(&self.target, err).context(format!("could not run `{cmd}`")))?;
+                let stdout = child.stdout().take().expect("stdout was piped");
+                LinesFrom::Ssh { ssh, _child: Box::new(child), lines: BufReader::new(stdout).lines() }
+            }
+            Link::Local(_) => {
+                let mut child = crate::local::command(&argv)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("could not run `{cmd}`"))?;
+                let stdout = child.stdout.take().expect("stdout was piped");
+                LinesFrom::Local { child, lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)) }
+            }
+        };
+        Ok(Lines { target: &self.target, from })
+    }
+
+    /// The command that runs `cmd` on the host with the caller's stdin and
+    /// stdout, for one that streams or talks to the user (`logs`,
+    /// `console`): over SSH, `ssh` on the master connection, with `tty` a
+    /// terminal on the host (`ssh -tt`), which ssh puts in raw mode when
+    /// stdin is one here, and which the host hangs up when the connection
+    /// ends, ending the command too; here, the process itself.
+    pub fn attached(&self, cmd: &RemoteCmd, tty: bool) -> std::process::Command {
+        let cmd = self.escalated(cmd);
+        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        match &self.link {
+            Link::Ssh(ssh) => {
+                let mut command = std::process::Command::new("ssh");
+                command.arg("-S").arg(ssh.session().control_socket());
+                // `LogLevel=ERROR`: no "Shared connection to … closed." at the end.
+                command.args(["-o", "ControlMaster=no", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]);
+                command.args([if tty { "-tt" } else { "-T" }, "none", &cmd.shell_line()]);
+                command
+            }
+            Link::Local(_) => crate::local::command(&cmd.full_argv()),
+        }
+    }
+
+    /// The master's control socket, for programs that should ride the same
+    /// connection (`nix copy` through `NIX_SSHOPTS`); none for this machine.
+    pub fn control_socket(&self) -> Option<&Path> {
+        match &self.link {
+            Link::Ssh(ssh) => Some(ssh.session().control_socket()),
+            Link::Local(_) => None,
+        }
+    }
+
+    /// The words that make commands root on the host; none when the login
+    /// is root.
+    pub fn escalation(&self) -> &[String] {
+        &self.escalation
+    }
+
+    /// Releases the lock, if held, and closes the master connection.
+    pub fn close(mut self) {
+        match &mut self.link {
+            Link::Ssh(ssh) => ssh.close(),
+            Link::Local(local) => local.close(),
+        }
+    }
+}
+
+impl Ssh {
+    fn connect(target: &Target) -> Result<Ssh> {
         let opts = parse_ssh_opts(&target.ssh_opts)?;
         // The control socket must fit in a UNIX socket address: keep the
         // directory short (`TMPDIR`, usually /tmp).
@@ -291,124 +553,47 @@ impl Remote {
             };
             anyhow::Error::new(Failure::new(Exit::Unreachable, login.failed(&said)))
         })?;
-        Ok(Remote { runtime, session: Some(Arc::new(session)), locks: Vec::new(), target: target.clone(), _dir: dir })
+        Ok(Ssh { runtime, session: Some(Arc::new(session)), locks: Vec::new(), _dir: dir })
     }
 
     fn session(&self) -> &Arc<Session> {
         self.session.as_ref().expect("the session lives until close")
     }
 
-    /// Takes a lock on the host with `cmd`, a script that prints `locked`
-    /// and then holds the lock until its stdin closes, or prints `busy` and
-    /// a holder line and exits.
-    pub fn hold_lock(&mut self, cmd: &RemoteCmd) -> Result<Lock> {
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
+    /// Starts `argv` with its stdin a channel kept open until
+    /// [`Ssh::close`], and returns the first line it prints.
+    fn hold(&mut self, argv: &[String]) -> Result<String, openssh::Error> {
         let session = Arc::clone(self.session());
-        let (line, child) = self
-            .runtime
-            .block_on(async {
-                let mut command = session.arc_command(cmd.argv[0].as_str());
-                command.args(&cmd.argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
-                let mut child = command.spawn().await?;
-                let stdout = child.stdout().take().expect("stdout was piped");
-                let mut line = String::new();
-                BufReader::new(stdout).read_line(&mut line).await.map_err(openssh::Error::ChildIo)?;
-                Ok::<_, openssh::Error>((line, child))
-            })
-            .map_err(|err| lost(&self.target, err))?;
-        match line.trim_end().split_once(' ').unwrap_or((line.trim_end(), "")) {
-            ("locked", stale) => {
-                self.locks.push(child);
-                Ok(Lock::Held { stale: Some(stale.to_owned()).filter(|s| !s.is_empty()) })
-            }
-            ("busy", holder) => Ok(Lock::Busy(holder.to_owned())),
-            ("notroot", user) => Ok(Lock::NotRoot(user.to_owned())),
-            ("wronghost", name) => Ok(Lock::WrongHost(name.to_owned())),
-            _ => Err(ConnectionLost(format!("on `{}`: taking the deploy lock failed", self.target)).into()),
-        }
-    }
-
-    /// Runs `cmd` and returns its stdout; a non-zero exit is an error that
-    /// carries the command, the status and the tail of stderr.
-    pub fn run(&self, cmd: &RemoteCmd) -> Result<String> {
-        let output = self.output(cmd)?;
-        // ssh reserves 255 for its own failures: the connection is gone.
-        if output.status.code() == Some(255) {
-            return Err(
-                ConnectionLost(format!("on `{}`: the SSH connection was lost running `{cmd}`", self.target)).into()
-            );
-        }
-        if !output.status.success() {
-            anyhow::bail!(
-                "on `{}`: `{cmd}` failed ({}):\n{}",
-                self.target,
-                output.status,
-                tail(&String::from_utf8_lossy(&output.stderr))
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    /// Runs `cmd` and returns whatever it did, for callers that read the status.
-    pub fn output(&self, cmd: &RemoteCmd) -> Result<Output> {
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
-        let session = self.session();
-        let result = self.runtime.block_on(async {
-            let mut command = session.command(&cmd.argv[0]);
-            command.args(&cmd.argv[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
-            command.stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let (line, child) = self.runtime.block_on(async {
+            let mut command = session.arc_command(argv[0].as_str());
+            command.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
             let mut child = command.spawn().await?;
-            if let Some(text) = &cmd.stdin {
-                let mut stdin = child.stdin().take().expect("stdin was piped");
-                stdin.write_all(text.as_bytes()).await.map_err(openssh::Error::ChildIo)?;
-                stdin.shutdown().await.map_err(openssh::Error::ChildIo)?;
+            let stdout = child.stdout().take().expect("stdout was piped");
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).await.map_err(openssh::Error::ChildIo)?;
+            Ok::<_, openssh::Error>((line, child))
+        })?;
+        self.locks.push(child);
+        Ok(line)
+    }
+
+    fn output(&self, argv: &[String], stdin: Option<&str>) -> Result<Output, openssh::Error> {
+        let session = self.session();
+        self.runtime.block_on(async {
+            let mut command = session.command(&argv[0]);
+            command.args(&argv[1..]).stdout(Stdio::piped()).stderr(Stdio::piped());
+            command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+            let mut child = command.spawn().await?;
+            if let Some(text) = stdin {
+                let mut pipe = child.stdin().take().expect("stdin was piped");
+                pipe.write_all(text.as_bytes()).await.map_err(openssh::Error::ChildIo)?;
+                pipe.shutdown().await.map_err(openssh::Error::ChildIo)?;
             }
             child.wait_with_output().await
-        });
-        result.map_err(|err| lost(&self.target, err).context(format!("could not run `{cmd}`")))
+        })
     }
 
-    /// Starts `cmd` and hands over its stdout line by line as it comes, for
-    /// a host-side command that streams events. Dropping the [`Lines`]
-    /// ends the local end of the channel; the host-side command then finds
-    /// its next write failing, and ends.
-    pub fn lines(&self, cmd: &RemoteCmd) -> Result<Lines<'_>> {
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
-        let session = Arc::clone(self.session());
-        let child = self.runtime.block_on(async {
-            let mut command = session.arc_command(cmd.argv[0].as_str());
-            command.args(&cmd.argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-            command.spawn().await
-        });
-        let mut child = child.map_err(|err| lost(&self.target, err).context(format!("could not run `{cmd}`")))?;
-        let stdout = child.stdout().take().expect("stdout was piped");
-        Ok(Lines { remote: self, _child: child, lines: BufReader::new(stdout).lines() })
-    }
-
-    /// The master's control socket, for programs that should ride the same
-    /// connection (`nix copy` through `NIX_SSHOPTS`).
-    pub fn control_socket(&self) -> &Path {
-        self.session().control_socket()
-    }
-
-    /// `ssh` running `cmd` over the master connection, for a command that
-    /// streams or talks to the user (`logs`, `console`): the caller spawns
-    /// it and chooses its stdin and stdout. With `tty`, the command gets a
-    /// terminal on the host (`ssh -tt`), which ssh puts in raw mode when
-    /// stdin is one here, and which the host hangs up when the connection
-    /// ends, ending the command too.
-    pub fn attached(&self, cmd: &RemoteCmd, tty: bool) -> std::process::Command {
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
-        let mut ssh = std::process::Command::new("ssh");
-        ssh.arg("-S").arg(self.control_socket());
-        // `LogLevel=ERROR`: no "Shared connection to … closed." at the end.
-        ssh.args(["-o", "ControlMaster=no", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]);
-        ssh.args([if tty { "-tt" } else { "-T" }, "none", &cmd.shell_line()]);
-        ssh
-    }
-
-    /// Releases the locks held, and closes the master connection.
-    pub fn close(mut self) {
+    fn close(&mut self) {
         for mut lock in std::mem::take(&mut self.locks) {
             // Closing its stdin ends the lock holder; a lost connection has
             // ended it already.
@@ -424,44 +609,175 @@ impl Remote {
 
 /// The output of a command started by [`Remote::lines`].
 pub struct Lines<'a> {
-    remote: &'a Remote,
-    /// Kept for as long as the lines are read: dropping it ends the channel.
-    _child: openssh::Child<Arc<Session>>,
-    lines: tokio::io::Lines<BufReader<openssh::ChildStdout>>,
+    target: &'a Target,
+    from: LinesFrom<'a>,
+}
+
+enum LinesFrom<'a> {
+    Ssh {
+        ssh: &'a Ssh,
+        /// Kept for as long as the lines are read: dropping it ends the channel.
+        _child: Box<openssh::Child<Arc<Session>>>,
+        lines: tokio::io::Lines<BufReader<openssh::ChildStdout>>,
+    },
+    Local {
+        child: std::process::Child,
+        lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    },
 }
 
 impl Lines<'_> {
     /// The next line; `None` once the command has ended.
     pub fn next_line(&mut self) -> Result<Option<String>> {
-        let next = self.remote.runtime.block_on(self.lines.next_line());
-        next.map_err(|err| lost(&self.remote.target, openssh::Error::ChildIo(err)))
+        match &mut self.from {
+            LinesFrom::Ssh { ssh, lines, .. } => {
+                ssh.runtime.block_on(lines.next_line()).map_err(|err| lost(self.target, openssh::Error::ChildIo(err)))
+            }
+            LinesFrom::Local { lines, .. } => lines.next().transpose().context("reading a command's output"),
+        }
     }
 }
 
-/// Runs `line` on the host through the master connection at `socket`, with
-/// the `ssh` program itself, so that it needs nothing of the [`Remote`] and
-/// can run on another thread. Ended (and an error) after `timeout`. Not
-/// traced: the heartbeats that use it come every few seconds, and `line`
-/// holds a script's whole text.
-pub fn run_on_master(socket: &Path, line: &str, timeout: Duration) -> std::io::Result<Output> {
-    let mut child = std::process::Command::new("ssh")
-        .arg("-S")
-        .arg(socket)
-        .args(["-o", "ControlMaster=no", "-o", "BatchMode=yes", "-T", "none", line])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let deadline = std::time::Instant::now() + timeout;
-    while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > deadline {
+impl Drop for Lines<'_> {
+    fn drop(&mut self) {
+        if let LinesFrom::Local { child, .. } = &mut self.from {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output()
+}
+
+/// A command that runs on the host from any thread ([`Remote::detached`]).
+#[derive(Clone, Debug)]
+pub struct Detached {
+    argv: Vec<String>,
+}
+
+impl Detached {
+    /// Runs it; ended (and an error) after `timeout`. Not traced: the
+    /// heartbeats that use it come every few seconds, and it holds a
+    /// script's whole text.
+    pub fn run(&self, timeout: Duration) -> std::io::Result<Output> {
+        let mut child = crate::local::command(&self.argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while child.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output()
+    }
+}
+
+/// What makes the login root, from what it said of itself: nothing (it is
+/// root, or the IOCs are its own), or the target's escalation, once it has
+/// shown that it works. Anything else is refused before anything changes.
+fn escalation_for(target: &Target, manager: Manager, identity: Identity) -> Result<Vec<String>, BadInput> {
+    let user = &identity.user;
+    let place = if target.local.is_some() { "local" } else { "SSH" };
+    let words = &target.escalation;
+    let command = words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+    match (manager, identity.root) {
+        (Manager::User, _) if identity.uid == 0 => {
+            Err(BadInput::new("`--user` runs the IOCs under your own systemd manager, and you are root")
+                .hint("deploy system units with `--local`, or run `--user` as the user whose IOCs these are"))
+        }
+        (Manager::User, _) if identity.no_manager => Err(BadInput::new(format!(
+            "the systemd manager of `{user}` does not answer (`systemctl --user`); nothing was changed"
+        ))
+        .hint(format!(
+            "it runs while you are logged in; to keep it (and your IOCs) running without a login, \
+             and to start it at boot, run `loginctl enable-linger {user}` as root"
+        ))),
+        (Manager::User, _) => Ok(Vec::new()),
+        (Manager::System, _) if identity.uid == 0 => Ok(Vec::new()),
+        (Manager::System, Some(Ok(0))) => Ok(words.clone()),
+        (Manager::System, Some(Ok(uid))) => Err(BadInput::new(format!(
+            "on `{target}`: the {place} user `{user}` is not root, and `{command}` runs commands as uid {uid}, not as root; nothing was changed"
+        ))
+        .hint(escalation_setting(target))),
+        (Manager::System, Some(Err(said))) => {
+            let on_host = if target.local.is_some() { "" } else { " on the host" };
+            let program = words.first().map(|w| w.rsplit('/').next().unwrap_or(w)).unwrap_or_default();
+            let grant = if program == "sudo" {
+                format!(
+                    "let `{user}` run commands as root without a password{on_host}: add the line \
+                     `{user} ALL=(root) NOPASSWD: ALL` to `/etc/sudoers.d/epnix-deploy` (with \
+                     `visudo -f /etc/sudoers.d/epnix-deploy`); a deploy changes units, profiles and timers, \
+                     which takes root for all of it"
+                )
+            } else {
+                format!("let `{user}` run commands as root with `{program}` without a password{on_host}")
+            };
+            Err(BadInput::new(format!(
+                "on `{target}`: the {place} user `{user}` is not root, and `{command}` does not let it run commands as root; nothing was changed\n\
+                 `{command} id -u` said:\n{}",
+                tail(&said)
+            ))
+            .hint(format!("{grant}; or {}", escalation_setting(target))))
+        }
+        // No escalation to try: the lock says who is not root.
+        (Manager::System, None) => Ok(Vec::new()),
+    }
+}
+
+/// Where the user changes how the host is made root.
+fn escalation_setting(target: &Target) -> String {
+    let login = if target.local.is_some() {
+        "run the tool as root".to_owned()
+    } else if target.name.is_some() {
+        "log in as root (`sshUser = \"root\"`)".to_owned()
+    } else {
+        "log in as root (`root@host`)".to_owned()
+    };
+    match &target.name {
+        Some(name) => format!(
+            "{login}, or name the command that makes a user root there in `{}.hosts.{}.privilegeEscalationCommand`",
+            crate::config::ROOT,
+            crate::config::attr(name)
+        ),
+        None => login,
+    }
+}
+
+/// What `identity.sh` says of the login.
+#[derive(Debug, PartialEq, Eq)]
+struct Identity {
+    user: String,
+    uid: u32,
+    /// What `id -u` through the escalation printed (the uid it runs as),
+    /// or what it said when it refused; none when it was not tried.
+    root: Option<Result<u32, String>>,
+    /// A user's systemd manager does not answer.
+    no_manager: bool,
+}
+
+fn parse_identity(said: &str) -> Result<Identity> {
+    let mut lines = said.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut words = first.strip_prefix("user ").context("no `user` line")?.rsplitn(2, ' ');
+    let uid = words.next().and_then(|w| w.parse().ok()).context("no uid")?;
+    let user = words.next().unwrap_or("?").to_owned();
+    let mut identity = Identity { user, uid, root: None, no_manager: false };
+    match lines.next() {
+        Some("no-manager") => identity.no_manager = true,
+        Some(line) if line.starts_with("root ") => {
+            let printed = line["root ".len()..].trim();
+            // Anything but a number is what the escalation said instead.
+            identity.root = Some(printed.parse().map_err(|_| printed.to_owned()));
+        }
+        Some("refused") => identity.root = Some(Err(lines.collect::<Vec<_>>().join("\n"))),
+        Some(other) => anyhow::bail!("an unexpected line `{other}`"),
+        None => {}
+    }
+    Ok(identity)
 }
 
 /// An `openssh` failure: the master or the transport is gone.
@@ -868,6 +1184,75 @@ Host key verification failed.\r";
         assert_eq!(cmd.trace_line(), "sh prepare.sh demo 'a b' <3 lines> <300 bytes>");
         let cmd = RemoteCmd::new(["systemctl", "is-active", "epnix-ioc1.service"]).with_stdin("unit\n".into());
         assert_eq!(cmd.trace_line(), "systemctl is-active epnix-ioc1.service <<< (5 bytes)");
+    }
+
+    #[test]
+    fn an_escalated_command_shows_its_escalation() {
+        let sudo = crate::target::default_escalation();
+        let cmd = RemoteCmd { escalation: sudo.clone(), ..RemoteCmd::script("lock", "echo \"$1\"", &["a b"]) };
+        assert_eq!(cmd.to_string(), "sudo -n -- sh lock.sh 'a b'");
+        assert_eq!(cmd.trace_line(), "sudo -n -- sh lock.sh 'a b'");
+        assert_eq!(cmd.full_argv(), ["sudo", "-n", "--", "sh", "-c", "echo \"$1\"", "epnix-deploy", "a b"]);
+        assert_eq!(cmd.shell_line(), "sudo -n -- sh -c 'echo \"$1\"' epnix-deploy 'a b'");
+        let cmd = RemoteCmd { escalation: sudo, ..RemoteCmd::systemctl(["stop", "x.timer"]) };
+        assert_eq!(cmd.to_string(), "sudo -n -- systemctl stop x.timer");
+    }
+
+    #[test]
+    fn identity_is_read_from_its_lines() {
+        let who = |text: &str| parse_identity(text).unwrap();
+        assert_eq!(who("user root 0\n"), Identity { user: "root".into(), uid: 0, root: None, no_manager: false });
+        assert_eq!(who("user ops 1000\nroot 0\n").root, Some(Ok(0)));
+        assert_eq!(who("user ops 1000\nroot nobody\n").root, Some(Err("nobody".into())));
+        let refused = who("user ops 1000\nrefused\nsudo: a password is required\n");
+        assert_eq!(refused.root, Some(Err("sudo: a password is required".into())));
+        assert!(who("user eng 1000\nno-manager\n").no_manager);
+        assert!(parse_identity("").is_err());
+        assert!(parse_identity("user ops 1000\nsomething else\n").is_err());
+    }
+
+    fn ops(root: Option<Result<u32, String>>) -> Identity {
+        Identity { user: "ops".into(), uid: 1000, root, no_manager: false }
+    }
+
+    #[test]
+    fn a_login_that_is_not_root_gets_root_only_through_an_escalation_that_works() {
+        let bare = Target::resolve("ops@10.0.0.5", None).unwrap();
+        assert_eq!(escalation_for(&bare, Manager::System, ops(Some(Ok(0)))).unwrap(), ["sudo", "-n", "--"]);
+        let root = Identity { user: "root".into(), uid: 0, root: None, no_manager: false };
+        assert!(escalation_for(&bare, Manager::System, root).unwrap().is_empty());
+
+        let err =
+            escalation_for(&configured(&[]), Manager::System, ops(Some(Err("sudo: a password is required".into()))))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with(
+                "on `ioc1`: the SSH user `ops` is not root, and `sudo -n --` does not let it run commands as root; nothing was changed\n\
+                 `sudo -n -- id -u` said:\n  sudo: a password is required\nhint: "
+            ),
+            "{err}"
+        );
+        let hint = err.rsplit_once("\nhint: ").unwrap().1;
+        assert!(
+            hint.contains("add the line `ops ALL=(root) NOPASSWD: ALL` to `/etc/sudoers.d/epnix-deploy`"),
+            "{hint}"
+        );
+        assert!(hint.contains("`epnixDeploy.hosts.ioc1.privilegeEscalationCommand`"), "{hint}");
+
+        let err = escalation_for(&bare, Manager::System, ops(Some(Ok(1001)))).unwrap_err().to_string();
+        assert!(err.contains("`sudo -n --` runs commands as uid 1001, not as root"), "{err}");
+    }
+
+    #[test]
+    fn a_users_own_manager_takes_no_escalation_and_no_root() {
+        let here = Target::here(crate::target::Local::User);
+        assert!(escalation_for(&here, Manager::User, ops(None)).unwrap().is_empty());
+        let root = Identity { user: "root".into(), uid: 0, root: None, no_manager: false };
+        assert!(escalation_for(&here, Manager::User, root).unwrap_err().to_string().contains("and you are root"));
+        let alone = Identity { no_manager: true, ..ops(None) };
+        let err = escalation_for(&here, Manager::User, alone).unwrap_err().to_string();
+        assert!(err.contains("`loginctl enable-linger ops`"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The host a command acts on: a name from `epnixDeploy.hosts`, or a bare
-//! `user@hostname[:port]` for a quick deploy outside the configuration.
+//! The host a command acts on: a name from `epnixDeploy.hosts`, a bare
+//! `user@hostname[:port]` for a quick deploy outside the configuration, or
+//! this machine (`--local`, `--user`).
 
 use std::fmt;
 
@@ -18,6 +19,26 @@ pub struct Target {
     pub ssh_opts: Vec<String>,
     /// See [`Target::expected_hostname`].
     expected_hostname: Option<String>,
+    /// The words that run a command as root when the login user is not
+    /// root (`privilegeEscalationCommand`).
+    pub escalation: Vec<String>,
+    /// The host is this machine, reached with no SSH.
+    pub local: Option<Local>,
+}
+
+/// This machine as the host: whose systemd manager runs the IOCs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Local {
+    /// The system's (`--local`, a host with `local = true`).
+    System,
+    /// The current user's own (`--user`).
+    User,
+}
+
+/// `privilegeEscalationCommand` when a host does not set it: sudo that
+/// never asks for a password (there is nobody to type one).
+pub fn default_escalation() -> Vec<String> {
+    ["sudo", "-n", "--"].map(str::to_owned).to_vec()
 }
 
 impl Target {
@@ -48,6 +69,24 @@ impl Target {
             port: host.ssh_port,
             ssh_opts: host.ssh_opts.clone(),
             expected_hostname: Some(host.expected_hostname.clone().unwrap_or_else(|| name.to_owned())),
+            escalation: host.privilege_escalation_command.clone(),
+            local: host.local.then_some(Local::System),
+        }
+    }
+
+    /// This machine, as `--local` (or `--user`) names it: outside the
+    /// configuration, as a `user@hostname` target is.
+    pub fn here(local: Local) -> Target {
+        Target {
+            label: "localhost".to_owned(),
+            name: None,
+            user: None,
+            hostname: "localhost".to_owned(),
+            port: None,
+            ssh_opts: Vec::new(),
+            expected_hostname: None,
+            escalation: default_escalation(),
+            local: Some(local),
         }
     }
 
@@ -93,6 +132,8 @@ impl Target {
             port,
             ssh_opts: Vec::new(),
             expected_hostname: None,
+            escalation: default_escalation(),
+            local: None,
         })
     }
 
@@ -113,9 +154,15 @@ impl Target {
     }
 }
 
+/// The host as the command line names it, so that the hints built with it
+/// (`epnix-deploy list {target} {top}`) can be typed as they are.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.label)
+        match (&self.name, self.local) {
+            (None, Some(Local::System)) => f.write_str("--local"),
+            (None, Some(Local::User)) => f.write_str("--user"),
+            _ => f.write_str(&self.label),
+        }
     }
 }
 
@@ -127,14 +174,25 @@ pub struct HostSelection {
     pub host: String,
     /// `--ssh-opts`, added after the host's own `sshOpts`.
     pub ssh_opts: Vec<String>,
+    /// `--local` or `--user`: the host is this machine, whatever `host` says.
+    pub local: Option<Local>,
 }
 
 impl HostSelection {
     /// Resolves the host argument, with `--ssh-opts` applied.
     pub fn target(&self, config: Option<&Config>) -> Result<Target, BadInput> {
+        if let Some(local) = self.local {
+            return Ok(Target::here(local));
+        }
         let mut target = Target::resolve(&self.host, config)?;
         target.ssh_opts.extend(self.ssh_opts.iter().cloned());
         Ok(target)
+    }
+
+    /// Whether the host is found without the configuration: a bare
+    /// `user@hostname`, or this machine named by `--local` or `--user`.
+    pub fn outside_config(&self) -> bool {
+        self.local.is_some() || self.host.contains('@')
     }
 }
 
@@ -146,12 +204,19 @@ pub struct Selection {
     pub top: String,
     /// `--ssh-opts`, added after the host's own `sshOpts`.
     pub ssh_opts: Vec<String>,
+    /// `--local` or `--user`.
+    pub local: Option<Local>,
 }
 
 impl Selection {
     /// The host part of the selection.
     pub fn on(&self) -> HostSelection {
-        HostSelection { flake: self.flake.clone(), host: self.host.clone(), ssh_opts: self.ssh_opts.clone() }
+        HostSelection {
+            flake: self.flake.clone(),
+            host: self.host.clone(),
+            ssh_opts: self.ssh_opts.clone(),
+            local: self.local,
+        }
     }
 
     /// Resolves the host argument, with `--ssh-opts` applied.
@@ -211,6 +276,22 @@ mod tests {
         assert_eq!(Target::resolve("ioc1", Some(&config)).unwrap().expected_hostname(), Some("ioc1"));
         assert_eq!(Target::resolve("ioc2", Some(&config)).unwrap().expected_hostname(), Some("lab-ioc-07"));
         assert_eq!(Target::resolve("root@10.0.0.5", Some(&config)).unwrap().expected_hostname(), None);
+    }
+
+    #[test]
+    fn this_machine_is_named_as_the_command_line_names_it() {
+        let here = Target::here(Local::System);
+        assert_eq!((here.label.as_str(), here.to_string()), ("localhost", "--local".to_owned()));
+        assert_eq!(Target::here(Local::User).to_string(), "--user");
+        assert_eq!(here.escalation, default_escalation());
+        let config = Config::parse(&serde_json::json!({ "hosts": {
+            "lab": { "hostname": "localhost", "local": true, "privilegeEscalationCommand": ["doas", "-n"] },
+        } }))
+        .unwrap();
+        let lab = Target::resolve("lab", Some(&config)).unwrap();
+        assert_eq!((lab.to_string(), lab.local), ("lab".to_owned(), Some(Local::System)));
+        assert_eq!(lab.escalation, ["doas", "-n"]);
+        assert_eq!(lab.expected_hostname(), Some("lab"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::fmt::Write;
 
 use crate::config::{Console, Ioc};
-use crate::layout;
+use crate::layout::{self, Layout, Manager};
 
 /// The key that marks a unit as ours and names the top it belongs to. systemd
 /// ignores `X-` keys, so it costs nothing at run time.
@@ -23,13 +23,22 @@ pub struct HostFacts {
     pub procserv_oneshot: bool,
 }
 
-/// The unit file text for IOC `name` of top `top`.
+/// The unit file text for IOC `name` of top `top`, in this run's layout.
 pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
-    let state_dir = format!("/var/lib/epics/{name}");
-    let chdir = layout::profile(top).join(&ioc.working_directory);
-    let chdir = if ioc.working_directory == "." { layout::profile(top) } else { chdir };
+    render_in(layout::current(), top, name, ioc, host)
+}
+
+/// The unit file text for IOC `name` of top `top`, for the system's
+/// manager or a user's (`--user`). A user's manager cannot give a unit
+/// another user nor the namespaces that most hardening options build on:
+/// there the IOC runs as the user, with the system call filters, which
+/// need no privilege ([`USER_HARDENING`]).
+pub fn render_in(layout: &Layout, top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
+    let system = layout.manager == Manager::System;
+    let chdir = layout.profile(top).join(&ioc.working_directory);
+    let chdir = if ioc.working_directory == "." { layout.profile(top) } else { chdir };
     let console = match ioc.console {
-        Console::Unix => format!("unix:{}", console_socket(name)),
+        Console::Unix => format!("unix:{}", layout.console_socket(name)),
         Console::Tcp(port) => port.to_string(),
     };
 
@@ -58,8 +67,11 @@ pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
     let _ = writeln!(w, "# Written by epnix-deploy for top `{top}`. Do not edit: the next deploy replaces it.");
     let _ = writeln!(w, "[Unit]");
     let _ = writeln!(w, "Description={}", escape_specifiers(&description));
-    let _ = writeln!(w, "Wants=network-online.target");
-    let _ = writeln!(w, "After=network-online.target");
+    // A user's manager has no such target: the network is the system's.
+    if system {
+        let _ = writeln!(w, "Wants=network-online.target");
+        let _ = writeln!(w, "After=network-online.target");
+    }
     // procServ exits 0 when the IOC dies from a signal, so `Restart=always`
     // must never be stopped by the default start rate limit.
     let _ = writeln!(w, "StartLimitIntervalSec=0");
@@ -70,22 +82,32 @@ pub fn render(top: &str, name: &str, ioc: &Ioc, host: &HostFacts) -> String {
     let _ = writeln!(w, "ExecStart={}", exec_start.join(" "));
     let _ = writeln!(w, "Restart=always");
     let _ = writeln!(w, "RestartSec=1s");
-    let _ = writeln!(w, "DynamicUser=true");
+    if system {
+        let _ = writeln!(w, "DynamicUser=true");
+    }
     let _ = writeln!(w, "StateDirectory=epics/{name}");
     // The console socket lives here; procServ makes it mode 0666, so the
     // directory's mode is what keeps other users out.
     let _ = writeln!(w, "RuntimeDirectory=epics/{name}");
     let _ = writeln!(w, "RuntimeDirectoryMode=0700");
-    let _ = writeln!(w, "{}", env_assignment("EPICS_IOCSH_HISTFILE", &format!("{state_dir}/iocsh_history")));
+    if system {
+        let _ =
+            writeln!(w, "{}", env_assignment("EPICS_IOCSH_HISTFILE", &format!("/var/lib/epics/{name}/iocsh_history")));
+    } else {
+        // `%S` is where a user's manager puts `StateDirectory=`, which
+        // systemd 254 moved (from `~/.config` to `~/.local/state`). The name
+        // is a safe name: no quoting needed.
+        let _ = writeln!(w, "Environment=\"EPICS_IOCSH_HISTFILE=%S/epics/{name}/iocsh_history\"");
+    }
     for (key, value) in &ioc.environment {
         let _ = writeln!(w, "{}", env_assignment(key, value));
     }
-    for line in HARDENING {
+    for line in if system { HARDENING } else { USER_HARDENING } {
         let _ = writeln!(w, "{line}");
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "[Install]");
-    let _ = writeln!(w, "WantedBy=multi-user.target");
+    let _ = writeln!(w, "WantedBy={}", if system { "multi-user.target" } else { "default.target" });
     unit
 }
 
@@ -119,9 +141,27 @@ pub const HARDENING: &[&str] = &[
     "UMask=0077",
 ];
 
-/// The IOC's console socket when `procServ.console = "unix"`.
+/// The hardening of a user's unit (`--user`): what of [`HARDENING`] a
+/// user's manager can apply, the options that stand on seccomp and
+/// `NoNewPrivileges`. The others need root, or user namespaces, to set up.
+/// What stands for `DynamicUser` is the user itself: the IOC can do what
+/// the user can, and no more.
+pub const USER_HARDENING: &[&str] = &[
+    "LockPersonality=true",
+    "NoNewPrivileges=true",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_NETLINK AF_UNIX",
+    "RestrictNamespaces=true",
+    "RestrictRealtime=true",
+    "RestrictSUIDSGID=true",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "UMask=0077",
+];
+
+/// The IOC's console socket when `procServ.console = "unix"`, in this run's
+/// layout.
 pub fn console_socket(name: &str) -> String {
-    format!("/run/epics/{name}/console")
+    layout::current().console_socket(name).into_string()
 }
 
 /// The line that marks a unit as belonging to `top`; host-side scripts match
@@ -200,6 +240,22 @@ mod tests {
     #[test]
     fn unit_for_the_readme_example() {
         insta::assert_snapshot!(render("myTop", "myIoc", &ioc(), &facts(true)));
+    }
+
+    #[test]
+    fn unit_for_a_users_manager() {
+        let home = |name: &str| (name == "HOME").then(|| "/home/eng".to_owned());
+        let layout = Layout::user(&home, 1000).unwrap();
+        insta::assert_snapshot!(render_in(&layout, "myTop", "myIoc", &ioc(), &facts(true)));
+    }
+
+    /// A user's unit drops hardening a user's manager cannot apply, and
+    /// adds none of its own.
+    #[test]
+    fn a_users_hardening_is_part_of_the_systems() {
+        for line in USER_HARDENING {
+            assert!(HARDENING.contains(line), "{line}");
+        }
     }
 
     #[test]

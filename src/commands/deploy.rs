@@ -137,10 +137,16 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
         confirm_timeout: Duration::from_secs(top.confirm_timeout),
         activation_timeout: timeout,
     };
-    let to_copy: Vec<&Utf8Path> =
-        plan.generation_path.iter().map(|p| p.as_path()).chain(procserv_moves.map(|p| p.path.as_path())).collect();
+    // This machine's store is the host's: nothing to copy there.
+    let to_copy: Vec<&Utf8Path> = match target.local {
+        Some(_) => Vec::new(),
+        None => {
+            plan.generation_path.iter().map(|p| p.as_path()).chain(procserv_moves.map(|p| p.path.as_path())).collect()
+        }
+    };
     if opts.dry_run {
-        let mut steps = dry_run_steps(&plan, &state, &target, &safety, &to_copy, opts.substitute_on_destination);
+        let mut steps =
+            dry_run_steps(&plan, &state, &target, &remote, &safety, &to_copy, opts.substitute_on_destination);
         if let Some(p) = procserv_moves {
             // Host-wide, so it comes before the lock-protected switch.
             let at = if to_copy.is_empty() { 1 } else { 2 };
@@ -162,7 +168,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
 
     if !to_copy.is_empty() {
         let step = progress.step(&sel.host, "copy");
-        let copied = copy_cmd(&target, Some(&remote), &state, &to_copy, opts.substitute_on_destination).output();
+        let copied = copy_cmd(&target, &remote, true, &state, &to_copy, opts.substitute_on_destination).output();
         if activation::interrupted() {
             return Err(interrupted().into());
         }
@@ -201,14 +207,24 @@ fn check_hostname(target: &Target, name: &str, hostname: &str) -> Result<(), Bad
 }
 
 /// `nix copy` of a generation (and with it the top), and of a procServ from
-/// Nix, to the host, over the open master connection; without one (a dry
-/// run's listing), the socket is named for what it is.
-fn copy_cmd(target: &Target, remote: Option<&Remote>, state: &HostState, paths: &[&Utf8Path], substitute: bool) -> Cmd {
-    let socket =
-        remote.map_or_else(|| "<the master connection>".to_owned(), |r| r.control_socket().to_string_lossy().into());
+/// Nix, to the host, over the open master connection; unless `real_socket`
+/// (a dry run's listing, which outlives the connection), the socket is
+/// named for what it is.
+fn copy_cmd(
+    target: &Target,
+    remote: &Remote,
+    real_socket: bool,
+    state: &HostState,
+    paths: &[&Utf8Path],
+    substitute: bool,
+) -> Cmd {
+    let socket = match remote.control_socket() {
+        Some(socket) if real_socket => socket.to_string_lossy().into_owned(),
+        _ => "<the master connection>".to_owned(),
+    };
     let remote_nix_store = state.remote_nix_store();
     let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
-    nix::copy_to(target, &socket, &paths, remote_nix_store.as_deref(), substitute)
+    nix::copy_to(target, &socket, &paths, remote.escalation(), remote_nix_store.as_deref(), substitute)
 }
 
 /// A procServ from Nix (`procServ.package`), built and checked.
@@ -347,6 +363,7 @@ fn dry_run_steps(
     plan: &Plan,
     state: &HostState,
     target: &Target,
+    remote: &Remote,
     safety: &Safety,
     to_copy: &[&Utf8Path],
     substitute: bool,
@@ -361,7 +378,7 @@ fn dry_run_steps(
     if !to_copy.is_empty() {
         steps.push(PlannedStep {
             on: "local".into(),
-            action: copy_cmd(target, None, state, to_copy, substitute).to_string(),
+            action: copy_cmd(target, remote, false, state, to_copy, substitute).to_string(),
         });
     }
     let mut on = |action: String| steps.push(PlannedStep { on: target.label.clone(), action });
@@ -390,8 +407,10 @@ fn dry_run_steps(
         if plan.units.is_empty() { "none run".to_owned() } else { plan.running().join(", ") }
     ));
     if safety.magic_rollback {
-        on("confirm over a new SSH login: disarm the timer, drop the restore point, note the generation healthy"
-            .into());
+        on(format!(
+            "confirm {}: disarm the timer, drop the restore point, note the generation healthy",
+            activation::fresh_login(target)
+        ));
     } else {
         on("confirm: drop the restore point, note the generation healthy".into());
     }
@@ -414,6 +433,8 @@ mod tests {
             procserv_package: None,
             expected_hostname: None,
             conserver: config::Conserver::default(),
+            local: false,
+            privilege_escalation_command: crate::target::default_escalation(),
         };
         let config = Config { hosts: BTreeMap::from([(name.to_owned(), host)]), tops: BTreeMap::new() };
         Target::resolve(name, Some(&config)).unwrap()

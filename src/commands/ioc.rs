@@ -88,7 +88,7 @@ pub fn connect(sel: &IocSelection, progress: &Progress) -> Result<(Target, Remot
     let (target, _) = host_target(&sel.on, sel.top.as_deref())?;
     let step = progress.step(&target.label, "connect");
     let remote = Remote::connect(&target)?;
-    let mut args = vec![layout::UNIT_DIR.to_owned(), marker_key()];
+    let mut args = vec![layout::unit_dir().to_string(), marker_key()];
     args.extend(sel.iocs.iter().map(|ioc| layout::unit_name(ioc)));
     let report = parse(&remote.run(&remote::LOCATE.cmd(&args))?);
     let iocs = pick(&report, &target.label, sel)?;
@@ -286,7 +286,7 @@ mod tests {
 
     fn selection(iocs: &[&str], top: Option<&str>) -> IocSelection {
         IocSelection {
-            on: HostSelection { flake: Flake::new("."), host: "ioc1".into(), ssh_opts: Vec::new() },
+            on: HostSelection { flake: Flake::new("."), host: "ioc1".into(), ssh_opts: Vec::new(), local: None },
             top: top.map(str::to_owned),
             iocs: iocs.iter().map(|i| (*i).to_owned()).collect(),
         }

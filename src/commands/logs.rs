@@ -101,6 +101,7 @@ mod tests {
                     flake: crate::nix::Flake::new("."),
                     host: "root@h".into(),
                     ssh_opts: Vec::new(),
+                    local: None,
                 },
                 top: None,
                 iocs: vec!["a".into()],

@@ -97,7 +97,7 @@ fn host_target(on: &HostSelection, top: Option<&str>) -> Result<(Target, Option<
     if let Some(top) = top.filter(|t| !config::is_safe_name(t)) {
         return Err(BadInput::new(format!("`{top}` is not a valid top name")).into());
     }
-    if on.host.contains('@') {
+    if on.outside_config() {
         return Ok((on.target(None)?, None));
     }
     let config = nix::evaluate(&on.flake).map_err(|err| {
@@ -113,7 +113,7 @@ fn host_target(on: &HostSelection, top: Option<&str>) -> Result<(Target, Option<
 /// Resolves a configured host, with a "did you mean" for a misspelt host,
 /// and for a top and host given the wrong way round.
 pub fn resolve(config: &Config, on: &HostSelection, top: Option<&str>) -> Result<Target, BadInput> {
-    if !config.hosts.contains_key(&on.host) && !on.host.contains('@') {
+    if !config.hosts.contains_key(&on.host) && !on.outside_config() {
         let swapped = top.is_some_and(|top| config.tops.contains_key(&on.host) && config.hosts.contains_key(top));
         if swapped {
             return Err(BadInput::new(format!(

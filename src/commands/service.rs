@@ -172,7 +172,7 @@ pub fn run(opts: &ServiceOptions, progress: &Progress) -> Result<ServiceReport> 
 /// `service.sh` for `iocs`: each with its unit, its top's marker and its
 /// top's state directory.
 fn command(action: Action, iocs: &[Located]) -> crate::ssh::RemoteCmd {
-    let mut args = vec![action.as_str().to_owned(), layout::UNIT_DIR.to_owned()];
+    let mut args = vec![action.as_str().to_owned(), layout::unit_dir().to_string()];
     for ioc in iocs {
         args.extend([ioc.unit.clone(), unit::owner_line(&ioc.top), layout::records(&ioc.top).into_string()]);
     }

@@ -2,10 +2,11 @@
 # configuration expects (empty: no check). Prints one line and, when the lock
 # is taken, holds it while stdin (the deployer's connection) stays open:
 #   notroot USER | wronghost NAME | busy HOLDER | locked [STALE HOLDER]
+# The system's manager needs root; a user's (`--user`) needs that user.
 context "$@"
 shift 7
 who=$1 want=$2
-if [ "$(id -u)" != 0 ]; then
+if [ "$manager" = system ] && [ "$(id -u)" != 0 ]; then
   echo "notroot $(id -un)"
   exit 0
 fi

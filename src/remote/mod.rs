@@ -3,12 +3,16 @@
 //! Each `.sh` file beside this one is a constant `sh` script that reads its
 //! values from positional arguments only, so a value from the configuration
 //! never becomes shell syntax. Every script gets `prelude.sh` in front of
-//! it. Scripts about one top start with the same seven arguments, the
+//! it, and in front of that one of two constant lines, `manager=system` or
+//! `manager=user`, the layout's systemd manager ([`layout::Manager`]): the
+//! prelude makes `systemctl`, `journalctl` and `systemd_run` talk to that
+//! one. A line of the text rather than an argument, because the texts that
+//! the host keeps to run later (the rollback's) must keep it too. Scripts about one top start with the same seven arguments, the
 //! [`context`], built from `layout`: no script hard-codes a path or name.
 //! `./scripts/test` runs `shellcheck` on them; `tests` below runs their
 //! branches against a temporary root.
 
-use crate::layout;
+use crate::layout::{self, Manager};
 use crate::ssh::RemoteCmd;
 use crate::unit;
 
@@ -38,6 +42,7 @@ scripts! {
     FETCH_GENERATION = "fetch_generation";
     GC = "gc";
     HEARTBEAT = "heartbeat";
+    IDENTITY = "identity";
     INSPECT = "inspect";
     LOCATE = "locate";
     LOCK = "lock";
@@ -55,9 +60,18 @@ scripts! {
 }
 
 impl Script {
-    /// The whole text the host runs: the prelude, then the script.
+    /// The whole text the host runs, for this run's systemd manager.
     pub fn text(&self) -> String {
-        format!("{PRELUDE}\n# --- {}.sh\n{}", self.name, self.body)
+        self.text_for(layout::current().manager)
+    }
+
+    /// The whole text the host runs: the manager, the prelude, then the script.
+    pub fn text_for(&self, manager: Manager) -> String {
+        let manager = match manager {
+            Manager::System => "system",
+            Manager::User => "user",
+        };
+        format!("manager={manager}\n{PRELUDE}\n# --- {}.sh\n{}", self.name, self.body)
     }
 
     /// Runs the script with `args`, which arrive as `$1`, `$2`, ...
@@ -80,7 +94,7 @@ impl Script {
 /// unit names are claimed.
 pub fn context(top: &str) -> Vec<String> {
     vec![
-        layout::UNIT_DIR.to_owned(),
+        layout::unit_dir().to_string(),
         top.to_owned(),
         unit::owner_line(top),
         layout::profile(top).into_string(),

@@ -7,6 +7,24 @@ set -u
 # started it closed: its output then goes nowhere, and it goes on.
 trap '' HUP PIPE
 
+# `manager` (set on the line before this prelude): the systemd manager that
+# runs the IOCs, `system`, or `user` for the user's own (`--user`). With
+# `user`, every `systemctl` and `journalctl` of the scripts is the user's;
+# `systemd-run` gets `$manager_flag` (a program, not a function, may run
+# it); the tool's boot unit is wanted by the target that manager reaches at
+# its start.
+# shellcheck disable=SC2034,SC2154,SC2317
+case $manager in
+  user)
+    systemctl() { command systemctl --user "$@"; }
+    journalctl() { command journalctl --user "$@"; }
+    manager_flag=--user boot_target=default.target boot_after=basic.target
+    ;;
+  *)
+    manager_flag='' boot_target=multi-user.target boot_after=local-fs.target
+    ;;
+esac
+
 # The functions below are a library: each script calls only those it needs,
 # and reads only some of the context. shellcheck (run by scripts/test on the
 # prelude and a script together) would call the rest unreachable (SC2317) and

@@ -42,18 +42,19 @@ set -e
 # writes its own temporary file, and the renames are atomic.
 printf '%s\n' "$boot_text" >"$state/rollback-at-boot.sh.$$"
 mv -f "$state/rollback-at-boot.sh.$$" "$state/rollback-at-boot.sh"
+mkdir -p "$unit_dir"
 printf '%s\n' \
   '# Written by epnix-deploy: rolls back switches that a reboot left unconfirmed.' \
   '[Unit]' \
   'Description=epnix-deploy: roll back unconfirmed switches after a reboot' \
-  'After=local-fs.target' \
+  "After=$boot_after" \
   '' \
   '[Service]' \
   'Type=oneshot' \
   "ExecStart=/bin/sh $state/rollback-at-boot.sh $state" \
   '' \
   '[Install]' \
-  'WantedBy=multi-user.target' >"$unit_dir/$boot.$$"
+  "WantedBy=$boot_target" >"$unit_dir/$boot.$$"
 if cmp -s "$unit_dir/$boot.$$" "$unit_dir/$boot"; then
   rm -f "$unit_dir/$boot.$$"
 else
@@ -66,7 +67,7 @@ systemctl is-enabled --quiet "$boot" 2>/dev/null || systemctl enable --quiet "$b
 systemctl reset-failed "$unit.service" "$unit.timer" 2>/dev/null || true
 # Timers default to a minute of accuracy. The heartbeats restart the timer,
 # which the default start rate limit (5 in 10 s) would soon refuse.
-systemd-run --quiet --unit="$unit" --on-active="$secs" --timer-property=AccuracySec=100ms \
+systemd-run ${manager_flag:+"$manager_flag"} --quiet --unit="$unit" --on-active="$secs" --timer-property=AccuracySec=100ms \
   --timer-property=StartLimitIntervalSec=0 \
   --description="epnix-deploy: roll back an unconfirmed switch of $top" \
   /bin/sh "$rp/rollback.sh" "$unit_dir" "$top" "$marker" "$profile" "$records" "$gendir" "$units_lock" unconfirmed

@@ -5,7 +5,7 @@
 # file for the same reason. Exit 124: timed out.
 secs=$1 cmd=$2 scope=$3
 out=$(mktemp)
-timeout --kill-after=2 "$secs" systemd-run --quiet --scope --collect --unit="$scope" sh -c "$cmd" >"$out" 2>&1 </dev/null
+timeout --kill-after=2 "$secs" systemd-run ${manager_flag:+"$manager_flag"} --quiet --scope --collect --unit="$scope" sh -c "$cmd" >"$out" 2>&1 </dev/null
 rc=$?
 systemctl stop "$scope.scope" 2>/dev/null || true
 cat "$out"

@@ -66,6 +66,8 @@ if [ "$mode" != stay ]; then
   echo "generation $link" || true
 fi
 reload=no enable='' restart='' start=''
+# A user's (`--user`) may not exist yet.
+mkdir -p "$unit_dir"
 for action; do
   u=${action#*:}
   case $action in

@@ -17,9 +17,11 @@ const TOP: &str = "demo";
 
 /// Logs its argv; while the file `$HOLD` exists (at most ~10 s), it waits,
 /// and says so by creating `$HOLD.held`: a test can stop a script right after
-/// its first `systemctl` call.
+/// its first `systemctl` call. With `$NO_MANAGER` set it fails, as
+/// `systemctl --user` does when the user's manager does not run.
 const SYSTEMCTL: &str = r#"#!/bin/sh
 echo "systemctl $*" >>"$CALLS"
+if [ -n "${NO_MANAGER:-}" ]; then exit 1; fi
 i=0
 while [ -e "$HOLD" ] && [ $i -lt 1000 ]; do
   : >"$HOLD.held"
@@ -132,8 +134,13 @@ impl FakeHost {
     /// `sh -c TEXT epnix-deploy ARGS...`, as the host runs a script, with the
     /// stand-ins first on PATH.
     fn command(&self, script: Script, args: &[String]) -> Command {
+        self.command_for(Manager::System, script, args)
+    }
+
+    /// [`FakeHost::command`], for the IOCs of `manager`.
+    fn command_for(&self, manager: Manager, script: Script, args: &[String]) -> Command {
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(script.text()).arg("epnix-deploy").args(args);
+        cmd.arg("-c").arg(script.text_for(manager)).arg("epnix-deploy").args(args);
         let path = std::env::var("PATH").unwrap_or_default();
         cmd.env("PATH", format!("{}:{path}", self.bin().display()))
             .env("CALLS", self.root.join("calls"))
@@ -1229,4 +1236,122 @@ fn console_runs_socat_both_ways_or_only_towards_the_terminal() {
         host.calls(),
         ["socat STDIO,raw,echo=0,escape=0x1d UNIX-CONNECT:/run/epics/a/console", "socat -u TCP4:127.0.0.1:2001 STDOUT",]
     );
+}
+
+// ---------------------------------------------------------------- identity.sh and a user's manager
+
+/// Runs identity.sh with `words` as the escalation, as `uid` (0: as the
+/// tests run, as root; else through `setpriv`), for `manager`.
+fn identity(host: &FakeHost, manager: Manager, uid: u32, words: &[&str]) -> String {
+    let words: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+    let sh = host.command_for(manager, IDENTITY, &words);
+    let mut cmd = if uid == 0 {
+        sh
+    } else {
+        let mut setpriv = Command::new("setpriv");
+        setpriv.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".to_owned()]);
+        setpriv.arg(sh.get_program()).args(sh.get_args());
+        setpriv.envs(sh.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        setpriv
+    };
+    let out = cmd.stdin(Stdio::null()).output().expect("run identity.sh");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn identity_says_whether_the_escalation_makes_the_login_root() {
+    let host = FakeHost::new();
+    let nobody = 65534;
+    let name = String::from_utf8(Command::new("id").args(["-un", &nobody.to_string()]).output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    // Root needs nothing, whatever the words.
+    assert_eq!(identity(&host, Manager::System, 0, &["false"]), "user root 0\n");
+    // No words: nothing is tried (the lock then says who is not root).
+    assert_eq!(identity(&host, Manager::System, nobody, &[]), format!("user {name} {nobody}\n"));
+    // Stand-ins for an escalation command: one that works (says 0, as
+    // `sudo -n -- id -u` does), one that refuses as sudo does.
+    let works = ["sh", "-c", "echo warning >&2; echo 0", "sudo"];
+    assert_eq!(identity(&host, Manager::System, nobody, &works), format!("user {name} {nobody}\nroot 0\n"));
+    let refuses = ["sh", "-c", "echo 'sudo: a password is required' >&2; exit 1", "sudo"];
+    assert_eq!(
+        identity(&host, Manager::System, nobody, &refuses),
+        format!("user {name} {nobody}\nrefused\nsudo: a password is required\n")
+    );
+    // A user's manager is the user's own: no escalation, but the manager
+    // must answer.
+    assert_eq!(identity(&host, Manager::User, 0, &[]), "user root 0\n");
+    assert_eq!(host.calls(), ["systemctl --user show-environment"]);
+    let no_manager = {
+        let mut cmd = host.command_for(Manager::User, IDENTITY, &[]);
+        cmd.env("NO_MANAGER", "1").output().unwrap()
+    };
+    assert_eq!(String::from_utf8_lossy(&no_manager.stdout), "user root 0\nno-manager\n");
+}
+
+#[test]
+fn a_users_manager_is_told_so_in_every_systemctl_call() {
+    let (host, _) = switched_host();
+
+    let args: Vec<String> = host.context().into_iter().chain([TIMER.to_owned()]).collect();
+    let ran = host.command_for(Manager::User, HEARTBEAT, &args).output().unwrap();
+
+    assert!(ran.status.success(), "{ran:?}");
+    assert_eq!(host.calls(), [format!("systemctl --user restart {TIMER}.timer")]);
+}
+
+#[test]
+fn a_users_boot_unit_starts_with_its_manager() {
+    let host = FakeHost::new();
+    std::fs::remove_dir_all(host.unit_dir()).unwrap();
+    let (rollback, boot) = (ROLLBACK.text_for(Manager::User), ROLLBACK_AT_BOOT.text_for(Manager::User));
+    let state = path_str(host.records().parent().unwrap());
+    let mut args = host.context();
+    args.extend(["no", TIMER, "30s", "epnix.rollback-at-boot.service", &state, &rollback, &boot].map(str::to_owned));
+
+    let ran = host.command_for(Manager::User, PREPARE, &args).output().unwrap();
+
+    assert!(ran.status.success(), "{ran:?}");
+    let unit = host.unit("epnix.rollback-at-boot.service").expect("the boot unit, in a unit directory made for it");
+    assert!(unit.contains("\nAfter=basic.target\n") && unit.ends_with("\nWantedBy=default.target\n"), "{unit}");
+    assert_eq!(
+        host.calls(),
+        [
+            format!("systemctl --user stop {TIMER}.timer"),
+            "systemctl --user daemon-reload".to_owned(),
+            "systemctl --user is-enabled --quiet epnix.rollback-at-boot.service".to_owned()
+        ]
+    );
+    // What the host keeps to roll back later is the user's too.
+    let kept = std::fs::read_to_string(host.records().join("restore/rollback.sh")).unwrap();
+    assert!(kept.starts_with("manager=user\n"), "{kept}");
+}
+
+#[test]
+fn only_the_systems_manager_needs_root_for_the_lock() {
+    let host = FakeHost::new();
+    // A state directory that `nobody` may write, on a path it may walk.
+    std::fs::set_permissions(&host.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = host.records().parent().unwrap().to_owned();
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    let lock = |manager: Manager| {
+        let mut args = host.context();
+        args.extend(["tester@here".to_owned(), String::new()]);
+        let sh = host.command_for(manager, LOCK, &args);
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(sh.get_program())
+            .args(sh.get_args())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    assert!(lock(Manager::System).starts_with("notroot "), "{}", lock(Manager::System));
+    assert!(!host.exists(&host.records()), "the system's lock wrote as a user who is not root");
+    assert_eq!(lock(Manager::User), "locked \n");
 }

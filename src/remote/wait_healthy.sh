@@ -71,7 +71,7 @@ if awk -W version 2>/dev/null | grep -q mawk; then interactive='-W interactive';
 # shellcheck disable=SC2086,SC2046
 {
   journalctl --no-pager -f --since "@$since" -o export \
-    --output-fields=_SYSTEMD_UNIT,_SYSTEMD_INVOCATION_ID,MESSAGE $(for u in $units; do printf -- '-u %s ' "$u"; done) &
+    --output-fields=_SYSTEMD_UNIT,_SYSTEMD_USER_UNIT,_SYSTEMD_INVOCATION_ID,MESSAGE $(for u in $units; do printf -- '-u %s ' "$u"; done) &
   echo $! >"$tmp/journal.pid"
   wait
 } 2>/dev/null |
@@ -79,14 +79,17 @@ if awk -W version 2>/dev/null | grep -q mawk; then interactive='-W interactive';
     BEGIN { for (i = 1; i <= n; i++) { unit[ENVIRON["EPNIX_UNIT_" i]] = ENVIRON["EPNIX_READY_" i] } }
     /^__REALTIME_TIMESTAMP=/ { ts = substr($0, 22) }
     /^_SYSTEMD_UNIT=/ { u = substr($0, 15) }
+    # A unit of a user manager runs inside the system unit user@UID.service.
+    /^_SYSTEMD_USER_UNIT=/ { uu = substr($0, 20) }
     /^_SYSTEMD_INVOCATION_ID=/ { inv = substr($0, 24) }
     /^MESSAGE=/ { msg = substr($0, 9) }
     /^$/ {
+      if (uu != "") u = uu
       if (u in unit) {
         if (index(msg, "@@@ Received a sigChild")) { print "crash", u, inv, ts; fflush() }
         else if (unit[u] != "" && index(msg, unit[u])) { print "ready", u, inv, ts; fflush() }
       }
-      u = ""; inv = ""; msg = ""
+      u = ""; uu = ""; inv = ""; msg = ""
     }' >"$tmp/events" &
 follower=$!
 

@@ -9,12 +9,14 @@ mod first_hour;
 mod generations;
 mod hardening;
 mod json;
+mod local;
 mod module;
 mod operate;
 mod parity;
 mod procserv;
 mod ssh_failures;
 mod status;
+mod sudo;
 mod support;
 mod testbed;
 

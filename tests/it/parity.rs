@@ -76,6 +76,11 @@ pub(crate) const CONFIG: &str = r#"{
       configFile = "/etc/conserver.cf";
       service = "conserver.service";
     };
+    privilegeEscalationCommand = [ "doas" "-n" ];
+  };
+  hosts.here = {
+    hostname = "localhost";
+    local = true;
   };
   tops.myTop = {
     package = "/nix/store/00000000000000000000000000000000-myTop";
@@ -361,6 +366,12 @@ fn bad_configs() -> Vec<String> {
             r#"{ hosts.h = { hostname = "h"; conserver.includeFile = "/etc/conserver/conserver.cf"; }; }"#,
             r#"{ hosts.h = { hostname = "h"; conserver = { includeFile = "/etc/c.cf"; configFile = "/etc/c.cf"; }; }; }"#,
             r#"{ hosts.h = { hostname = "h"; conserver.service = "-H x"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; local = "yes"; }; }"#,
+            // Only this machine is local.
+            r#"{ hosts.h = { hostname = "h"; local = true; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; privilegeEscalationCommand = "sudo"; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; privilegeEscalationCommand = [ ]; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; privilegeEscalationCommand = [ "sudo" "" ]; }; }"#,
             r#"{ hosts."-h".hostname = "h"; }"#,
             // The name of the host's procServ profile is no top's.
             r#"{ tops.procServ = { package = "/nix/store/t"; iocs.i.workingDirectory = "a"; }; }"#,

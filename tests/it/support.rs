@@ -100,6 +100,16 @@ impl TestFlake {
     /// Like [`TestFlake::write_as`], with `host_extra` (Nix attributes) in
     /// the host's entry.
     pub fn write_full(&self, host: &TestHost, name: &str, host_extra: &str, tops: &str) {
+        self.write_login(host, name, "root", host_extra, tops);
+    }
+
+    /// Like [`TestFlake::write`], logging in as `user` (`sshUser`), with
+    /// `host_extra` in the host's entry.
+    pub fn write_as_user(&self, host: &TestHost, user: &str, host_extra: &str, tops: &str) {
+        self.write_login(host, &host.name, user, host_extra, tops);
+    }
+
+    fn write_login(&self, host: &TestHost, name: &str, user: &str, host_extra: &str, tops: &str) {
         let text = format!(
             r#"{{
   outputs = {{ self }}:
@@ -108,7 +118,7 @@ impl TestFlake {
       epnixDeploy = {{
                 hosts.{name} = {{
           hostname = "127.0.0.1";
-          sshUser = "root";
+          sshUser = "{user}";
           sshPort = {port};
           sshOpts = [ "-i" "{key}" "-o" "UserKnownHostsFile={known_hosts}" ];
           {host_extra}
@@ -414,4 +424,33 @@ pub fn assert_on(host: &TestHost, n: u32, unit: &str, ioc: &TestIoc, version: &s
     assert_eq!(profile_link(host), format!("demo-{n}-link"));
     assert_eq!(host.ssh_ok(&format!("cat {DEMO_UNIT}")), unit);
     caget_eventually(host, "iocDemo:version", ioc, version);
+}
+
+/// Adds the user `name` to the host, who logs in over SSH with the test key
+/// (root's).
+pub fn add_user(host: &TestHost, name: &str) {
+    host.ssh_ok(&format!(
+        "useradd --create-home --shell /bin/sh {name} && install -d -o {name} -m 700 /home/{name}/.ssh && \
+         install -o {name} -m 600 /root/.ssh/authorized_keys /home/{name}/.ssh/authorized_keys"
+    ));
+}
+
+/// Runs the shell command line `cmd` on the host as `user`, logged in over
+/// SSH with the test key.
+pub fn ssh_as(host: &TestHost, user: &str, cmd: &str) -> Output {
+    let output = Command::new("ssh")
+        .args(host.ssh_args())
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ssh");
+    eprintln!(
+        "{user}@{}: `{cmd}` exited {}\n--- stdout\n{}--- stderr\n{}",
+        host.name,
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
