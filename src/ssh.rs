@@ -247,8 +247,9 @@ pub fn is_connection_lost(err: &anyhow::Error) -> bool {
 
 /// What [`Remote::hold_lock`] found.
 pub enum Lock {
-    /// Taken; with the holder line of a deploy that died holding it.
-    Held { stale: Option<String> },
+    /// Taken; with the holder line of a deploy that died holding it, and
+    /// what the lock script printed after taking it, up to its end line.
+    Held { stale: Option<String>, report: String },
     /// Another deploy holds it; its holder line says who, since when.
     Busy(String),
     /// The login user (named) is not root, and nothing made it root:
@@ -311,6 +312,12 @@ impl Remote {
             None => Link::Ssh(Box::new(Ssh::connect(target)?)),
         };
         let mut remote = Remote { link, target: target.clone(), escalation: Vec::new() };
+        // A root login over SSH needs no escalation: asking would cost a
+        // round trip on every connection (the lock still checks the uid).
+        let root_login = target.local.is_none() && target.user.as_deref() == Some("root");
+        if root_login && layout::current().manager == Manager::System {
+            return Ok(remote);
+        }
         match remote.escalation_needed() {
             Ok(escalation) => {
                 remote.escalation = escalation;
@@ -345,16 +352,27 @@ impl Remote {
     /// Takes a lock on the host with `cmd`, a script that prints `locked`
     /// and then holds the lock until its stdin closes, or prints `busy` and
     /// a holder line and exits.
-    pub fn hold_lock(&mut self, cmd: &RemoteCmd) -> Result<Lock> {
+    pub fn hold_lock(&mut self, cmd: &RemoteCmd, until: Option<&str>) -> Result<Lock> {
         let cmd = self.escalated(cmd);
         crate::progress::trace(&self.target.label, &cmd.trace_line());
         let argv = cmd.full_argv();
-        let line = match &mut self.link {
-            Link::Ssh(ssh) => ssh.hold(&argv).map_err(|err| lost(&self.target, err))?,
-            Link::Local(local) => local.hold(&argv).with_context(|| format!("could not run `{cmd}`"))?,
+        let said = match &mut self.link {
+            Link::Ssh(ssh) => ssh.hold(&argv, until).map_err(|err| lost(&self.target, err))?,
+            Link::Local(local) => local.hold(&argv, until).with_context(|| format!("could not run `{cmd}`"))?,
         };
-        match line.trim_end().split_once(' ').unwrap_or((line.trim_end(), "")) {
-            ("locked", stale) => Ok(Lock::Held { stale: Some(stale.to_owned()).filter(|s| !s.is_empty()) }),
+        let (line, report) = said.split_once('\n').unwrap_or((&said, ""));
+        match line.split_once(' ').unwrap_or((line, "")) {
+            ("locked", stale) => {
+                if until.is_some_and(|end| !report.ends_with(&format!("{end}\n"))) {
+                    return Err(ConnectionLost(format!(
+                        "on `{}`: the connection ended while reading the host after taking the lock",
+                        self.target
+                    ))
+                    .into());
+                }
+                let stale = Some(stale.to_owned()).filter(|s| !s.is_empty());
+                Ok(Lock::Held { stale, report: report.to_owned() })
+            }
             ("busy", holder) => Ok(Lock::Busy(holder.to_owned())),
             ("notroot", user) => Ok(Lock::NotRoot(user.to_owned())),
             ("wronghost", name) => Ok(Lock::WrongHost(name.to_owned())),
@@ -561,20 +579,32 @@ impl Ssh {
     }
 
     /// Starts `argv` with its stdin a channel kept open until
-    /// [`Ssh::close`], and returns the first line it prints.
-    fn hold(&mut self, argv: &[String]) -> Result<String, openssh::Error> {
+    /// [`Ssh::close`], and returns the first line it prints, and with
+    /// `until` the lines after it up to that one.
+    fn hold(&mut self, argv: &[String], until: Option<&str>) -> Result<String, openssh::Error> {
         let session = Arc::clone(self.session());
-        let (line, child) = self.runtime.block_on(async {
+        let (said, child) = self.runtime.block_on(async {
             let mut command = session.arc_command(argv[0].as_str());
             command.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
             let mut child = command.spawn().await?;
             let stdout = child.stdout().take().expect("stdout was piped");
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).await.map_err(openssh::Error::ChildIo)?;
-            Ok::<_, openssh::Error>((line, child))
+            let mut reader = BufReader::new(stdout);
+            let mut said = String::new();
+            reader.read_line(&mut said).await.map_err(openssh::Error::ChildIo)?;
+            if let Some(end) = until.filter(|_| said.starts_with("locked")) {
+                let mut line = String::new();
+                while reader.read_line(&mut line).await.map_err(openssh::Error::ChildIo)? > 0 {
+                    said.push_str(&line);
+                    if line.trim_end() == end {
+                        break;
+                    }
+                    line.clear();
+                }
+            }
+            Ok::<_, openssh::Error>((said, child))
         })?;
         self.locks.push(child);
-        Ok(line)
+        Ok(said)
     }
 
     fn output(&self, argv: &[String], stdin: Option<&str>) -> Result<Output, openssh::Error> {
