@@ -55,7 +55,8 @@ pub struct Safety {
 /// Takes the deploy lock of `top` on the host, after checking that the SSH
 /// user is root and (with `expect_name`, from [`Target::expected_hostname`])
 /// that the host answers as that name: a wrong host or user is refused
-/// before anything is written there.
+/// before anything is written there. With `inspect`, the host's state is
+/// read under the lock in the same round trip.
 /// Returns the holder line of a deploy that died holding it, for a note.
 pub fn take_lock(
     remote: &mut Remote,
@@ -64,7 +65,8 @@ pub fn take_lock(
     who: &str,
     expect_name: Option<&str>,
     break_lock: bool,
-) -> Result<Option<String>> {
+    inspect: Option<host::Depth>,
+) -> Result<(Option<String>, Option<host::HostState>)> {
     if break_lock {
         let said = remote.run(&remote::BREAK_LOCK.for_top(top, &[] as &[&str]))?;
         if let Some(pids) = said.trim().strip_prefix("foreign") {
@@ -79,9 +81,18 @@ pub fn take_lock(
             .into());
         }
     }
-    let lock = remote.hold_lock(&remote::LOCK.for_top(top, &[who, expect_name.unwrap_or("")]))?;
-    match lock {
-        Lock::Held { stale } => Ok(stale),
+    let mut args = vec![who.to_owned(), expect_name.unwrap_or("").to_owned()];
+    let inspect = inspect.map(host::inspect_args);
+    if let Some(inspect) = &inspect {
+        args.push(remote::INSPECT.text());
+        args.extend(inspect.iter().cloned());
+    }
+    let end = inspect.as_ref().map(|a| format!("{} end", a[0]));
+    match remote.hold_lock(&remote::LOCK.for_top(top, &args), end.as_deref())? {
+        Lock::Held { stale, report } => {
+            let state = inspect.map(|a| host::parse_inspect(&a[0], &report)).transpose()?;
+            Ok((stale, state))
+        }
         Lock::Busy(holder) => Err(Failure::new(
             Exit::Busy,
             format!(

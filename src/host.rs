@@ -258,11 +258,16 @@ pub enum Depth {
 
 /// Reads the host's state for `top`.
 pub fn inspect(remote: &Remote, top: &str, depth: Depth) -> Result<HostState> {
-    let nonce = nonce();
+    let args = inspect_args(depth);
+    let output = remote.run(&remote::INSPECT.for_top(top, &args))?;
+    parse_inspect(&args[0], &output)
+}
+
+/// `inspect.sh`'s own arguments, after the context: a fresh nonce (first),
+/// the depth, the profile of the host's procServ from Nix.
+pub fn inspect_args(depth: Depth) -> Vec<String> {
     let history = if depth == Depth::History { "yes" } else { "no" };
-    let procserv = layout::procserv_profile();
-    let output = remote.run(&remote::INSPECT.for_top(top, &[nonce.as_str(), history, procserv.as_str()]))?;
-    parse_inspect(&nonce, &output)
+    vec![nonce(), history.to_owned(), layout::procserv_profile().into_string()]
 }
 
 /// The units and health checks stored in generation `number`; `None` when

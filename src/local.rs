@@ -47,13 +47,25 @@ impl Local {
     }
 
     /// Starts `argv` with its stdin a pipe kept open until [`Local::close`],
-    /// and returns the first line it prints.
-    pub fn hold(&mut self, argv: &[String]) -> std::io::Result<String> {
+    /// and returns the first line it prints, and with `until` the lines
+    /// after it up to that one.
+    pub fn hold(&mut self, argv: &[String], until: Option<&str>) -> std::io::Result<String> {
         let mut child = command(argv).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout was piped")).read_line(&mut line)?;
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout was piped"));
+        let mut said = String::new();
+        reader.read_line(&mut said)?;
+        if let Some(end) = until.filter(|_| said.starts_with("locked")) {
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 0 {
+                said.push_str(&line);
+                if line.trim_end() == end {
+                    break;
+                }
+                line.clear();
+            }
+        }
         self.locks.push(child);
-        Ok(line)
+        Ok(said)
     }
 
     /// Closes the lock holders' stdin, which ends them, and waits for them.

@@ -171,14 +171,20 @@ fn connect(
     let (target, config) = target(sel)?;
     let step = progress.step(&target.label, "connect");
     let mut remote = Remote::connect(&target)?;
-    if let Some(changing) = changing {
-        let expect_name = target.expected_hostname().filter(|_| !changing.skip_hostname_check);
-        let who = target::deployer();
-        if let Some(stale) = activation::take_lock(&mut remote, &target, &sel.top, &who, expect_name, false)? {
-            progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
+    let state = match changing {
+        Some(changing) => {
+            let expect_name = target.expected_hostname().filter(|_| !changing.skip_hostname_check);
+            let who = target::deployer();
+            let (stale, state) =
+                activation::take_lock(&mut remote, &target, &sel.top, &who, expect_name, false, Some(depth))?;
+            if let Some(stale) = stale {
+                progress
+                    .note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
+            }
+            state.expect("inspected under the lock")
         }
-    }
-    let state = host::inspect(&remote, &sel.top, depth)?;
+        None => host::inspect(&remote, &sel.top, depth)?,
+    };
     if changing.is_some() {
         if state.rollback_pending {
             return Err(activation::rollback_pending(&target, &sel.top).into());

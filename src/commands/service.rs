@@ -116,7 +116,7 @@ pub fn run(opts: &ServiceOptions, progress: &Progress) -> Result<ServiceReport> 
     let expect_name = target.expected_hostname().filter(|_| !opts.changing.skip_hostname_check);
     let who = target::deployer();
     for top in &tops {
-        if let Some(stale) = activation::take_lock(&mut remote, &target, top, &who, expect_name, false)? {
+        if let (Some(stale), _) = activation::take_lock(&mut remote, &target, top, &who, expect_name, false, None)? {
             progress.note(&format!(
                 "note: took over the lock of top `{top}` from a deploy that ended without releasing it ({stale})"
             ));

@@ -834,6 +834,27 @@ fn lock_is_held_while_its_connection_lasts_and_break_lock_ends_it() {
     assert_eq!(host.run(BREAK_LOCK, &[]).stdout, "free\n");
 }
 
+#[test]
+fn lock_reads_the_host_under_the_lock_in_the_same_call() {
+    let host = FakeHost::new();
+    let mut args = host.context();
+    args.extend(["tester@here".to_owned(), String::new(), INSPECT.text()]);
+    args.extend(["@@n@@".to_owned(), "no".to_owned(), "/nowhere/procServ".to_owned()]);
+    let mut lock = Proc(host.command(LOCK, &args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+    let mut out = BufReader::new(lock.0.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.ends_with("@@n@@ end\n") {
+        assert!(out.read_line(&mut said).unwrap() > 0, "lock.sh ended: {said}");
+    }
+    assert!(said.starts_with("locked \n@@n@@ "), "{said}");
+    let state = crate::host::parse_inspect("@@n@@", said.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(state.hostname, std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim());
+    // Still held after the report.
+    assert!(host.exists(&host.records().join("lock.holder")));
+    drop(lock.0.stdin.take());
+    assert!(lock.0.wait().unwrap().success());
+}
+
 // ---------------------------------------------------------------- conserver.sh
 
 /// A unit that `unit::render` writes for IOC `name` of `top`, with `console`.

@@ -98,7 +98,7 @@ fn progress_on_a_terminal_plain_verbose_and_quiet() {
         ("local: $ NIX_SSHOPTS=".to_owned(), " copy --to ssh://root@127.0.0.1 /nix/store/".to_owned()),
         (format!("{h}: $ ssh "), format!("-p {} ", host.port)),
         (format!("{remote} lock.sh /etc/systemd/system demo "), format!(" {h}")),
-        (format!("{remote} inspect.sh /etc/systemd/system demo "), String::new()),
+        (format!("{remote} wait_healthy.sh "), " epnix-iocDemo.service ".to_owned()),
         (format!("{remote} switch.sh /etc/systemd/system demo "), " restart:epnix-iocDemo.service".to_owned()),
         (format!("{remote} confirm.sh /etc/systemd/system demo "), String::new()),
         (format!("{h}: switch ..."), String::new()),
