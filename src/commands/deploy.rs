@@ -52,6 +52,9 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
     let revision = nix::parse_revision(&nix::flake_metadata(&sel.flake).output()?)?;
     step.done(&format!("top `{}`, {} IOC(s)", sel.top, top.iocs.values().filter(|i| i.enable).count()));
 
+    // The login, made while the top builds: its round trips are off the
+    // critical path. Its outcome is read at the `connect` step.
+    let login = Login::start(&target);
     let step = progress.step(&sel.host, "build");
     let built = build(&sel.flake, &format!("tops.{}.package", sel.top), &format!("top `{}`", sel.top));
     // Ctrl-C reaches `nix build` too, which then fails: that is no bad input.
@@ -80,7 +83,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
     };
 
     let step = progress.step(&sel.host, "connect");
-    let mut remote = Remote::connect(&target)?;
+    let mut remote = login.finish()?;
     let expect_name = target.expected_hostname().filter(|_| !opts.skip_hostname_check);
     let state = if opts.dry_run {
         let state = host::inspect(&remote, &sel.top, host::Depth::Current)?;
@@ -90,11 +93,13 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
         state
     } else {
         let who = target::deployer();
-        if let Some(stale) = activation::take_lock(&mut remote, &target, &sel.top, &who, expect_name, opts.break_lock)?
-        {
+        let depth = Some(host::Depth::Current);
+        let (stale, state) =
+            activation::take_lock(&mut remote, &target, &sel.top, &who, expect_name, opts.break_lock, depth)?;
+        if let Some(stale) = stale {
             progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
         }
-        let state = host::inspect(&remote, &sel.top, host::Depth::Current)?;
+        let state = state.expect("inspected under the lock");
         if state.rollback_pending {
             return Err(activation::rollback_pending(&target, &sel.top).into());
         }
@@ -197,6 +202,34 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
     let conserver = super::update_conserver(&remote, &target, Some(&config), progress);
     remote.close();
     Ok(SwitchReport { conserver, ..SwitchReport::new(&target, &plan, generation, state.current) })
+}
+
+/// A login started on another thread.
+struct Login(Option<std::thread::JoinHandle<Result<Remote>>>);
+
+impl Login {
+    fn start(target: &Target) -> Login {
+        let target = target.clone();
+        Login(Some(std::thread::spawn(move || Remote::connect(&target))))
+    }
+
+    /// The connection, once the login is done.
+    fn finish(mut self) -> Result<Remote> {
+        let handle = self.0.take().expect("finished once");
+        handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the login thread panicked")))
+    }
+}
+
+impl Drop for Login {
+    /// A login that is not used (the deploy stopped before the connect
+    /// step) is closed, unless it is still trying, which ends on its own.
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take().filter(|h| h.is_finished()) {
+            if let Ok(Ok(remote)) = handle.join() {
+                remote.close();
+            }
+        }
+    }
 }
 
 /// Refuses a host whose name is not the configured one (a dry run has no
