@@ -290,6 +290,7 @@ let
     sshOpts = strings;
     tags = strings;
     magicRollback = boolean;
+    buildOnTarget = boolean;
     procServ = level "hostProcServ" {
       package = storePath "epnix.packages.x86_64-linux.procServ";
     } [ ];

@@ -68,6 +68,7 @@ pub const HOST_KEYS: &[&str] = &[
     "magicRollback",
     "procServ",
     "conserver",
+    "buildOnTarget",
 ];
 /// `epnixDeploy.hosts.<name>.procServ`.
 pub const HOST_PROCSERV_KEYS: &[&str] = &["package"];
@@ -105,9 +106,14 @@ pub struct Host {
     pub ssh_port: Option<u16>,
     /// `sshOpts`: extra ssh options, e.g. `[ "-i" "/path/key" "-o" "Foo=bar" ]`.
     pub ssh_opts: Vec<String>,
+    /// `tags`: names that select the host on the command line (`--on @linac`).
+    pub tags: Vec<String>,
     /// `magicRollback`: arm the host-side rollback for deploys to this host
     /// (default true).
     pub magic_rollback: bool,
+    /// `buildOnTarget`: the host builds the top itself from its derivations,
+    /// as `--build-on-target` asks for every host (default false).
+    pub build_on_target: bool,
     /// `procServ.package`: the procServ the host's IOCs run, deployed from
     /// Nix to the profile `/nix/var/nix/profiles/epnix/procServ` as the EPNix
     /// guide does; without it, the host's own `procServ` on the PATH.
@@ -316,7 +322,9 @@ pub fn schema() -> Value {
             "root": level(&[], ROOT_KEYS, json!({})),
             "host": level(&["hosts", "*"], HOST_KEYS, json!({
                 "sshOpts": host.ssh_opts,
+                "tags": host.tags,
                 "magicRollback": host.magic_rollback,
+                "buildOnTarget": host.build_on_target,
             })),
             "hostProcServ": level(&["hosts", "*", "procServ"], HOST_PROCSERV_KEYS, json!({
                 "package": host.procserv_package,
@@ -435,12 +443,12 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         Some(n) => n.strings()?,
         None => Vec::new(),
     };
-    // Tags are accepted and type-checked so configs written for host selection
-    // stay valid; nothing selects by them yet.
-    if let Some(tags) = node.get(map, "tags") {
-        tags.strings()?;
-    }
+    let tags = match node.get(map, "tags") {
+        Some(n) => n.strings()?,
+        None => Vec::new(),
+    };
     let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
+    let build_on_target = node.get(map, "buildOnTarget").map(|n| n.boolean()).transpose()?.unwrap_or(false);
     let procserv_package = match node.get(map, "procServ") {
         Some(ps) => {
             let ps_map = ps.object(HOST_PROCSERV_KEYS)?;
@@ -454,7 +462,18 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         None => None,
     };
     let conserver = node.get(map, "conserver").map(|n| parse_conserver(&n)).transpose()?.unwrap_or_default();
-    Ok(Host { hostname, expected_hostname, ssh_user, ssh_port, ssh_opts, magic_rollback, procserv_package, conserver })
+    Ok(Host {
+        hostname,
+        expected_hostname,
+        ssh_user,
+        ssh_port,
+        ssh_opts,
+        tags,
+        magic_rollback,
+        build_on_target,
+        procserv_package,
+        conserver,
+    })
 }
 
 fn parse_conserver(node: &Node) -> Result<Conserver, BadInput> {
@@ -975,6 +994,17 @@ mod tests {
 
     fn error_of(json: Value) -> String {
         Config::parse(&json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hosts_carry_their_tags_and_may_build_on_themselves() {
+        let host = &Config::parse(&example()).unwrap().hosts["ioc-server-1"];
+        assert_eq!((host.tags.as_slice(), host.build_on_target), (&["linac".to_owned()][..], false));
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["buildOnTarget"] = json!(true);
+        assert!(Config::parse(&json).unwrap().hosts["ioc-server-1"].build_on_target);
+        json["hosts"]["ioc-server-1"]["buildOnTarget"] = json!("yes");
+        assert!(error_of(json).starts_with("epnixDeploy.hosts.ioc-server-1.buildOnTarget: must be"));
     }
 
     #[test]
