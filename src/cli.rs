@@ -353,6 +353,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 no_magic_rollback: args.no_magic_rollback,
                 break_lock: args.break_lock,
                 skip_hostname_check: args.changing.skip_hostname_check,
+                build_on_target: false,
             };
             (Checked::Deploy(options), json, style(false))
         }

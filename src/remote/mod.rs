@@ -38,6 +38,7 @@ scripts! {
     GC = "gc";
     HEARTBEAT = "heartbeat";
     INSPECT = "inspect";
+    INSPECT_BUILD = "inspect_build";
     LOCK = "lock";
     PREPARE = "prepare";
     PROBE = "probe";
