@@ -12,7 +12,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::activation;
 use crate::commands::delete::{self, DeleteOptions, Doomed};
-use crate::commands::deploy::{self, DeployOptions};
+use crate::commands::deploy::DeployOptions;
+use crate::commands::fleet::{self, FleetDeployOptions, FleetStatusOptions, HostOrTops};
 use crate::commands::remove::{self, RemoveOptions};
 use crate::commands::rollback::{self, RollbackOptions};
 use crate::commands::status::{self, StatusOptions};
@@ -29,7 +30,7 @@ use crate::target::{HostSelection, Selection};
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
 #[command(name = "epnix-deploy", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-#[command(after_help = exit::help_text())]
+#[command(after_help = exit::help_text(), override_usage = USAGE)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,7 +48,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Deploy a top to a host (the default command).
+    /// Deploy a top to a host (the default command), or tops to many hosts
+    /// in parallel.
+    #[command(override_usage = DEPLOY_USAGE)]
     Deploy(DeployArgs),
     /// List the generations of a top on a host.
     List(ListArgs),
@@ -76,6 +79,13 @@ struct HostArgs {
     /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`.
     #[arg(required = true, add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
     host: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// Where the configuration is, how to reach hosts, how to print.
+#[derive(Args, Debug)]
+struct ConnArgs {
     /// The flake that defines `epnixDeploy`.
     #[arg(long, default_value = ".")]
     flake: String,
@@ -94,12 +104,45 @@ struct HostArgs {
 
 impl HostArgs {
     fn selection(&self) -> HostSelection {
+        self.conn.on(self.host.clone().expect("clap requires it"))
+    }
+}
+
+impl ConnArgs {
+    fn flake(&self) -> Flake {
         let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
-        HostSelection {
-            flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
-            host: self.host.clone().expect("clap requires it"),
-            ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
-        }
+        Flake { reference: self.flake.clone(), override_inputs: pairs.collect() }
+    }
+
+    fn ssh_opts(&self) -> Vec<String> {
+        self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn on(&self, host: String) -> HostSelection {
+        HostSelection { flake: self.flake(), host, ssh_opts: self.ssh_opts() }
+    }
+}
+
+/// The hosts of a run over many, and how many at a time.
+#[derive(Args, Debug)]
+struct FleetArgs {
+    /// The hosts: names, globs (`ioc-linac-*`), `@tag`s, or
+    /// `user@hostname[:port]`, separated by commas; then the positional
+    /// words are tops.
+    #[arg(long, value_name = "SELECTOR", value_delimiter = ',', action = clap::ArgAction::Append)]
+    on: Vec<String>,
+    /// Hosts at a time in a run over many [default: 10].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    parallel: Option<u64>,
+}
+
+impl FleetArgs {
+    fn selectors(&self) -> Result<Vec<fleet::Selector>, BadInput> {
+        self.on.iter().map(|word| fleet::Selector::parse(word)).collect()
+    }
+
+    fn parallel(&self) -> usize {
+        self.parallel.map_or(fleet::DEFAULT_PARALLEL, |n| usize::try_from(n).expect("at most 1000"))
     }
 }
 
@@ -127,17 +170,46 @@ impl HostTop {
 
 #[derive(Args, Debug)]
 struct StatusArgs {
-    #[command(flatten)]
-    on: HostArgs,
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; with
+    /// `--on`, the top.
+    #[arg(required_unless_present = "on", add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    host: Option<String>,
     /// Only this top (default: every top on the host).
     #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
     top: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
 }
 
 #[derive(Args, Debug)]
 struct DeployArgs {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; with
+    /// `--on`, or followed by more than one top, a top.
+    #[arg(value_name = "HOST", add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    host: Option<String>,
+    /// A top from `epnixDeploy.tops`.
+    #[arg(value_name = "TOP", add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
+    /// More tops, for a run over many hosts.
+    #[arg(value_name = "TOPS", add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    more: Vec<String>,
     #[command(flatten)]
-    target: HostTop,
+    conn: ConnArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Staged rollout: the first N hosts of the plan first; the others only
+    /// once every one of those passed its checks and confirmed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    canary: Option<u64>,
+    /// Start no other host once one failed (those running go on to their end).
+    #[arg(long)]
+    fail_fast: bool,
+    /// Evaluate here, copy the derivations, and let each host build (or
+    /// fetch from its substituters) the top itself.
+    #[arg(long)]
+    build_on_target: bool,
     /// Print the plan and the exact commands; change nothing on the host.
     #[arg(long)]
     dry_run: bool,
@@ -158,6 +230,14 @@ struct DeployArgs {
     #[command(flatten)]
     changing: ChangingArgs,
 }
+
+/// The forms of a deploy, for `--help` and usage errors.
+const DEPLOY_USAGE: &str = "epnix-deploy [OPTIONS] <HOST> <TOP>
+       epnix-deploy deploy [OPTIONS] [TOP]... --on <SELECTOR>,...
+       epnix-deploy deploy [OPTIONS] <TOP>...";
+const USAGE: &str = "epnix-deploy [OPTIONS] <HOST> <TOP>
+       epnix-deploy deploy [OPTIONS] [TOP]... --on <SELECTOR>,...
+       epnix-deploy <COMMAND>";
 
 /// The flags of every command that changes a host.
 #[derive(Args, Debug)]
@@ -251,7 +331,11 @@ struct Request {
 
 /// A command with its options, resolved from the flags.
 enum Checked {
-    Deploy(DeployOptions),
+    /// `<a> <b>`: a host and a top, or two tops ([`fleet::host_or_tops`]).
+    Deploy(DeployOptions, FleetDeployOptions),
+    /// Tops over a selection of hosts.
+    FleetDeploy(FleetDeployOptions),
+    FleetStatus(FleetStatusOptions),
     List(Selection),
     Status(StatusOptions),
     Rollback(RollbackOptions),
@@ -263,7 +347,9 @@ impl Checked {
     /// The command's name, as `--json` reports it.
     fn name(&self) -> &'static str {
         match self {
-            Checked::Deploy(_) => "deploy",
+            Checked::Deploy(..) => "deploy",
+            Checked::FleetDeploy(_) => "fleet-deploy",
+            Checked::FleetStatus(_) => "fleet-status",
             Checked::List(_) => "list",
             Checked::Status(_) => "status",
             Checked::Rollback(_) => "rollback",
@@ -272,17 +358,19 @@ impl Checked {
         }
     }
 
-    /// The host and top it acts on, for its error report.
-    fn subject(&self) -> (String, Option<String>) {
+    /// The host and top it acts on, for its error report; none for a run
+    /// over many hosts, whose entries name theirs.
+    fn subject(&self) -> Option<(String, Option<String>)> {
         let sel = match self {
-            Checked::Deploy(o) => &o.selection,
+            Checked::Deploy(o, _) => &o.selection,
+            Checked::FleetDeploy(_) | Checked::FleetStatus(_) => return None,
             Checked::List(s) => s,
-            Checked::Status(o) => return (o.on.host.clone(), o.top.clone()),
+            Checked::Status(o) => return Some((o.on.host.clone(), o.top.clone())),
             Checked::Rollback(o) => &o.selection,
             Checked::Delete(o) => &o.selection,
             Checked::Remove(o) => &o.selection,
         };
-        (sel.host.clone(), Some(sel.top.clone()))
+        Some((sel.host.clone(), Some(sel.top.clone())))
     }
 }
 
@@ -334,7 +422,7 @@ pub fn main() -> ExitCode {
     let result = run(&request, &progress);
     match result {
         Ok(exit) => ExitCode::from(exit.code()),
-        Err(err) => failed(&err, name, request.json, Some(subject), progress.failed_step().map(|(_, step)| step)),
+        Err(err) => failed(&err, name, request.json, subject, progress.failed_step().map(|(_, step)| step)),
     }
 }
 
@@ -344,28 +432,18 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
     let style = |wide: bool| Style { short_paths: !wide && std::io::stdout().is_terminal() };
     let (command, json, style) = match command {
         Command::Deploy(args) => {
-            let json = args.target.on.json;
-            let options = DeployOptions {
-                selection: args.target.selection(),
-                dry_run: args.dry_run,
-                substitute_on_destination: args.substitute_on_destination,
-                activation_timeout: args.activation_timeout.map(Duration::from_secs),
-                no_magic_rollback: args.no_magic_rollback,
-                break_lock: args.break_lock,
-                skip_hostname_check: args.changing.skip_hostname_check,
-                build_on_target: false,
-            };
-            (Checked::Deploy(options), json, style(false))
+            let json = args.conn.json;
+            (deploy_request(args).map_err(|err| (err.into(), "deploy", json))?, json, style(false))
         }
-        Command::List(args) => (Checked::List(args.target.selection()), args.target.on.json, style(args.wide)),
+        Command::List(args) => (Checked::List(args.target.selection()), args.target.on.conn.json, style(args.wide)),
         Command::Status(args) => {
             let detail = match verbose {
                 0 => Detail::Base,
                 1 => Detail::Usage,
                 _ => Detail::Socket,
             };
-            let options = StatusOptions { on: args.on.selection(), top: args.top, detail };
-            (Checked::Status(options), args.on.json, style(false))
+            let json = args.conn.json;
+            (status_request(args, detail).map_err(|err| (err.into(), "status", json))?, json, style(false))
         }
         Command::Rollback(args) => {
             let options = RollbackOptions {
@@ -376,10 +454,10 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 no_magic_rollback: args.no_magic_rollback,
                 changing: args.changing.checked(),
             };
-            (Checked::Rollback(options), args.target.on.json, style(false))
+            (Checked::Rollback(options), args.target.on.conn.json, style(false))
         }
         Command::DeleteGeneration(args) => {
-            let json = args.target.on.json;
+            let json = args.target.on.conn.json;
             let doomed = doomed(&args).map_err(|err| (err.into(), "delete-generation", json))?;
             let options = DeleteOptions {
                 selection: args.target.selection(),
@@ -397,11 +475,75 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 gc: args.gc,
                 changing: args.changing.checked(),
             };
-            (Checked::Remove(options), args.target.on.json, style(false))
+            (Checked::Remove(options), args.target.on.conn.json, style(false))
         }
         Command::Completions { .. } => unreachable!("handled before"),
     };
     Ok(Request { command, json, style })
+}
+
+/// A deploy's words, read: `<host> <top>` (or two tops, which the
+/// configuration tells apart), or tops over a selection of hosts (`--on`,
+/// one top or more than two, or a flag of runs over many hosts).
+fn deploy_request(args: DeployArgs) -> Result<Checked, BadInput> {
+    let on = args.fleet.selectors()?;
+    let names: Vec<String> = args.host.iter().chain(&args.top).chain(&args.more).cloned().collect();
+    let selection = Selection {
+        flake: args.conn.flake(),
+        host: args.host.clone().unwrap_or_default(),
+        top: args.top.clone().unwrap_or_default(),
+        ssh_opts: args.conn.ssh_opts(),
+    };
+    let one = DeployOptions {
+        selection,
+        dry_run: args.dry_run,
+        substitute_on_destination: args.substitute_on_destination,
+        activation_timeout: args.activation_timeout.map(Duration::from_secs),
+        no_magic_rollback: args.no_magic_rollback,
+        break_lock: args.break_lock,
+        skip_hostname_check: args.changing.skip_hostname_check,
+        build_on_target: args.build_on_target,
+    };
+    let many_flags = args.canary.is_some() || args.fail_fast || args.fleet.parallel.is_some();
+    let fleet = FleetDeployOptions {
+        tops: names.clone(),
+        on,
+        schedule: fleet::Schedule {
+            parallel: args.fleet.parallel(),
+            fail_fast: args.fail_fast,
+            canary: args.canary.map(|n| usize::try_from(n).expect("at most 100000")),
+        },
+        deploy: one.clone(),
+    };
+    match names.len() {
+        0 if fleet.on.is_empty() => Err(BadInput::new("say what to deploy, and where").hint(
+            "`epnix-deploy <host> <top>`; `epnix-deploy deploy <top>…` for every host of each top; \
+             `epnix-deploy deploy [<top>…] --on <host>,<glob>,@<tag>` for those hosts",
+        )),
+        2 if fleet.on.is_empty() && !many_flags => Ok(Checked::Deploy(one, fleet)),
+        _ => Ok(Checked::FleetDeploy(fleet)),
+    }
+}
+
+/// `status <host> [<top>]`, or `status [<top>] --on <selector>,...`.
+fn status_request(args: StatusArgs, detail: Detail) -> Result<Checked, BadInput> {
+    let on = args.fleet.selectors()?;
+    if on.is_empty() {
+        let host = args.host.expect("clap requires it without `--on`");
+        return Ok(Checked::Status(StatusOptions { on: args.conn.on(host), top: args.top, detail }));
+    }
+    if args.top.is_some() {
+        return Err(BadInput::new("with `--on`, `status` takes at most a top")
+            .hint("`epnix-deploy status [<top>] --on <host>,<glob>,@<tag>`"));
+    }
+    let status = StatusOptions { on: args.conn.on(String::new()), top: args.host, detail };
+    Ok(Checked::FleetStatus(FleetStatusOptions {
+        flake: args.conn.flake(),
+        on,
+        ssh_opts: args.conn.ssh_opts(),
+        parallel: args.fleet.parallel(),
+        status,
+    }))
 }
 
 /// Which generations `delete-generation` should delete.
@@ -433,7 +575,18 @@ fn run(request: &Request, progress: &Progress) -> Result<Exit> {
         exit
     }
     Ok(match &request.command {
-        Checked::Deploy(o) => print(request, progress, deploy::run(o, progress)?, Run::Deploy),
+        Checked::Deploy(one, many) => match fleet::host_or_tops(one, many, progress)? {
+            HostOrTops::One(report) => print(request, progress, report, Run::Deploy),
+            HostOrTops::Fleet(report, exit) => print_as(request, progress, report, Run::FleetDeploy, exit),
+        },
+        Checked::FleetDeploy(o) => {
+            let (report, exit) = fleet::deploy(o, None, progress)?;
+            print_as(request, progress, report, Run::FleetDeploy, exit)
+        }
+        Checked::FleetStatus(o) => {
+            let (report, exit) = fleet::status(o, progress)?;
+            print_as(request, progress, report, Run::FleetStatus, exit)
+        }
         Checked::List(s) => print(request, progress, list::run(s, progress)?, Run::List),
         Checked::Status(o) => {
             let report = status::run(o, progress)?;
@@ -480,6 +633,8 @@ fn failure_run(name: &str, error: ErrorReport) -> Run {
         "rollback" => Run::Rollback(Ended::Failed { error }),
         "delete-generation" => Run::DeleteGeneration(Ended::Failed { error }),
         "remove" => Run::Remove(Ended::Failed { error }),
+        "fleet-deploy" => Run::FleetDeploy(Ended::Failed { error }),
+        "fleet-status" => Run::FleetStatus(Ended::Failed { error }),
         _ => Run::Deploy(Ended::Failed { error }),
     }
 }
@@ -572,7 +727,7 @@ mod tests {
             }
         };
         assert_eq!(suggestion(&["h", "t", "--skip-checks"]), None);
-        assert_eq!(suggestion(&["h", "t", "--on", "x"]), None);
+        assert_eq!(suggestion(&["h", "t", "--zzz", "x"]), None);
         assert_eq!(suggestion(&["h", "t", "--no-magic"]), None);
         assert_eq!(suggestion(&["list", "h", "t", "--wdie"]).as_deref(), Some("--wide"));
         assert_eq!(suggestion(&["h", "t", "--dryrun"]).as_deref(), Some("--dry-run"));

@@ -117,6 +117,12 @@ impl Progress {
         Progress { mode: self.mode, bars: self.bars.clone(), line, failed: Arc::default() }
     }
 
+    /// The same host's line, with a failed step of its own: for the host's
+    /// next piece of work (its next top).
+    pub fn for_next(&self) -> Progress {
+        Progress { mode: self.mode, bars: self.bars.clone(), line: self.line.clone(), failed: Arc::default() }
+    }
+
     /// Ends a host's line with how the host ended: the line leaves the
     /// live area and stays above it as text (elsewhere it is a plain line).
     pub fn finish_host(&self, host: &str, ok: bool, summary: &str) {

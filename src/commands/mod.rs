@@ -9,6 +9,7 @@
 
 pub mod delete;
 pub mod deploy;
+pub mod fleet;
 pub mod list;
 pub mod remove;
 pub mod rollback;
@@ -49,6 +50,11 @@ pub enum Run {
     Rollback(Ended<SwitchReport>),
     DeleteGeneration(Ended<delete::DeleteReport>),
     Remove(Ended<remove::RemoveReport>),
+    /// `deploy` over a selection of hosts (`--on`, or tops without a host):
+    /// one entry per host and top.
+    FleetDeploy(Ended<fleet::FleetReport<SwitchReport>>),
+    /// `status --on`: one entry per host.
+    FleetStatus(Ended<fleet::FleetReport<status::StatusReport>>),
 }
 
 /// The JSON Schema of the `--json` document, committed as
@@ -339,7 +345,8 @@ impl SwitchReport {
         }
     }
 
-    fn generation_text(&self) -> String {
+    /// The GENERATION column: `4 (new)`, `3 (was 4)`, `3 (unchanged)`.
+    pub(crate) fn generation_text(&self) -> String {
         match (self.generation, self.previous_generation) {
             (Some(g), _) if self.new_generation => format!("{g} (new)"),
             (Some(g), Some(p)) if g != p => format!("{g} (was {p})"),
@@ -485,6 +492,10 @@ pub(crate) mod tests {
         let deleted = delete::tests::sample(false);
         insta::assert_snapshot!("delete", document(Run::DeleteGeneration(Ended::Done { result: deleted })));
         insta::assert_snapshot!("remove", document(Run::Remove(Ended::Done { result: remove::tests::sample() })));
+        let fleet = fleet::tests::sample();
+        insta::assert_snapshot!("fleet_deploy", document(Run::FleetDeploy(Ended::Done { result: fleet })));
+        let fleet = fleet::tests::status_sample();
+        insta::assert_snapshot!("fleet_status", document(Run::FleetStatus(Ended::Done { result: fleet })));
         let error = output::ErrorReport {
             host: Some("ioc1".into()),
             top: Some("myTop".into()),
