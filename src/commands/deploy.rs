@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -249,19 +250,12 @@ pub fn deploy_to(
             deployer: &who,
             revision: &evaluated.revision,
         };
-        let path = match built.derivation.as_deref().filter(|_| on_target) {
-            Some(top_drv) => {
-                let made = generation::instantiate(&spec, top_drv)?;
-                step.done(&format!("{} (the host builds it)", made.path));
-                host_builds = Some(made.derivation);
-                made.path
-            }
-            None => {
-                let path = generation::build(&spec)?;
-                step.done(path.as_str());
-                path
-            }
-        };
+        let (path, derivation) = make_generation(&spec, built.derivation.as_deref().filter(|_| on_target))?;
+        step.done(&match derivation {
+            Some(_) => format!("{path} (the host builds it)"),
+            None => path.to_string(),
+        });
+        host_builds = derivation;
         plan.generation_path = Some(path);
     }
 
@@ -342,6 +336,31 @@ pub fn deploy_to(
     let conserver = super::update_conserver(&remote, target, Some(config), progress);
     remote.close();
     Ok(SwitchReport { conserver, ..SwitchReport::new(target, &plan, generation, state.current) })
+}
+
+/// Makes the generation of `spec` once per run: built here, or with
+/// `top_drv` its derivation for the host to build (returned beside its
+/// path). Hosts of a run often get the same generation, and Nix would have
+/// all but one wait on its build lock, which it polls every 5 seconds.
+fn make_generation(spec: &generation::Spec, top_drv: Option<&Utf8Path>) -> Result<(Utf8PathBuf, Option<Utf8PathBuf>)> {
+    type Slot = Arc<Mutex<Option<(Utf8PathBuf, Option<Utf8PathBuf>)>>>;
+    static MADE: Mutex<BTreeMap<String, Slot>> = Mutex::new(BTreeMap::new());
+    let key = format!("{top_drv:?} {spec:?}");
+    let slot = Arc::clone(MADE.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default());
+    // Held while it is made: a host that wants the same one waits here.
+    let mut made = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(made) = made.as_ref() {
+        return Ok(made.clone());
+    }
+    let new = match top_drv {
+        Some(top_drv) => {
+            let instantiated = generation::instantiate(spec, top_drv)?;
+            (instantiated.path, Some(instantiated.derivation))
+        }
+        None => (generation::build(spec)?, None),
+    };
+    *made = Some(new.clone());
+    Ok(new)
 }
 
 /// Writes the derivation of `epnixDeploy.<attr>` (and the derivations it
