@@ -13,7 +13,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::activation;
 use crate::commands::delete::{self, DeleteOptions, Doomed};
 use crate::commands::deploy::DeployOptions;
-use crate::commands::fleet::{self, FleetDeployOptions, FleetStatusOptions, HostOrTops};
+use crate::commands::fleet::{self, FleetDeployOptions, FleetStatusOptions, FleetTopOptions, HostOrTops};
 use crate::commands::remove::{self, RemoveOptions};
 use crate::commands::rollback::{self, RollbackOptions};
 use crate::commands::status::{self, StatusOptions};
@@ -254,10 +254,55 @@ impl ChangingArgs {
     }
 }
 
+/// The host and top of a command, or with `--on` its top over many hosts.
+#[derive(Args, Debug)]
+struct HostTopOrOn {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; with
+    /// `--on`, the top.
+    #[arg(required_unless_present = "on", add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    host: Option<String>,
+    /// A top from `epnixDeploy.tops`.
+    #[arg(required_unless_present = "on", add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+impl HostTopOrOn {
+    /// One host and top, or (with `--on`) the top over many hosts.
+    fn read(&self) -> Result<Result<Selection, FleetTopOptions>, BadInput> {
+        let on = self.fleet.selectors()?;
+        if on.is_empty() {
+            return Ok(Ok(Selection {
+                flake: self.conn.flake(),
+                host: self.host.clone().expect("clap requires it without `--on`"),
+                top: self.top.clone().expect("clap requires it without `--on`"),
+                ssh_opts: self.conn.ssh_opts(),
+            }));
+        }
+        let top = match (&self.host, &self.top) {
+            (Some(top), None) => top.clone(),
+            _ => {
+                return Err(BadInput::new("with `--on`, name the top alone")
+                    .hint("`epnix-deploy <command> <top> --on <host>,<glob>,@<tag>`"));
+            }
+        };
+        Ok(Err(FleetTopOptions {
+            flake: self.conn.flake(),
+            top,
+            on,
+            ssh_opts: self.conn.ssh_opts(),
+            parallel: self.fleet.parallel(),
+        }))
+    }
+}
+
 #[derive(Args, Debug)]
 struct ListArgs {
     #[command(flatten)]
-    target: HostTop,
+    target: HostTopOrOn,
     /// Show whole store paths, also on a terminal.
     #[arg(long)]
     wide: bool,
@@ -266,7 +311,7 @@ struct ListArgs {
 #[derive(Args, Debug)]
 struct RollbackArgs {
     #[command(flatten)]
-    target: HostTop,
+    target: HostTopOrOn,
     /// The generation to switch to (default: the newest healthy one before the current).
     #[arg(long, value_name = "N")]
     to: Option<u32>,
@@ -336,6 +381,9 @@ enum Checked {
     /// Tops over a selection of hosts.
     FleetDeploy(FleetDeployOptions),
     FleetStatus(FleetStatusOptions),
+    FleetList(FleetTopOptions),
+    /// With the options of each host's rollback (its selection is the plan's).
+    FleetRollback(FleetTopOptions, RollbackOptions),
     List(Selection),
     Status(StatusOptions),
     Rollback(RollbackOptions),
@@ -350,6 +398,8 @@ impl Checked {
             Checked::Deploy(..) => "deploy",
             Checked::FleetDeploy(_) => "fleet-deploy",
             Checked::FleetStatus(_) => "fleet-status",
+            Checked::FleetList(_) => "fleet-list",
+            Checked::FleetRollback(..) => "fleet-rollback",
             Checked::List(_) => "list",
             Checked::Status(_) => "status",
             Checked::Rollback(_) => "rollback",
@@ -363,7 +413,9 @@ impl Checked {
     fn subject(&self) -> Option<(String, Option<String>)> {
         let sel = match self {
             Checked::Deploy(o, _) => &o.selection,
-            Checked::FleetDeploy(_) | Checked::FleetStatus(_) => return None,
+            Checked::FleetDeploy(_) | Checked::FleetStatus(_) | Checked::FleetList(_) | Checked::FleetRollback(..) => {
+                return None;
+            }
             Checked::List(s) => s,
             Checked::Status(o) => return Some((o.on.host.clone(), o.top.clone())),
             Checked::Rollback(o) => &o.selection,
@@ -435,7 +487,14 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
             let json = args.conn.json;
             (deploy_request(args).map_err(|err| (err.into(), "deploy", json))?, json, style(false))
         }
-        Command::List(args) => (Checked::List(args.target.selection()), args.target.on.conn.json, style(args.wide)),
+        Command::List(args) => {
+            let json = args.target.conn.json;
+            let checked = match args.target.read().map_err(|err| (err.into(), "list", json))? {
+                Ok(selection) => Checked::List(selection),
+                Err(fleet) => Checked::FleetList(fleet),
+            };
+            (checked, json, style(args.wide))
+        }
         Command::Status(args) => {
             let detail = match verbose {
                 0 => Detail::Base,
@@ -446,15 +505,24 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
             (status_request(args, detail).map_err(|err| (err.into(), "status", json))?, json, style(false))
         }
         Command::Rollback(args) => {
-            let options = RollbackOptions {
-                selection: args.target.selection(),
+            let json = args.target.conn.json;
+            let read = args.target.read().map_err(|err| (err.into(), "rollback", json))?;
+            let options = |selection| RollbackOptions {
+                selection,
                 to: args.to,
                 force: args.force,
                 activation_timeout: args.activation_timeout.map(Duration::from_secs),
                 no_magic_rollback: args.no_magic_rollback,
                 changing: args.changing.checked(),
             };
-            (Checked::Rollback(options), args.target.on.conn.json, style(false))
+            let checked = match read {
+                Ok(selection) => Checked::Rollback(options(selection)),
+                Err(fleet) => {
+                    let template = options(fleet.selection_template());
+                    Checked::FleetRollback(fleet, template)
+                }
+            };
+            (checked, json, style(false))
         }
         Command::DeleteGeneration(args) => {
             let json = args.target.on.conn.json;
@@ -587,6 +655,14 @@ fn run(request: &Request, progress: &Progress) -> Result<Exit> {
             let (report, exit) = fleet::status(o, progress)?;
             print_as(request, progress, report, Run::FleetStatus, exit)
         }
+        Checked::FleetList(o) => {
+            let (report, exit) = fleet::list(o, progress)?;
+            print_as(request, progress, report, Run::FleetList, exit)
+        }
+        Checked::FleetRollback(o, template) => {
+            let (report, exit) = fleet::rollback(o, template, progress)?;
+            print_as(request, progress, report, Run::FleetRollback, exit)
+        }
         Checked::List(s) => print(request, progress, list::run(s, progress)?, Run::List),
         Checked::Status(o) => {
             let report = status::run(o, progress)?;
@@ -635,6 +711,8 @@ fn failure_run(name: &str, error: ErrorReport) -> Run {
         "remove" => Run::Remove(Ended::Failed { error }),
         "fleet-deploy" => Run::FleetDeploy(Ended::Failed { error }),
         "fleet-status" => Run::FleetStatus(Ended::Failed { error }),
+        "fleet-list" => Run::FleetList(Ended::Failed { error }),
+        "fleet-rollback" => Run::FleetRollback(Ended::Failed { error }),
         _ => Run::Deploy(Ended::Failed { error }),
     }
 }

@@ -1,5 +1,5 @@
-//! Runs over many hosts: `deploy [<top>...] --on <selector>,...` and
-//! `status --on <selector>,...`.
+//! Runs over many hosts: `deploy [<top>...] --on <selector>,...`, and
+//! `status`, `list` and `rollback` with `--on <selector>,...`.
 //!
 //! A run reads the flake and builds each top once, then gives every host a
 //! thread of its own, up to `--parallel` at a time, and runs there the same
@@ -21,17 +21,19 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::deploy::{self, DeployOptions, Evaluated, TopBuild};
+use super::list::{self, ListReport};
+use super::rollback::{self, RollbackOptions};
 use super::status::{self, StatusOptions, StatusReport};
 use super::{SwitchReport, resolve, unknown_top};
 use crate::activation;
 use crate::config::{self, Config};
 use crate::exit::{self, BadInput, Exit};
-use crate::nix::{self, Flake};
+use crate::nix::Flake;
 use crate::output::{ErrorReport, Render, Style};
 use crate::progress::{Progress, Step};
 use crate::suggest;
 use crate::table;
-use crate::target::{HostSelection, Target};
+use crate::target::{HostSelection, Selection, Target};
 
 /// Hosts at a time when `--parallel` is not given, as colmena does.
 pub const DEFAULT_PARALLEL: usize = 10;
@@ -661,7 +663,7 @@ pub fn status(opts: &FleetStatusOptions, progress: &Progress) -> Result<(FleetRe
         None
     } else {
         let step = progress.step("local", "evaluate");
-        let config = nix::evaluate(&opts.flake)?;
+        let config = super::evaluate_once(&opts.flake)?;
         step.done("");
         Some(config)
     };
@@ -685,6 +687,99 @@ pub fn status(opts: &FleetStatusOptions, progress: &Progress) -> Result<(FleetRe
         Ok((report, exit))
     };
     let entries = run_hosts(&plan, false, progress, &job);
+    let report = FleetReport { dry_run: false, plan, entries };
+    let exit = report.exit();
+    Ok((report, exit))
+}
+
+/// `list` or `rollback` of one top over many hosts.
+#[derive(Clone, Debug)]
+pub struct FleetTopOptions {
+    pub flake: Flake,
+    pub top: String,
+    pub on: Vec<Selector>,
+    /// `--ssh-opts`.
+    pub ssh_opts: Vec<String>,
+    pub parallel: usize,
+}
+
+impl FleetTopOptions {
+    /// A selection of the run's flake, top and `--ssh-opts`, with no host
+    /// yet: the template of each host's options.
+    pub fn selection_template(&self) -> Selection {
+        self.selection("")
+    }
+
+    /// The selection of one host of the run.
+    fn selection(&self, host: &str) -> Selection {
+        Selection {
+            flake: self.flake.clone(),
+            host: host.to_owned(),
+            top: self.top.clone(),
+            ssh_opts: self.ssh_opts.clone(),
+        }
+    }
+
+    /// The selected hosts; those of the configuration that the top does not
+    /// run on are skipped, with a note (a top the configuration no longer
+    /// has may still be on any host).
+    fn plan(&self, progress: &Progress) -> Result<FleetPlan> {
+        if !config::is_safe_name(&self.top) {
+            return Err(BadInput::new(format!("`{}` is not a valid top name", self.top)).into());
+        }
+        let config = if self.on.iter().all(Selector::is_bare) {
+            None
+        } else {
+            let step = progress.step("local", "evaluate");
+            let config = super::evaluate_once(&self.flake)?;
+            step.done("");
+            Some(config)
+        };
+        let top = config.as_ref().and_then(|c| c.tops.get(&self.top));
+        let (mut planned, mut skipped) = (Vec::new(), Vec::new());
+        for host in select_hosts(config.as_ref(), &self.on)? {
+            let configured = config.as_ref().is_some_and(|c| c.hosts.contains_key(&host));
+            if configured && top.is_some_and(|t| !t.hosts.contains(&host)) {
+                progress.note(&format!("note: `{host}` does not run `{}`: skipped", self.top));
+                skipped.push(host);
+                continue;
+            }
+            planned.push(PlannedHost { host, tops: vec![self.top.clone()], build_on_target: false });
+        }
+        if planned.is_empty() {
+            return Err(BadInput::new(format!("`{}` runs on none of {}", self.top, quoted(&skipped)))
+                .hint(format!("a top runs on the hosts of its `{}.tops.<top>.hosts`", config::ROOT))
+                .into());
+        }
+        Ok(FleetPlan { parallel: self.parallel, fail_fast: false, stages: stages(planned, None), skipped })
+    }
+}
+
+/// `list` of one top on every selected host.
+pub fn list(opts: &FleetTopOptions, progress: &Progress) -> Result<(FleetReport<ListReport>, Exit)> {
+    let plan = opts.plan(progress)?;
+    let job = |host: &PlannedHost, _: Option<&str>, progress: &Progress| -> Result<(ListReport, Exit)> {
+        Ok((list::run(&opts.selection(&host.host), progress)?, Exit::Success))
+    };
+    let entries = run_hosts(&plan, false, progress, &job);
+    let report = FleetReport { dry_run: false, plan, entries };
+    let exit = report.exit();
+    Ok((report, exit))
+}
+
+/// `rollback` of one top on every selected host, each as `rollback <host>
+/// <top>` with `template`'s options.
+pub fn rollback(
+    opts: &FleetTopOptions,
+    template: &RollbackOptions,
+    progress: &Progress,
+) -> Result<(FleetReport<SwitchReport>, Exit)> {
+    let plan = opts.plan(progress)?;
+    let job = |host: &PlannedHost, _: Option<&str>, progress: &Progress| -> Result<(SwitchReport, Exit)> {
+        let one = RollbackOptions { selection: opts.selection(&host.host), ..template.clone() };
+        Ok((rollback::run(&one, progress)?, Exit::Success))
+    };
+    let entries = run_hosts(&plan, true, progress, &job);
     let report = FleetReport { dry_run: false, plan, entries };
     let exit = report.exit();
     Ok((report, exit))
@@ -807,6 +902,24 @@ impl Render for FleetReport<SwitchReport> {
         }
         // Each host's whole plan is in `--json`.
         vec!["note: every host's steps, with their commands, are in `--json` (`entries[].result.plan`)".to_owned()]
+    }
+}
+
+impl Render for FleetReport<ListReport> {
+    fn text(&self, style: &Style) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            match &e.result {
+                Some(report) => out += &format!("{} {}:\n{}", e.host, report.top, report.text(style)),
+                None => out += &format!("{}: {}\n", e.name(), result_text(e, false)),
+            }
+        }
+        out + &outcome_lines(&self.entries)
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let notes = self.entries.iter().filter_map(|e| e.result.as_ref());
+        notes.flat_map(|r| r.notes().into_iter().map(move |n| format!("{}: {n}", r.host))).collect()
     }
 }
 
@@ -1166,6 +1279,44 @@ pub(crate) mod tests {
             }),
         };
         FleetReport { dry_run: false, plan, entries: vec![running, unreachable] }
+    }
+
+    /// `list` of one top over two hosts, one of which does not have it.
+    pub(crate) fn list_sample() -> FleetReport<ListReport> {
+        let hosts: Vec<PlannedHost> = ["ioc1", "ioc2"]
+            .iter()
+            .map(|h| PlannedHost { host: (*h).to_owned(), tops: vec!["myTop".into()], build_on_target: false })
+            .collect();
+        let plan = FleetPlan { parallel: 10, fail_fast: false, stages: stages(hosts, None), skipped: vec![] };
+        let listed = Entry {
+            host: "ioc1".into(),
+            top: Some("myTop".into()),
+            outcome: Some(Exit::Success),
+            exit_code: Some(0),
+            not_reached: None,
+            result: Some(crate::commands::list::tests::sample()),
+            error: None,
+        };
+        let missing = Entry {
+            host: "ioc2".into(),
+            top: Some("myTop".into()),
+            outcome: Some(Exit::BadInput),
+            exit_code: Some(2),
+            not_reached: None,
+            result: None,
+            error: Some(ErrorReport {
+                message: "top `myTop` is not deployed on `ioc2`".into(),
+                ..ErrorReport::default()
+            }),
+        };
+        FleetReport { dry_run: false, plan, entries: vec![listed, missing] }
+    }
+
+    #[test]
+    fn the_generations_of_many_hosts_come_host_by_host() {
+        let report = list_sample();
+        insta::assert_snapshot!(report.text(&Style { short_paths: true }));
+        assert!(report.notes().iter().all(|n| n.starts_with("ioc1: note: ")), "{:?}", report.notes());
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub enum Run {
     FleetDeploy(Ended<fleet::FleetReport<SwitchReport>>),
     /// `status --on`: one entry per host.
     FleetStatus(Ended<fleet::FleetReport<status::StatusReport>>),
+    /// `list <top> --on`: one entry per host.
+    FleetList(Ended<fleet::FleetReport<list::ListReport>>),
+    /// `rollback <top> --on`: one entry per host.
+    FleetRollback(Ended<fleet::FleetReport<SwitchReport>>),
 }
 
 /// The JSON Schema of the `--json` document, committed as
@@ -86,7 +90,7 @@ fn host_target(on: &HostSelection, top: Option<&str>) -> Result<(Target, Option<
     if on.host.contains('@') {
         return Ok((on.target(None)?, None));
     }
-    let config = nix::evaluate(&on.flake).map_err(|err| {
+    let config = evaluate_once(&on.flake).map_err(|err| {
         err.context(format!(
             "`{}` is a host name, which needs the flake's `epnixDeploy.hosts`; without a flake, give the host as `user@hostname[:port]`",
             on.host
@@ -94,6 +98,20 @@ fn host_target(on: &HostSelection, top: Option<&str>) -> Result<(Target, Option<
     })?;
     let target = resolve(&config, on, top)?;
     Ok((target, Some(config)))
+}
+
+/// Evaluates the flake once per run: a run over many hosts resolves each
+/// of them here, from one flake. The lock is held while Nix evaluates, so
+/// that hosts starting together wait for one evaluation.
+fn evaluate_once(flake: &nix::Flake) -> Result<Config> {
+    static EVALUATED: std::sync::Mutex<Vec<(nix::Flake, Config)>> = std::sync::Mutex::new(Vec::new());
+    let mut evaluated = EVALUATED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, config)) = evaluated.iter().find(|(f, _)| f == flake) {
+        return Ok(config.clone());
+    }
+    let config = nix::evaluate(flake)?;
+    evaluated.push((flake.clone(), config.clone()));
+    Ok(config)
 }
 
 /// Resolves a configured host, with a "did you mean" for a misspelt host,
@@ -496,6 +514,8 @@ pub(crate) mod tests {
         insta::assert_snapshot!("fleet_deploy", document(Run::FleetDeploy(Ended::Done { result: fleet })));
         let fleet = fleet::tests::status_sample();
         insta::assert_snapshot!("fleet_status", document(Run::FleetStatus(Ended::Done { result: fleet })));
+        let fleet = fleet::tests::list_sample();
+        insta::assert_snapshot!("fleet_list", document(Run::FleetList(Ended::Done { result: fleet })));
         let error = output::ErrorReport {
             host: Some("ioc1".into()),
             top: Some("myTop".into()),

@@ -167,12 +167,33 @@ fn a_fleet_by_tag_in_parallel_with_a_canary_and_a_rollback() {
         .collect();
     read.sort();
     let mut want = vec![
-        (ha, "iocFleet running".to_owned()),
-        (hb, "iocFleetB running".to_owned()),
-        (hc, "iocFleet running".to_owned()),
+        (ha.clone(), "iocFleet running".to_owned()),
+        (hb.clone(), "iocFleetB running".to_owned()),
+        (hc.clone(), "iocFleet running".to_owned()),
     ];
     want.sort();
     assert_eq!(read, want);
+
+    // `rollback demo --on @linac`: the hosts that run `demo` go back to v1;
+    // `b`, which does not, is skipped. `list` then reads them all.
+    let out = epnix_deploy(&flake, &["rollback", "demo", "--on", "@linac"]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains(&format!("note: `{hb}` does not run `demo`: skipped")), "{}", stderr(&out));
+    assert_eq!((profile(a, "demo"), profile(c, "demo")), ("demo-1-link".into(), "demo-1-link".into()));
+    let out = epnix_deploy(&flake, &["list", "demo", "--on", "@linac", "--json"]);
+    assert_exit(&out, 0);
+    let doc = document(&out);
+    for entry in doc["result"]["entries"].as_array().unwrap() {
+        let current: Vec<u64> = entry["result"]["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["current"] == true)
+            .map(|g| g["generation"].as_u64().unwrap())
+            .collect();
+        assert_eq!(current, [1], "{entry:#}");
+    }
+    assert_untouched(d);
 }
 
 /// Whether `path` is in this machine's Nix store.
