@@ -461,8 +461,8 @@ fn run_host<T>(host: &PlannedHost, progress: &Progress, job: &Job<T>) -> Vec<Ent
         if host.tops.is_empty() { vec![None] } else { host.tops.iter().map(|t| Some(t.as_str())).collect() };
     let mut entries: Vec<Entry<T>> = Vec::new();
     for (i, top) in tops.iter().enumerate() {
-        if let Some(why) = entries.last().filter(|e| e.failed()).map(|_| NotReached::EarlierTopFailed) {
-            entries.push(Entry::not_reached(&host.host, *top, why));
+        if entries.iter().any(Entry::failed) {
+            entries.push(Entry::not_reached(&host.host, *top, NotReached::EarlierTopFailed));
             continue;
         }
         if activation::interrupted() {
@@ -1193,7 +1193,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_failed_top_leaves_the_hosts_later_tops() {
-        let host = PlannedHost { host: "a".into(), tops: vec!["t1".into(), "t2".into()], build_on_target: false };
+        let tops = vec!["t1".into(), "t2".into(), "t3".into()];
+        let host = PlannedHost { host: "a".into(), tops, build_on_target: false };
         let plan = FleetPlan { parallel: 1, fail_fast: false, stages: stages(vec![host], None), skipped: vec![] };
         let job = |_: &PlannedHost, top: Option<&str>, _: &Progress| -> Result<((), Exit)> {
             match top {
@@ -1204,7 +1205,14 @@ pub(crate) mod tests {
         let progress = Progress::with_verbosity(crate::progress::Verbosity::Quiet);
         let entries = run_hosts(&plan, true, &progress, &job);
         let got: Vec<String> = entries.iter().map(|e| format!("{} {}", e.name(), result_text(e, false))).collect();
-        assert_eq!(got, ["a t1 bad input (exit 2)", "a t2 not reached: an earlier top of the host failed"]);
+        assert_eq!(
+            got,
+            [
+                "a t1 bad input (exit 2)",
+                "a t2 not reached: an earlier top of the host failed",
+                "a t3 not reached: an earlier top of the host failed",
+            ]
+        );
         assert_eq!(entries[0].error.as_ref().map(|e| e.message.as_str()), Some("bad"));
     }
 
