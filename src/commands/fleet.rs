@@ -621,6 +621,11 @@ pub enum HostOrTops {
     Fleet(FleetReport<SwitchReport>, Exit),
 }
 
+/// Whether `<a> <b>` are two tops rather than a host and a top.
+fn two_tops(config: &Config, a: &str, b: &str) -> bool {
+    !config.hosts.contains_key(a) && config.tops.contains_key(a) && config.tops.contains_key(b)
+}
+
 /// Reads the flake, then runs `one` or `fleet` as [`HostOrTops`] says.
 pub fn host_or_tops(one: &DeployOptions, fleet: &FleetDeployOptions, progress: &Progress) -> Result<HostOrTops> {
     let sel = &one.selection;
@@ -629,11 +634,7 @@ pub fn host_or_tops(one: &DeployOptions, fleet: &FleetDeployOptions, progress: &
     }
     let step = progress.step(&sel.host, "evaluate");
     let evaluated = deploy::evaluate(&sel.flake)?;
-    let config = &evaluated.config;
-    let two_tops = !config.hosts.contains_key(&sel.host)
-        && config.tops.contains_key(&sel.host)
-        && config.tops.contains_key(&sel.top);
-    if two_tops {
+    if two_tops(&evaluated.config, &sel.host, &sel.top) {
         let (report, exit) = deploy(fleet, Some((evaluated, step)), progress)?;
         Ok(HostOrTops::Fleet(report, exit))
     } else {
@@ -1079,6 +1080,19 @@ pub(crate) mod tests {
         let bare = plan(&["ringTop"], &["root@10.0.0.9"], SCHEDULE).unwrap();
         assert_eq!(lines(&bare), ["all root@10.0.0.9: ringTop"]);
         assert!(plan(&[], &["root@10.0.0.9"], SCHEDULE).unwrap_err().to_string().contains("name the tops"));
+    }
+
+    #[test]
+    fn two_names_are_a_host_and_a_top_unless_both_are_tops_only() {
+        let mut config = config();
+        assert!(!two_tops(&config, "ioc-ring-1", "ringTop"));
+        assert!(two_tops(&config, "linacTop", "ringTop"));
+        // Neither: the host's "unknown host" error, as before.
+        assert!(!two_tops(&config, "nohost", "ringTop"));
+        // A name that is a host and a top is the host.
+        let top = config.tops["ringTop"].clone();
+        config.tops.insert("ioc-ring-1".into(), top);
+        assert!(!two_tops(&config, "ioc-ring-1", "ringTop"));
     }
 
     #[test]
