@@ -304,6 +304,7 @@ let
     sshOpts = strings;
     tags = strings;
     magicRollback = boolean;
+    buildOnTarget = boolean;
     local = boolean;
     # The words that run a command as root when the login user is not root.
     privilegeEscalationCommand =

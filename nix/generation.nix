@@ -14,7 +14,9 @@
 #   .epnix-deploy/meta           who deployed it, from which revision
 #
 # builtins only: it must build wherever Nix runs, with or without nixpkgs.
-# `input` is a JSON file: { name, top, units = { <file> = <text>; }, checks, meta }.
+# `input` is a JSON file: { name, top, units = { <file> = <text>; }, checks, meta },
+# and `topDrv` when the host builds the top: `top` is then the output of that
+# derivation, which need not be on the machine that evaluates this.
 { input }:
 let
   spec = builtins.fromJSON (builtins.readFile input);
@@ -48,7 +50,11 @@ builtins.derivation (
         )}
       ''
     ];
-    top = builtins.storePath spec.top;
+    top =
+      if spec ? topDrv then
+        builtins.appendContext spec.top { ${spec.topDrv}.outputs = [ "out" ]; }
+      else
+        builtins.storePath spec.top;
     inherit (spec) checks meta;
   }
   // builtins.listToAttrs (

@@ -14,6 +14,7 @@ use crate::activation;
 use crate::commands::console::{self, ConsoleOptions};
 use crate::commands::delete::{self, DeleteOptions, Doomed};
 use crate::commands::deploy::{self, DeployOptions};
+use crate::commands::fleet::{self, FleetDeployOptions, FleetStatusOptions, FleetTopOptions, HostOrTops};
 use crate::commands::ioc::IocSelection;
 use crate::commands::logs::{self, LogsOptions};
 use crate::commands::remove::{self, RemoveOptions};
@@ -34,7 +35,7 @@ use crate::target::{HostSelection, Local, Selection};
 /// Deploy Nix-built EPICS tops to Linux hosts, each IOC under procServ and systemd.
 #[derive(Parser, Debug)]
 #[command(name = "epnix-deploy", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-#[command(after_help = exit::help_text())]
+#[command(after_help = exit::help_text(), override_usage = USAGE)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -52,7 +53,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Deploy a top to a host (the default command).
+    /// Deploy a top to a host (the default command), or tops to many hosts
+    /// in parallel.
+    #[command(override_usage = DEPLOY_USAGE)]
     Deploy(DeployArgs),
     /// List the generations of a top on a host.
     List(ListArgs),
@@ -86,6 +89,20 @@ enum Command {
     },
 }
 
+/// The host a command acts on, and how to reach it.
+#[derive(Args, Debug)]
+struct HostArgs {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; none
+    /// with `--local` or `--user`.
+    #[arg(
+        required_unless_present_any = ["local", "user"],
+        add = clap_complete::ArgValueCandidates::new(crate::complete::hosts)
+    )]
+    host: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
 /// Where the flake is and how to reach the host: every command's.
 #[derive(Args, Debug)]
 struct Reach {
@@ -103,27 +120,23 @@ struct Reach {
 }
 
 impl Reach {
-    fn selection(&self, host: String, local: Option<Local>) -> HostSelection {
+    fn flake(&self) -> Flake {
         let pairs = self.override_input.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone()));
-        HostSelection {
-            flake: Flake { reference: self.flake.clone(), override_inputs: pairs.collect() },
-            host,
-            ssh_opts: self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect(),
-            local,
-        }
+        Flake { reference: self.flake.clone(), override_inputs: pairs.collect() }
+    }
+
+    fn ssh_opts(&self) -> Vec<String> {
+        self.ssh_opts.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn selection(&self, host: String, local: Option<Local>) -> HostSelection {
+        HostSelection { flake: self.flake(), host, ssh_opts: self.ssh_opts(), local }
     }
 }
 
-/// The host a command acts on, and how to reach it.
+/// Where the configuration is, how to reach hosts, how to print.
 #[derive(Args, Debug)]
-struct HostArgs {
-    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; none
-    /// with `--local` or `--user`.
-    #[arg(
-        required_unless_present_any = ["local", "user"],
-        add = clap_complete::ArgValueCandidates::new(crate::complete::hosts)
-    )]
-    host: Option<String>,
+struct ConnArgs {
     #[command(flatten)]
     reach: Reach,
     /// Print the result as JSON on stdout.
@@ -140,55 +153,54 @@ struct HostArgs {
 }
 
 impl HostArgs {
+    /// The host, and the top: `top`, or with `--local` and `--user`, which
+    /// name no host, the one word given (clap took it for the host's).
+    fn selection(&self, top: Option<&String>) -> Result<(HostSelection, Option<String>), BadInput> {
+        let (host, top) = self.conn.here(self.host.as_ref(), top)?;
+        Ok((self.conn.on(host.unwrap_or_else(|| "localhost".to_owned())), top))
+    }
+}
+
+impl ConnArgs {
+    fn flake(&self) -> Flake {
+        self.reach.flake()
+    }
+
+    fn ssh_opts(&self) -> Vec<String> {
+        self.reach.ssh_opts()
+    }
+
+    /// `--local` or `--user`.
+    fn local(&self) -> Option<Local> {
+        match (self.local, self.user) {
+            (_, true) => Some(Local::User),
+            (true, false) => Some(Local::System),
+            (false, false) => None,
+        }
+    }
+
     /// The flag that names this machine, for messages.
     fn flag(&self) -> &'static str {
         if self.user { "--user" } else { "--local" }
     }
 
-    /// The host, and the top: `top`, or with `--local` and `--user`, which
-    /// name no host, the one word given (clap took it for the host's).
-    fn selection(&self, top: Option<&String>) -> Result<(HostSelection, Option<String>), BadInput> {
-        let local = match (self.local, self.user) {
-            (_, true) => Some(Local::User),
-            (true, false) => Some(Local::System),
-            (false, false) => None,
-        };
+    /// The host and the top of two words: as given, or with `--local` and
+    /// `--user`, which name no host, the one word given is the top
+    /// (`None` for the host: this machine).
+    fn here(&self, host: Option<&String>, top: Option<&String>) -> Result<(Option<String>, Option<String>), BadInput> {
         let flag = self.flag();
-        let (host, top) = match (local, &self.host, top) {
-            (None, host, top) => (host.clone().expect("clap requires it"), top.cloned()),
+        match (self.local(), host, top) {
+            (None, host, top) => Ok((host.cloned(), top.cloned())),
             (Some(_), Some(host), Some(top)) => {
-                return Err(BadInput::new(format!(
-                    "`{flag}` deploys to this machine, and `{host}` would name another host"
-                ))
-                .hint(format!("name the top alone: `epnix-deploy … {flag} {top}`")));
+                Err(BadInput::new(format!("`{flag}` deploys to this machine, and `{host}` would name another host"))
+                    .hint(format!("name the top alone: `epnix-deploy … {flag} {top}`")))
             }
-            (Some(_), host, top) => ("localhost".to_owned(), host.clone().or(top.cloned())),
-        };
-        Ok((self.reach.selection(host, local), top))
+            (Some(_), host, top) => Ok((None, host.or(top).cloned())),
+        }
     }
-}
 
-/// The host and top most commands act on.
-#[derive(Args, Debug)]
-struct HostTop {
-    #[command(flatten)]
-    on: HostArgs,
-    /// A top from `epnixDeploy.tops`.
-    #[arg(
-        required_unless_present_any = ["local", "user"],
-        add = clap_complete::ArgValueCandidates::new(crate::complete::tops)
-    )]
-    top: Option<String>,
-}
-
-impl HostTop {
-    fn selection(&self) -> Result<Selection, BadInput> {
-        let (on, top) = self.on.selection(self.top.as_ref())?;
-        let top = top.ok_or_else(|| {
-            BadInput::new("which top? None was given")
-                .hint(format!("name it after the flag: `epnix-deploy … {} <top>`", self.on.flag()))
-        })?;
-        Ok(Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local })
+    fn on(&self, host: String) -> HostSelection {
+        self.reach.selection(host, self.local())
     }
 }
 
@@ -216,15 +228,6 @@ impl HostIocs {
         }
         IocSelection { on: self.reach.selection(self.host.clone(), None), top: self.top.clone(), iocs: unique }
     }
-}
-
-#[derive(Args, Debug)]
-struct StatusArgs {
-    #[command(flatten)]
-    on: HostArgs,
-    /// Only this top (default: every top on the host).
-    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
-    top: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -270,10 +273,100 @@ struct ServiceArgs {
     changing: ChangingArgs,
 }
 
+/// The hosts of a run over many, and how many at a time.
+#[derive(Args, Debug)]
+struct FleetArgs {
+    /// The hosts: names, globs (`ioc-linac-*`), `@tag`s, or
+    /// `user@hostname[:port]`, separated by commas; then the positional
+    /// words are tops.
+    #[arg(long, value_name = "SELECTOR", value_delimiter = ',', action = clap::ArgAction::Append)]
+    on: Vec<String>,
+    /// Hosts at a time in a run over many [default: 10].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    parallel: Option<u64>,
+}
+
+impl FleetArgs {
+    fn selectors(&self) -> Result<Vec<fleet::Selector>, BadInput> {
+        self.on.iter().map(|word| fleet::Selector::parse(word)).collect()
+    }
+
+    fn parallel(&self) -> usize {
+        self.parallel.map_or(fleet::DEFAULT_PARALLEL, |n| usize::try_from(n).expect("at most 1000"))
+    }
+}
+
+/// The host and top most commands act on.
+#[derive(Args, Debug)]
+struct HostTop {
+    #[command(flatten)]
+    on: HostArgs,
+    /// A top from `epnixDeploy.tops`.
+    #[arg(
+        required_unless_present_any = ["local", "user"],
+        add = clap_complete::ArgValueCandidates::new(crate::complete::tops)
+    )]
+    top: Option<String>,
+}
+
+impl HostTop {
+    fn selection(&self) -> Result<Selection, BadInput> {
+        let (on, top) = self.on.selection(self.top.as_ref())?;
+        let top = top.ok_or_else(|| which_top(self.on.conn.flag()))?;
+        Ok(Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local })
+    }
+}
+
+/// `--local` or `--user` with no top after it.
+fn which_top(flag: &str) -> BadInput {
+    BadInput::new("which top? None was given").hint(format!("name it after the flag: `epnix-deploy … {flag} <top>`"))
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; with
+    /// `--on`, `--local` or `--user`, the top.
+    #[arg(
+        required_unless_present_any = ["on", "local", "user"],
+        add = clap_complete::ArgValueCandidates::new(crate::complete::hosts)
+    )]
+    host: Option<String>,
+    /// Only this top (default: every top on the host).
+    #[arg(add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
 #[derive(Args, Debug)]
 struct DeployArgs {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; with
+    /// `--on`, or followed by more than one top, a top.
+    #[arg(value_name = "HOST", add = clap_complete::ArgValueCandidates::new(crate::complete::hosts))]
+    host: Option<String>,
+    /// A top from `epnixDeploy.tops`.
+    #[arg(value_name = "TOP", add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    top: Option<String>,
+    /// More tops, for a run over many hosts.
+    #[arg(value_name = "TOPS", add = clap_complete::ArgValueCandidates::new(crate::complete::tops))]
+    more: Vec<String>,
     #[command(flatten)]
-    target: HostTop,
+    conn: ConnArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// Staged rollout: the first N hosts of the plan first; the others only
+    /// once every one of those passed its checks and confirmed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    canary: Option<u64>,
+    /// Start no other host once one failed (those running go on to their end).
+    #[arg(long)]
+    fail_fast: bool,
+    /// Evaluate here, copy the derivations, and let each host build (or
+    /// fetch from its substituters) the top itself.
+    #[arg(long)]
+    build_on_target: bool,
     /// Print the plan and the exact commands; change nothing on the host.
     #[arg(long)]
     dry_run: bool,
@@ -295,6 +388,14 @@ struct DeployArgs {
     changing: ChangingArgs,
 }
 
+/// The forms of a deploy, for `--help` and usage errors.
+const DEPLOY_USAGE: &str = "epnix-deploy [OPTIONS] <HOST> <TOP>
+       epnix-deploy deploy [OPTIONS] [TOP]... --on <SELECTOR>,...
+       epnix-deploy deploy [OPTIONS] <TOP>...";
+const USAGE: &str = "epnix-deploy [OPTIONS] <HOST> <TOP>
+       epnix-deploy deploy [OPTIONS] [TOP]... --on <SELECTOR>,...
+       epnix-deploy <COMMAND>";
+
 /// The flags of every command that changes a host.
 #[derive(Args, Debug)]
 struct ChangingArgs {
@@ -310,10 +411,59 @@ impl ChangingArgs {
     }
 }
 
+/// The host and top of a command, or with `--on` its top over many hosts.
+#[derive(Args, Debug)]
+struct HostTopOrOn {
+    /// A host from `epnixDeploy.hosts`, or `user@hostname[:port]`; with
+    /// `--on`, `--local` or `--user`, the top.
+    #[arg(
+        required_unless_present_any = ["on", "local", "user"],
+        add = clap_complete::ArgValueCandidates::new(crate::complete::hosts)
+    )]
+    host: Option<String>,
+    /// A top from `epnixDeploy.tops`.
+    #[arg(
+        required_unless_present_any = ["on", "local", "user"],
+        add = clap_complete::ArgValueCandidates::new(crate::complete::tops)
+    )]
+    top: Option<String>,
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+impl HostTopOrOn {
+    /// One host and top, or (with `--on`) the top over many hosts.
+    fn read(&self) -> Result<Result<Selection, FleetTopOptions>, BadInput> {
+        let on = self.fleet.selectors()?;
+        if on.is_empty() {
+            let (host, top) = self.conn.here(self.host.as_ref(), self.top.as_ref())?;
+            let on = self.conn.on(host.unwrap_or_else(|| "localhost".to_owned()));
+            let top = top.ok_or_else(|| which_top(self.conn.flag()))?;
+            return Ok(Ok(Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local }));
+        }
+        let top = match (&self.host, &self.top) {
+            (Some(top), None) => top.clone(),
+            _ => {
+                return Err(BadInput::new("with `--on`, name the top alone")
+                    .hint("`epnix-deploy <command> <top> --on <host>,<glob>,@<tag>`"));
+            }
+        };
+        Ok(Err(FleetTopOptions {
+            flake: self.conn.flake(),
+            top,
+            on,
+            ssh_opts: self.conn.ssh_opts(),
+            parallel: self.fleet.parallel(),
+        }))
+    }
+}
+
 #[derive(Args, Debug)]
 struct ListArgs {
     #[command(flatten)]
-    target: HostTop,
+    target: HostTopOrOn,
     /// Show whole store paths, also on a terminal.
     #[arg(long)]
     wide: bool,
@@ -322,7 +472,7 @@ struct ListArgs {
 #[derive(Args, Debug)]
 struct RollbackArgs {
     #[command(flatten)]
-    target: HostTop,
+    target: HostTopOrOn,
     /// The generation to switch to (default: the newest healthy one before the current).
     #[arg(long, value_name = "N")]
     to: Option<u32>,
@@ -387,7 +537,15 @@ struct Request {
 
 /// A command with its options, resolved from the flags.
 enum Checked {
-    Deploy(DeployOptions),
+    /// `<a> <b>`: a host and a top, or two tops ([`fleet::host_or_tops`]);
+    /// with `None`, surely a host (this machine) and a top.
+    Deploy(DeployOptions, Option<FleetDeployOptions>),
+    /// Tops over a selection of hosts.
+    FleetDeploy(FleetDeployOptions),
+    FleetStatus(FleetStatusOptions),
+    FleetList(FleetTopOptions),
+    /// With the options of each host's rollback (its selection is the plan's).
+    FleetRollback(FleetTopOptions, RollbackOptions),
     List(Selection),
     Status(StatusOptions),
     Rollback(RollbackOptions),
@@ -402,7 +560,11 @@ impl Checked {
     /// The command's name, as `--json` reports it.
     fn name(&self) -> &'static str {
         match self {
-            Checked::Deploy(_) => "deploy",
+            Checked::Deploy(..) => "deploy",
+            Checked::FleetDeploy(_) => "fleet-deploy",
+            Checked::FleetStatus(_) => "fleet-status",
+            Checked::FleetList(_) => "fleet-list",
+            Checked::FleetRollback(..) => "fleet-rollback",
             Checked::List(_) => "list",
             Checked::Status(_) => "status",
             Checked::Rollback(_) => "rollback",
@@ -417,7 +579,10 @@ impl Checked {
     /// `--local` or `--user`.
     fn local(&self) -> Option<Local> {
         match self {
-            Checked::Deploy(o) => o.selection.local,
+            Checked::Deploy(o, _) => o.selection.local,
+            Checked::FleetDeploy(_) | Checked::FleetStatus(_) | Checked::FleetList(_) | Checked::FleetRollback(..) => {
+                None
+            }
             Checked::List(s) => s.local,
             Checked::Status(o) => o.on.local,
             Checked::Rollback(o) => o.selection.local,
@@ -429,22 +594,26 @@ impl Checked {
         }
     }
 
-    /// The host and top it acts on, for its error report.
-    fn subject(&self) -> (String, Option<String>) {
+    /// The host and top it acts on, for its error report; none for a run
+    /// over many hosts, whose entries name theirs.
+    fn subject(&self) -> Option<(String, Option<String>)> {
         let sel = match self {
-            Checked::Deploy(o) => &o.selection,
+            Checked::Deploy(o, _) => &o.selection,
+            Checked::FleetDeploy(_) | Checked::FleetStatus(_) | Checked::FleetList(_) | Checked::FleetRollback(..) => {
+                return None;
+            }
             Checked::List(s) => s,
-            Checked::Status(o) => return (o.on.host.clone(), o.top.clone()),
+            Checked::Status(o) => return Some((o.on.host.clone(), o.top.clone())),
             Checked::Rollback(o) => &o.selection,
             Checked::Delete(o) => &o.selection,
             Checked::Remove(o) => &o.selection,
             Checked::Logs(LogsOptions { selection, .. })
             | Checked::Console(ConsoleOptions { selection, .. })
             | Checked::Service(ServiceOptions { selection, .. }) => {
-                return (selection.on.host.clone(), selection.top.clone());
+                return Some((selection.on.host.clone(), selection.top.clone()));
             }
         };
-        (sel.host.clone(), Some(sel.top.clone()))
+        Some((sel.host.clone(), Some(sel.top.clone())))
     }
 }
 
@@ -501,7 +670,7 @@ pub fn main() -> ExitCode {
     let result = run(&request, &progress);
     match result {
         Ok(exit) => ExitCode::from(exit.code()),
-        Err(err) => failed(&err, name, request.json, Some(subject), progress.failed_step().map(|(_, step)| step)),
+        Err(err) => failed(&err, name, request.json, subject, progress.failed_step().map(|(_, step)| step)),
     }
 }
 
@@ -512,21 +681,16 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
     let refused = |name: &'static str, json: bool| move |err: BadInput| (anyhow::Error::from(err), name, json);
     let (command, json, style) = match command {
         Command::Deploy(args) => {
-            let json = args.target.on.json;
-            let options = DeployOptions {
-                selection: args.target.selection().map_err(refused("deploy", json))?,
-                dry_run: args.dry_run,
-                substitute_on_destination: args.substitute_on_destination,
-                activation_timeout: args.activation_timeout.map(Duration::from_secs),
-                no_magic_rollback: args.no_magic_rollback,
-                break_lock: args.break_lock,
-                skip_hostname_check: args.changing.skip_hostname_check,
-            };
-            (Checked::Deploy(options), json, style(false))
+            let json = args.conn.json;
+            (deploy_request(args).map_err(|err| (err.into(), "deploy", json))?, json, style(false))
         }
         Command::List(args) => {
-            let json = args.target.on.json;
-            (Checked::List(args.target.selection().map_err(refused("list", json))?), json, style(args.wide))
+            let json = args.target.conn.json;
+            let checked = match args.target.read().map_err(|err| (err.into(), "list", json))? {
+                Ok(selection) => Checked::List(selection),
+                Err(fleet) => Checked::FleetList(fleet),
+            };
+            (checked, json, style(args.wide))
         }
         Command::Status(args) => {
             let detail = match verbose {
@@ -534,22 +698,31 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
                 1 => Detail::Usage,
                 _ => Detail::Socket,
             };
-            let (on, top) = args.on.selection(args.top.as_ref()).map_err(refused("status", args.on.json))?;
-            (Checked::Status(StatusOptions { on, top, detail }), args.on.json, style(false))
+            let json = args.conn.json;
+            (status_request(args, detail).map_err(|err| (err.into(), "status", json))?, json, style(false))
         }
         Command::Rollback(args) => {
-            let options = RollbackOptions {
-                selection: args.target.selection().map_err(refused("rollback", args.target.on.json))?,
+            let json = args.target.conn.json;
+            let read = args.target.read().map_err(|err| (err.into(), "rollback", json))?;
+            let options = |selection| RollbackOptions {
+                selection,
                 to: args.to,
                 force: args.force,
                 activation_timeout: args.activation_timeout.map(Duration::from_secs),
                 no_magic_rollback: args.no_magic_rollback,
                 changing: args.changing.checked(),
             };
-            (Checked::Rollback(options), args.target.on.json, style(false))
+            let checked = match read {
+                Ok(selection) => Checked::Rollback(options(selection)),
+                Err(fleet) => {
+                    let template = options(fleet.selection_template());
+                    Checked::FleetRollback(fleet, template)
+                }
+            };
+            (checked, json, style(false))
         }
         Command::DeleteGeneration(args) => {
-            let json = args.target.on.json;
+            let json = args.target.on.conn.json;
             let doomed = doomed(&args).map_err(|err| (err.into(), "delete-generation", json))?;
             let options = DeleteOptions {
                 selection: args.target.selection().map_err(refused("delete-generation", json))?,
@@ -561,13 +734,14 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
             (Checked::Delete(options), json, style(false))
         }
         Command::Remove(args) => {
+            let json = args.target.on.conn.json;
             let options = RemoveOptions {
-                selection: args.target.selection().map_err(refused("remove", args.target.on.json))?,
+                selection: args.target.selection().map_err(refused("remove", json))?,
                 purge: args.purge,
                 gc: args.gc,
                 changing: args.changing.checked(),
             };
-            (Checked::Remove(options), args.target.on.json, style(false))
+            (Checked::Remove(options), json, style(false))
         }
         Command::Logs(args) => {
             let options = LogsOptions {
@@ -604,6 +778,83 @@ fn service_options(action: Action, args: ServiceArgs, style: Style) -> (Checked,
     (Checked::Service(options), args.json, style)
 }
 
+/// A deploy's words, read: `<host> <top>` (or two tops, which the
+/// configuration tells apart), or tops over a selection of hosts (`--on`,
+/// one top or more than two, or a flag of runs over many hosts).
+/// The options of one host's deploy of `top`.
+fn deploy_options(args: &DeployArgs, on: HostSelection, top: String) -> DeployOptions {
+    DeployOptions {
+        selection: Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local },
+        dry_run: args.dry_run,
+        substitute_on_destination: args.substitute_on_destination,
+        activation_timeout: args.activation_timeout.map(Duration::from_secs),
+        no_magic_rollback: args.no_magic_rollback,
+        break_lock: args.break_lock,
+        skip_hostname_check: args.changing.skip_hostname_check,
+        build_on_target: args.build_on_target,
+    }
+}
+
+fn deploy_request(args: DeployArgs) -> Result<Checked, BadInput> {
+    let on = args.fleet.selectors()?;
+    let names: Vec<String> = args.host.iter().chain(&args.top).chain(&args.more).cloned().collect();
+    let local = args.conn.local();
+    if local.is_some() {
+        // This machine is the host: one top, no selection of hosts.
+        let (host, top) = args.conn.here(args.host.as_ref(), args.top.as_ref())?;
+        if !on.is_empty() || !args.more.is_empty() || host.is_some() {
+            let flag = args.conn.flag();
+            return Err(BadInput::new(format!("`{flag}` deploys one top to this machine"))
+                .hint(format!("`epnix-deploy … {flag} <top>`")));
+        }
+        let top = top.ok_or_else(|| which_top(args.conn.flag()))?;
+        return Ok(Checked::Deploy(deploy_options(&args, args.conn.on("localhost".to_owned()), top), None));
+    }
+    let on_host = args.conn.on(args.host.clone().unwrap_or_default());
+    let one = deploy_options(&args, on_host, args.top.clone().unwrap_or_default());
+    let many_flags = args.canary.is_some() || args.fail_fast || args.fleet.parallel.is_some();
+    let fleet = FleetDeployOptions {
+        tops: names.clone(),
+        on,
+        schedule: fleet::Schedule {
+            parallel: args.fleet.parallel(),
+            fail_fast: args.fail_fast,
+            canary: args.canary.map(|n| usize::try_from(n).expect("at most 100000")),
+        },
+        deploy: one.clone(),
+    };
+    match names.len() {
+        0 if fleet.on.is_empty() => Err(BadInput::new("say what to deploy, and where").hint(
+            "`epnix-deploy <host> <top>`; `epnix-deploy deploy <top>…` for every host of each top; \
+             `epnix-deploy deploy [<top>…] --on <host>,<glob>,@<tag>` for those hosts",
+        )),
+        2 if fleet.on.is_empty() && !many_flags => Ok(Checked::Deploy(one, Some(fleet))),
+        _ => Ok(Checked::FleetDeploy(fleet)),
+    }
+}
+
+/// `status <host> [<top>]`, or `status [<top>] --on <selector>,...`.
+fn status_request(args: StatusArgs, detail: Detail) -> Result<Checked, BadInput> {
+    let on = args.fleet.selectors()?;
+    if on.is_empty() {
+        let (host, top) = args.conn.here(args.host.as_ref(), args.top.as_ref())?;
+        let on = args.conn.on(host.unwrap_or_else(|| "localhost".to_owned()));
+        return Ok(Checked::Status(StatusOptions { on, top, detail }));
+    }
+    if args.top.is_some() {
+        return Err(BadInput::new("with `--on`, `status` takes at most a top")
+            .hint("`epnix-deploy status [<top>] --on <host>,<glob>,@<tag>`"));
+    }
+    let status = StatusOptions { on: args.conn.on(String::new()), top: args.host, detail };
+    Ok(Checked::FleetStatus(FleetStatusOptions {
+        flake: args.conn.flake(),
+        on,
+        ssh_opts: args.conn.ssh_opts(),
+        parallel: args.fleet.parallel(),
+        status,
+    }))
+}
+
 /// Which generations `delete-generation` should delete.
 fn doomed(args: &DeleteArgs) -> Result<Doomed, BadInput> {
     match (&args.older_than, args.keep) {
@@ -633,7 +884,27 @@ fn run(request: &Request, progress: &Progress) -> Result<Exit> {
         exit
     }
     Ok(match &request.command {
-        Checked::Deploy(o) => print(request, progress, deploy::run(o, progress)?, Run::Deploy),
+        Checked::Deploy(one, None) => print(request, progress, deploy::run(one, progress)?, Run::Deploy),
+        Checked::Deploy(one, Some(many)) => match fleet::host_or_tops(one, many, progress)? {
+            HostOrTops::One(report) => print(request, progress, report, Run::Deploy),
+            HostOrTops::Fleet(report, exit) => print_as(request, progress, report, Run::FleetDeploy, exit),
+        },
+        Checked::FleetDeploy(o) => {
+            let (report, exit) = fleet::deploy(o, None, progress)?;
+            print_as(request, progress, report, Run::FleetDeploy, exit)
+        }
+        Checked::FleetStatus(o) => {
+            let (report, exit) = fleet::status(o, progress)?;
+            print_as(request, progress, report, Run::FleetStatus, exit)
+        }
+        Checked::FleetList(o) => {
+            let (report, exit) = fleet::list(o, progress)?;
+            print_as(request, progress, report, Run::FleetList, exit)
+        }
+        Checked::FleetRollback(o, template) => {
+            let (report, exit) = fleet::rollback(o, template, progress)?;
+            print_as(request, progress, report, Run::FleetRollback, exit)
+        }
         Checked::List(s) => print(request, progress, list::run(s, progress)?, Run::List),
         Checked::Status(o) => {
             let report = status::run(o, progress)?;
@@ -696,6 +967,10 @@ fn failure_run(name: &str, error: ErrorReport) -> Run {
         "rollback" => Run::Rollback(Ended::Failed { error }),
         "delete-generation" => Run::DeleteGeneration(Ended::Failed { error }),
         "remove" => Run::Remove(Ended::Failed { error }),
+        "fleet-deploy" => Run::FleetDeploy(Ended::Failed { error }),
+        "fleet-status" => Run::FleetStatus(Ended::Failed { error }),
+        "fleet-list" => Run::FleetList(Ended::Failed { error }),
+        "fleet-rollback" => Run::FleetRollback(Ended::Failed { error }),
         "start" => Run::Start(Ended::Failed { error }),
         "stop" => Run::Stop(Ended::Failed { error }),
         "restart" => Run::Restart(Ended::Failed { error }),
@@ -789,32 +1064,36 @@ mod tests {
 
     #[test]
     fn local_and_user_take_the_top_alone() {
-        let deploy = |args: &[&str]| {
+        let checked = |args: &[&str]| {
             let cli = Cli::try_parse_from(["epnix-deploy"].iter().chain(args)).unwrap();
-            match cli.command {
-                None => cli.deploy.target.selection(),
-                Some(Command::List(list)) => list.target.selection(),
-                other => panic!("{other:?}"),
-            }
+            check(cli.command.unwrap_or(Command::Deploy(cli.deploy)), cli.verbose).map_err(|(err, _, _)| err)
         };
-        let sel = deploy(&["--local", "demo"]).unwrap();
+        let selection = |args: &[&str]| match checked(args).map(|r| r.command) {
+            Ok(Checked::Deploy(o, _)) => Ok(o.selection),
+            Ok(Checked::List(s)) => Ok(s),
+            Ok(Checked::Status(o)) => Ok(Selection {
+                flake: o.on.flake,
+                host: o.on.host,
+                top: o.top.unwrap_or_default(),
+                ssh_opts: o.on.ssh_opts,
+                local: o.on.local,
+            }),
+            Ok(_) => panic!("another command"),
+            Err(err) => Err(err.to_string()),
+        };
+        let sel = selection(&["--local", "demo"]).unwrap();
         assert_eq!((sel.host.as_str(), sel.top.as_str(), sel.local), ("localhost", "demo", Some(Local::System)));
-        let sel = deploy(&["list", "--user", "demo"]).unwrap();
-        assert_eq!((sel.top.as_str(), sel.local), ("demo", Some(Local::User)));
-        assert_eq!(deploy(&["ioc1", "demo"]).unwrap().local, None);
-        let err = deploy(&["--local", "ioc1", "demo"]).unwrap_err().to_string();
+        let sel = selection(&["list", "--local", "demo"]).unwrap();
+        assert_eq!((sel.top.as_str(), sel.local), ("demo", Some(Local::System)));
+        assert_eq!(selection(&["ioc1", "demo"]).unwrap().local, None);
+        let err = selection(&["--local", "ioc1", "demo"]).unwrap_err();
         assert!(err.contains("`--local` deploys to this machine, and `ioc1` would name another host"), "{err}");
-        let err = deploy(&["--user"]).unwrap_err().to_string();
-        assert!(err.contains("which top?") && err.contains("`epnix-deploy … --user <top>`"), "{err}");
+        let err = selection(&["list", "--local"]).unwrap_err();
+        assert!(err.contains("which top?") && err.contains("`epnix-deploy … --local <top>`"), "{err}");
         assert!(Cli::try_parse_from(["epnix-deploy", "--local", "demo", "--ssh-opts", "-p 22"]).is_err());
-
-        let status = |args: &[&str]| match Cli::try_parse_from(["epnix-deploy", "status"].iter().chain(args)) {
-            Ok(Cli { command: Some(Command::Status(s)), .. }) => s.on.selection(s.top.as_ref()).unwrap(),
-            other => panic!("{other:?}"),
-        };
-        let (on, top) = status(&["--local"]);
-        assert_eq!((on.local, top), (Some(Local::System), None));
-        assert_eq!(status(&["--user", "demo"]).1.as_deref(), Some("demo"));
+        let sel = selection(&["status", "--local"]).unwrap();
+        assert_eq!((sel.local, sel.top.as_str()), (Some(Local::System), ""));
+        assert_eq!(selection(&["status", "--local", "demo"]).unwrap().top, "demo");
     }
 
     #[test]
@@ -828,10 +1107,9 @@ mod tests {
             }
         };
         assert_eq!(suggestion(&["h", "t", "--skip-checks"]), None);
-        assert_eq!(suggestion(&["h", "t", "--on", "x"]), None);
+        assert_eq!(suggestion(&["h", "t", "--zzz", "x"]), None);
         assert_eq!(suggestion(&["h", "t", "--no-magic"]), None);
         assert_eq!(suggestion(&["list", "h", "t", "--wdie"]).as_deref(), Some("--wide"));
         assert_eq!(suggestion(&["h", "t", "--dryrun"]).as_deref(), Some("--dry-run"));
-        assert_eq!(suggestion(&["logs", "h", "ioc", "--json"]), None);
     }
 }

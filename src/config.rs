@@ -68,6 +68,7 @@ pub const HOST_KEYS: &[&str] = &[
     "magicRollback",
     "procServ",
     "conserver",
+    "buildOnTarget",
     "local",
     "privilegeEscalationCommand",
 ];
@@ -107,9 +108,14 @@ pub struct Host {
     pub ssh_port: Option<u16>,
     /// `sshOpts`: extra ssh options, e.g. `[ "-i" "/path/key" "-o" "Foo=bar" ]`.
     pub ssh_opts: Vec<String>,
+    /// `tags`: names that select the host on the command line (`--on @linac`).
+    pub tags: Vec<String>,
     /// `magicRollback`: arm the host-side rollback for deploys to this host
     /// (default true).
     pub magic_rollback: bool,
+    /// `buildOnTarget`: the host builds the top itself from its derivations,
+    /// as `--build-on-target` asks for every host (default false).
+    pub build_on_target: bool,
     /// `procServ.package`: the procServ the host's IOCs run, deployed from
     /// Nix to the profile `/nix/var/nix/profiles/epnix/procServ` as the EPNix
     /// guide does; without it, the host's own `procServ` on the PATH.
@@ -325,7 +331,9 @@ pub fn schema() -> Value {
             "root": level(&[], ROOT_KEYS, json!({})),
             "host": level(&["hosts", "*"], HOST_KEYS, json!({
                 "sshOpts": host.ssh_opts,
+                "tags": host.tags,
                 "magicRollback": host.magic_rollback,
+                "buildOnTarget": host.build_on_target,
                 "local": host.local,
                 "privilegeEscalationCommand": host.privilege_escalation_command,
             })),
@@ -446,12 +454,12 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         Some(n) => n.strings()?,
         None => Vec::new(),
     };
-    // Tags are accepted and type-checked so configs written for host selection
-    // stay valid; nothing selects by them yet.
-    if let Some(tags) = node.get(map, "tags") {
-        tags.strings()?;
-    }
+    let tags = match node.get(map, "tags") {
+        Some(n) => n.strings()?,
+        None => Vec::new(),
+    };
     let magic_rollback = node.get(map, "magicRollback").map(|n| n.boolean()).transpose()?.unwrap_or(true);
+    let build_on_target = node.get(map, "buildOnTarget").map(|n| n.boolean()).transpose()?.unwrap_or(false);
     let procserv_package = match node.get(map, "procServ") {
         Some(ps) => {
             let ps_map = ps.object(HOST_PROCSERV_KEYS)?;
@@ -490,7 +498,9 @@ fn parse_host(node: &Node) -> Result<Host, BadInput> {
         ssh_user,
         ssh_port,
         ssh_opts,
+        tags,
         magic_rollback,
+        build_on_target,
         procserv_package,
         conserver,
         local,
@@ -1016,6 +1026,17 @@ mod tests {
 
     fn error_of(json: Value) -> String {
         Config::parse(&json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hosts_carry_their_tags_and_may_build_on_themselves() {
+        let host = &Config::parse(&example()).unwrap().hosts["ioc-server-1"];
+        assert_eq!((host.tags.as_slice(), host.build_on_target), (&["linac".to_owned()][..], false));
+        let mut json = example();
+        json["hosts"]["ioc-server-1"]["buildOnTarget"] = json!(true);
+        assert!(Config::parse(&json).unwrap().hosts["ioc-server-1"].build_on_target);
+        json["hosts"]["ioc-server-1"]["buildOnTarget"] = json!("yes");
+        assert!(error_of(json).starts_with("epnixDeploy.hosts.ioc-server-1.buildOnTarget: must be"));
     }
 
     #[test]

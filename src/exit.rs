@@ -66,6 +66,29 @@ impl Exit {
         }
     }
 
+    /// How bad an outcome is, for a run over many hosts, whose exit code is
+    /// its worst host's: a host that needs attention, then one whose
+    /// outcome is unknown (someone must look at both), then a failed deploy
+    /// (rolled back: the host is healthy, the release is not), an interrupted
+    /// run, and the ways of changing nothing (no login, a lock, bad input).
+    pub fn severity(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::BadInput => 1,
+            Exit::Busy => 2,
+            Exit::Unreachable => 3,
+            Exit::Interrupted => 4,
+            Exit::Failed => 5,
+            Exit::Unknown => 6,
+            Exit::NeedsAttention => 7,
+        }
+    }
+
+    /// The worst of `outcomes` ([`Exit::severity`]); success when there is none.
+    pub fn worst(outcomes: impl IntoIterator<Item = Exit>) -> Exit {
+        outcomes.into_iter().max_by_key(|e| e.severity()).unwrap_or(Exit::Success)
+    }
+
     /// One line for `--help` and the README.
     pub fn meaning(self) -> &'static str {
         match self {
@@ -178,6 +201,18 @@ mod tests {
     fn codes_are_distinct_and_in_order() {
         let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
         assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:?}");
+    }
+
+    #[test]
+    fn the_worst_outcome_is_the_one_that_needs_a_person_most() {
+        let mut severities: Vec<u8> = Exit::ALL.iter().map(|e| e.severity()).collect();
+        severities.sort_unstable();
+        severities.dedup();
+        assert_eq!(severities.len(), Exit::ALL.len(), "two outcomes are as bad as each other");
+        assert_eq!(Exit::worst([]), Exit::Success);
+        assert_eq!(Exit::worst([Exit::Success, Exit::Unreachable, Exit::Failed, Exit::BadInput]), Exit::Failed);
+        assert_eq!(Exit::worst([Exit::Failed, Exit::NeedsAttention, Exit::Unknown]), Exit::NeedsAttention);
+        assert_eq!(Exit::worst([Exit::Interrupted, Exit::Unknown]), Exit::Unknown);
     }
 
     #[test]

@@ -34,31 +34,65 @@ pub struct Spec<'a> {
 /// Builds the generation's store path on the deployer's machine; `nix copy`
 /// then takes it to the host along with the top.
 pub fn build(spec: &Spec) -> Result<Utf8PathBuf> {
-    let dir =
-        tempfile::Builder::new().prefix("epnix-generation-").tempdir().context("creating a temporary directory")?;
-    let expr_file = dir.path().join("generation.nix");
-    std::fs::write(&expr_file, include_str!("../nix/generation.nix")).context("writing generation.nix")?;
-    let input = dir.path().join("input.json");
-    std::fs::write(&input, input_json(spec).to_string()).context("writing the generation's input")?;
-    let path = |p: &std::path::Path| serde_json::to_string(&p.to_string_lossy()).expect("strings serialize");
-    let expr = format!("import (/. + {}) {{ input = {}; }}", path(&expr_file), path(&input));
+    let (_dir, expr) = expression(spec, None)?;
     let stdout = nix::build_expr(&expr).output().map_err(|err| {
         anyhow::Error::new(err).context(format!("building the generation of top `{}` failed", spec.top_name))
     })?;
     nix::parse_build_output(&stdout)
 }
 
-fn input_json(spec: &Spec) -> Value {
+/// A generation for the host to build: its derivation, and the store path
+/// the build will have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instantiated {
+    pub derivation: Utf8PathBuf,
+    pub path: Utf8PathBuf,
+}
+
+/// Writes the generation's derivation to the deployer's store and builds
+/// nothing: the top is named by its derivation `top_drv`, so the top need
+/// not be on the deployer; `nix copy --derivation` takes both to the host,
+/// which builds them.
+pub fn instantiate(spec: &Spec, top_drv: &Utf8Path) -> Result<Instantiated> {
+    let (_dir, expr) = expression(spec, Some(top_drv))?;
+    let expr = format!("let g = {expr}; in {{ derivation = g.drvPath; path = g.outPath; }}");
+    let stdout = nix::eval_expr(&expr).output().map_err(|err| {
+        anyhow::Error::new(err).context(format!("evaluating the generation of top `{}` failed", spec.top_name))
+    })?;
+    let value: Value = serde_json::from_str(&stdout).context("reading the JSON of `nix eval`")?;
+    let field = |key: &str| value[key].as_str().map(Utf8PathBuf::from).context("`nix eval` gave no store path");
+    Ok(Instantiated { derivation: field("derivation")?, path: field("path")? })
+}
+
+/// The expression of the generation, with its files in a temporary
+/// directory that must live while Nix reads them.
+fn expression(spec: &Spec, top_drv: Option<&Utf8Path>) -> Result<(tempfile::TempDir, String)> {
+    let dir =
+        tempfile::Builder::new().prefix("epnix-generation-").tempdir().context("creating a temporary directory")?;
+    let expr_file = dir.path().join("generation.nix");
+    std::fs::write(&expr_file, include_str!("../nix/generation.nix")).context("writing generation.nix")?;
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, input_json(spec, top_drv).to_string()).context("writing the generation's input")?;
+    let path = |p: &std::path::Path| serde_json::to_string(&p.to_string_lossy()).expect("strings serialize");
+    let expr = format!("import (/. + {}) {{ input = {}; }}", path(&expr_file), path(&input));
+    Ok((dir, expr))
+}
+
+fn input_json(spec: &Spec, top_drv: Option<&Utf8Path>) -> Value {
     let units: BTreeMap<String, &String> =
         spec.units.iter().map(|(ioc, text)| (crate::layout::unit_name(ioc), text)).collect();
     let meta = format!("deployer={}\nrevision={}\n", one_line(spec.deployer), one_line(spec.revision));
-    json!({
+    let mut input = json!({
         "name": spec.top_name,
         "top": spec.top.as_str(),
         "units": units,
         "checks": checks_json(spec.checks).to_string(),
         "meta": meta,
-    })
+    });
+    if let Some(drv) = top_drv {
+        input["topDrv"] = drv.as_str().into();
+    }
+    input
 }
 
 fn one_line(value: &str) -> String {
@@ -133,7 +167,7 @@ mod tests {
             deployer: "ops@laptop",
             revision: "dirty\nrevision=forged",
         };
-        let meta = input_json(&spec)["meta"].as_str().unwrap().to_owned();
+        let meta = input_json(&spec, None)["meta"].as_str().unwrap().to_owned();
         assert_eq!(parse_meta(&meta), ("ops@laptop".to_owned(), "dirty revision=forged".to_owned()));
     }
 }

@@ -156,6 +156,19 @@ pub fn build_package(flake: &Flake, attr: &str) -> Cmd {
     nix().args(["build", "--no-link", "--json"]).args(flake.installable(&format!("epnixDeploy.{attr}")))
 }
 
+/// The derivation of a package of the configuration, e.g.
+/// `tops.<top>.package`: evaluating `drvPath` writes it (and the
+/// derivations it needs) to the store, and builds nothing.
+pub fn derivation_of(flake: &Flake, attr: &str) -> Cmd {
+    nix().args(["eval", "--raw"]).args(flake.installable(&format!("epnixDeploy.{attr}.drvPath")))
+}
+
+/// Evaluates a Nix expression that reads files outside the store (hence
+/// `--impure`) to JSON, building nothing.
+pub fn eval_expr(expr: &str) -> Cmd {
+    nix().args(["eval", "--json", "--impure", "--expr"]).arg(expr)
+}
+
 /// Builds a Nix expression that reads files outside the store (hence
 /// `--impure`), without a GC root in the working directory.
 pub fn build_expr(expr: &str) -> Cmd {
@@ -214,10 +227,32 @@ pub fn copy_to(
     remote_nix_store: Option<&str>,
     substitute_on_destination: bool,
 ) -> Cmd {
-    let mut cmd = nix().env("NIX_SSHOPTS", format!("-o ControlMaster=no -o ControlPath={control_socket}")).arg("copy");
-    if substitute_on_destination {
-        cmd = cmd.arg("--substitute-on-destination");
-    }
+    let cmd = copy(control_socket);
+    let cmd = if substitute_on_destination { cmd.arg("--substitute-on-destination") } else { cmd };
+    to_store(cmd, target, paths, escalation, remote_nix_store)
+}
+
+/// Copies derivations (`.drv` files) and their closures, not their outputs,
+/// to the host, for the host to build: `--derivation` means the same in Nix
+/// 2.8 and current Nix.
+pub fn copy_derivations_to(
+    target: &Target,
+    control_socket: &str,
+    derivations: &[&str],
+    escalation: &[String],
+    remote_nix_store: Option<&str>,
+) -> Cmd {
+    to_store(copy(control_socket).arg("--derivation"), target, derivations, escalation, remote_nix_store)
+}
+
+/// `nix copy`, riding the master connection at `control_socket`.
+fn copy(control_socket: &str) -> Cmd {
+    nix().env("NIX_SSHOPTS", format!("-o ControlMaster=no -o ControlPath={control_socket}")).arg("copy")
+}
+
+/// `--to` the host's store, then `paths`.
+/// With `escalation` or `remote_nix_store`, the program the host runs.
+fn to_store(cmd: Cmd, target: &Target, paths: &[&str], escalation: &[String], remote_nix_store: Option<&str>) -> Cmd {
     let mut store = format!("ssh://{}", target.destination());
     if remote_nix_store.is_some() || !escalation.is_empty() {
         let program = escalation.iter().map(String::as_str).chain([remote_nix_store.unwrap_or("nix-store")]);
@@ -310,6 +345,18 @@ mod tests {
         assert_eq!(
             cmd.to_string(),
             "NIX_SSHOPTS='-o ControlMaster=no -o ControlPath=/tmp/e/master' nix --extra-experimental-features 'nix-command flakes' copy --substitute-on-destination --to ssh://root@10.0.0.5 /nix/store/abc-top"
+        );
+    }
+
+    #[test]
+    fn derivations_travel_for_the_host_to_build() {
+        let target = Target::resolve("root@10.0.0.5", None).unwrap();
+        let cmd = copy_derivations_to(&target, "/tmp/e/master", &["/nix/store/abc-g.drv"], &[], None);
+        assert!(cmd.to_string().ends_with(" copy --derivation --to ssh://root@10.0.0.5 /nix/store/abc-g.drv"), "{cmd}");
+        let flake = Flake::new(".");
+        assert_eq!(
+            derivation_of(&flake, "tops.t.package").to_string(),
+            "nix --extra-experimental-features 'nix-command flakes' eval --raw '.#epnixDeploy.tops.t.package.drvPath'"
         );
     }
 

@@ -6,6 +6,11 @@
 //! a terminal and `TERM` is set and not `dumb`); everywhere else (CI logs,
 //! pipes, `TERM=dumb`, `Verbose`) the same steps are plain lines. stdout is
 //! never touched: it carries results only.
+//!
+//! A run over many hosts gives each host a [`Progress`] of its own
+//! ([`Progress::for_host`]): on a terminal, one line per host that each of
+//! its steps rewrites, while the host works; elsewhere the same plain lines,
+//! which name their host anyway. Each host remembers its own failed step.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +79,8 @@ fn trace_line(origin: &str, command: &str) -> String {
 pub struct Progress {
     mode: Mode,
     bars: Option<MultiProgress>,
+    /// A host's one line, on a terminal, in a run over many hosts.
+    line: Option<ProgressBar>,
     /// The host and name of the first step that ended unfinished.
     failed: Arc<OnceLock<(String, String)>>,
 }
@@ -91,7 +98,54 @@ impl Progress {
         let term = std::env::var("TERM").ok();
         let mode = mode(verbosity, std::io::stderr().is_terminal(), term.as_deref());
         let bars = (mode == Mode::Spinners).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Progress { mode, bars, failed: Arc::default() }
+        Progress { mode, bars, line: None, failed: Arc::default() }
+    }
+
+    /// The progress of one host in a run over many: its steps share one
+    /// line on a terminal, and it remembers its own failed step. End it
+    /// with [`Progress::finish_host`].
+    pub fn for_host(&self, host: &str) -> Progress {
+        let line = self.bars.as_ref().map(|bars| {
+            let bar = bars.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed:>4}").expect("valid template"),
+            );
+            bar.set_prefix(format!("{host}:"));
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Progress { mode: self.mode, bars: self.bars.clone(), line, failed: Arc::default() }
+    }
+
+    /// The same host's line, with a failed step of its own: for the host's
+    /// next piece of work (its next top).
+    pub fn for_next(&self) -> Progress {
+        Progress { mode: self.mode, bars: self.bars.clone(), line: self.line.clone(), failed: Arc::default() }
+    }
+
+    /// Ends a host's line with how the host ended: the line leaves the
+    /// live area and stays above it as text (elsewhere it is a plain line).
+    pub fn finish_host(&self, host: &str, ok: bool, summary: &str) {
+        let line = format!("{host}: {summary}");
+        match (&self.line, &self.bars) {
+            (Some(bar), Some(bars)) => {
+                bar.finish_and_clear();
+                let _ = bars.println(format!("{} {line}", if ok { "✓" } else { "✗" }));
+            }
+            _ if self.mode == Mode::Silent => {}
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    /// An error, shown whatever the verbosity (`-q` keeps errors), clear
+    /// of the spinners.
+    pub fn error(&self, message: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(message);
+            }
+            None => eprintln!("{message}"),
+        }
     }
 
     /// Starts a step; finish it with [`Step::done`]. A step dropped unfinished
@@ -99,8 +153,12 @@ impl Progress {
     /// remembered ([`Progress::failed_step`]).
     pub fn step(&self, host: &str, name: &str) -> Step {
         let label = format!("{host}: {name}");
-        let bar = match &self.bars {
-            Some(bars) => {
+        let bar = match (&self.line, &self.bars) {
+            (Some(line), _) => {
+                line.set_message(format!("{name} ..."));
+                None
+            }
+            (None, Some(bars)) => {
                 let bar = bars.add(ProgressBar::new_spinner());
                 bar.set_style(
                     ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed:>4}").expect("valid template"),
@@ -109,7 +167,7 @@ impl Progress {
                 bar.enable_steady_tick(Duration::from_millis(100));
                 Some(bar)
             }
-            None => {
+            (None, None) => {
                 if self.mode == Mode::Lines {
                     eprintln!("{label} ...");
                 }
@@ -118,6 +176,7 @@ impl Progress {
         };
         Step {
             bar,
+            line: self.line.clone(),
             silent: self.mode == Mode::Silent,
             host: host.to_owned(),
             name: name.to_owned(),
@@ -154,6 +213,8 @@ impl Default for Progress {
 
 pub struct Step {
     bar: Option<ProgressBar>,
+    /// The host's one line, which this step rewrites rather than owns.
+    line: Option<ProgressBar>,
     silent: bool,
     host: String,
     name: String,
@@ -169,6 +230,9 @@ impl Step {
         if let Some(bar) = &self.bar {
             bar.set_message(message.to_owned());
         }
+        if let Some(line) = &self.line {
+            line.set_message(format!("{}: {message}", self.name));
+        }
     }
 
     pub fn done(mut self, detail: &str) {
@@ -182,6 +246,10 @@ impl Step {
         }
         let elapsed = format!("{:.1}s", self.started.elapsed().as_secs_f64());
         let sep = if detail.is_empty() { "" } else { ": " };
+        if let Some(host_line) = &self.line {
+            host_line.set_message(format!("{} {outcome} in {elapsed}{sep}{detail}", self.name));
+            return;
+        }
         let line = format!("{} {outcome} in {elapsed}{sep}{detail}", self.label);
         match &self.bar {
             Some(bar) => {
@@ -233,5 +301,16 @@ mod tests {
         drop(progress.step("ioc1", "connect"));
         drop(progress.step("ioc1", "roll back"));
         assert_eq!(progress.failed_step(), Some(("ioc1".to_owned(), "connect".to_owned())));
+    }
+
+    #[test]
+    fn each_host_of_a_run_remembers_its_own_failed_step() {
+        let progress = Progress::with_verbosity(Verbosity::Quiet);
+        let (one, two) = (progress.for_host("ioc1"), progress.for_host("ioc2"));
+        drop(one.step("ioc1", "check"));
+        two.step("ioc2", "check").done("");
+        assert_eq!(one.failed_step(), Some(("ioc1".to_owned(), "check".to_owned())));
+        assert_eq!(two.failed_step(), None);
+        assert_eq!(progress.failed_step(), None);
     }
 }

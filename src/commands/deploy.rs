@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::{PlannedStep, SwitchReport};
@@ -22,9 +23,9 @@ use crate::layout;
 use crate::nix;
 use crate::plan::{self, Guarded, Plan, Switch};
 use crate::process::Cmd;
-use crate::progress::Progress;
+use crate::progress::{Progress, Step};
 use crate::remote;
-use crate::ssh::Remote;
+use crate::ssh::{self, Remote, RemoteCmd};
 use crate::target::{self, Selection, Target};
 
 /// What the user asked for, checked by the CLI layer.
@@ -41,76 +42,204 @@ pub struct DeployOptions {
     pub break_lock: bool,
     /// `--skip-hostname-check`.
     pub skip_hostname_check: bool,
+    /// `--build-on-target`: every host builds the top itself (a host's
+    /// `buildOnTarget` asks for it for that host alone).
+    pub build_on_target: bool,
+}
+
+/// The deployer's side of a run, read once whatever the number of hosts:
+/// the checked configuration and the flake's revision.
+pub struct Evaluated {
+    pub config: Config,
+    /// The flake's git commit, `dirty`, or empty.
+    pub revision: String,
+}
+
+/// Evaluates and checks the flake's `epnixDeploy`, and reads its revision.
+pub fn evaluate(flake: &nix::Flake) -> Result<Evaluated> {
+    let config = nix::evaluate(flake)?;
+    let revision = nix::parse_revision(&nix::flake_metadata(flake).output()?)?;
+    Ok(Evaluated { config, revision })
+}
+
+/// A top ready to go to hosts, made once per run whatever their number.
+#[derive(Clone, Debug)]
+pub struct TopBuild {
+    pub name: String,
+    /// Its store path: built here, or the path the hosts' own builds get.
+    pub path: Utf8PathBuf,
+    /// Its derivation, for the hosts that build it themselves.
+    pub derivation: Option<Utf8PathBuf>,
+}
+
+/// Whether `target` builds its tops itself: `--build-on-target`, or the
+/// host's `buildOnTarget`.
+pub fn builds_on_target(flag: bool, config: &Config, target: &Target) -> bool {
+    flag || target.name.as_ref().and_then(|n| config.hosts.get(n)).is_some_and(|h| h.build_on_target)
+}
+
+/// Builds the top `name` here and checks its contents (`here`), and writes
+/// its derivation for the hosts that build it themselves (`for_hosts`).
+/// `host` labels the progress.
+pub fn build_top(
+    flake: &nix::Flake,
+    name: &str,
+    top: &Top,
+    (here, for_hosts): (bool, bool),
+    host: &str,
+    progress: &Progress,
+) -> Result<TopBuild> {
+    let interrupted = || Failure::new(Exit::Interrupted, format!("interrupted: nothing changed on `{host}`"));
+    let step = progress.step(host, "build");
+    let mut built = TopBuild { name: name.to_owned(), path: top.package.clone(), derivation: None };
+    if here {
+        let path = build(flake, &format!("tops.{name}.package"), &format!("top `{name}`"));
+        // Ctrl-C reaches `nix build` too, which then fails: that is no bad input.
+        if activation::interrupted() {
+            return Err(interrupted().into());
+        }
+        built.path = path?;
+        check_top_contents(name, top, &built.path)?;
+    }
+    if for_hosts {
+        let drv = derivation(flake, &format!("tops.{name}.package"), &format!("top `{name}`"));
+        if activation::interrupted() {
+            return Err(interrupted().into());
+        }
+        built.derivation = Some(drv?);
+    }
+    step.done(&match (&built.derivation, here) {
+        (Some(drv), false) => format!("{drv} (the host builds it)"),
+        (Some(drv), true) => format!("{} (and {drv} for the hosts that build it)", built.path),
+        (None, _) => built.path.to_string(),
+    });
+    Ok(built)
 }
 
 pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
-    let sel = &opts.selection;
-    let interrupted = || Failure::new(Exit::Interrupted, format!("interrupted: nothing changed on `{}`", sel.host));
-    let step = progress.step(&sel.host, "evaluate");
-    let config = nix::evaluate(&sel.flake)?;
-    let (top, target) = select(&config, sel)?;
-    let revision = nix::parse_revision(&nix::flake_metadata(&sel.flake).output()?)?;
-    step.done(&format!("top `{}`, {} IOC(s)", sel.top, top.iocs.values().filter(|i| i.enable).count()));
+    let step = progress.step(&opts.selection.host, "evaluate");
+    let evaluated = evaluate(&opts.selection.flake)?;
+    run_evaluated(opts, &evaluated, step, progress)
+}
 
+/// [`run`] once the flake is evaluated; `step` is the evaluation's, which
+/// ends once the host and the top are found in the configuration.
+pub fn run_evaluated(
+    opts: &DeployOptions,
+    evaluated: &Evaluated,
+    step: Step,
+    progress: &Progress,
+) -> Result<SwitchReport> {
+    let sel = &opts.selection;
+    let (top, target) = select(&evaluated.config, sel)?;
+    step.done(&format!("top `{}`, {} IOC(s)", sel.top, top.iocs.values().filter(|i| i.enable).count()));
+    let on_target = builds_on_target(opts.build_on_target, &evaluated.config, &target);
     // The login, made while the top builds: its round trips are off the
     // critical path. Its outcome is read at the `connect` step.
     let login = Login::start(&target);
-    let step = progress.step(&sel.host, "build");
-    let built = build(&sel.flake, &format!("tops.{}.package", sel.top), &format!("top `{}`", sel.top));
-    // Ctrl-C reaches `nix build` too, which then fails: that is no bad input.
-    if activation::interrupted() {
-        return Err(interrupted().into());
-    }
-    let store_path = built?;
-    check_top_contents(&sel.top, top, &store_path)?;
-    step.done(store_path.as_str());
+    let built = build_top(&sel.flake, &sel.top, top, (!on_target, on_target), &sel.host, progress)?;
+    deploy_to(evaluated, &target, &built, opts, progress, Some(login))
+}
+
+/// How the host's procServ from Nix (`procServ.package`) is made.
+enum ProcServBuild {
+    /// Built here and checked.
+    Here(NixProcServ),
+    /// Built by the host from this derivation; checked once built.
+    OnHost { derivation: Utf8PathBuf, path: Utf8PathBuf },
+}
+
+/// The deploy of an evaluated, built top to one host, from the connection
+/// to the confirmation: the pipeline after the deployer's own work, which a
+/// run over many hosts runs once per host and top. Of `opts.selection`
+/// only the flake is read: `target` and `built` say where and what.
+/// `login`: one started already, or none to log in at the `connect` step.
+pub fn deploy_to(
+    evaluated: &Evaluated,
+    target: &Target,
+    built: &TopBuild,
+    opts: &DeployOptions,
+    progress: &Progress,
+    login: Option<Login>,
+) -> Result<SwitchReport> {
+    let config = &evaluated.config;
+    let top_name = built.name.as_str();
+    let top = config.tops.get(top_name).ok_or_else(|| super::unknown_top(config, top_name))?;
+    let label = target.label.as_str();
+    let interrupted = || Failure::new(Exit::Interrupted, format!("interrupted: nothing changed on `{label}`"));
+    let on_target = builds_on_target(opts.build_on_target, config, target);
+    let flake = &opts.selection.flake;
     let procserv = match target.name.as_ref().and_then(|n| Some((n, config.hosts.get(n)?.procserv_package.as_ref()?))) {
-        Some((host_name, _)) => {
-            let step = progress.step(&sel.host, "build procServ");
-            let built = build(
-                &sel.flake,
-                &format!("hosts.{}.procServ.package", config::attr(host_name)),
-                &format!("the procServ of host `{host_name}`"),
-            );
+        Some((host_name, path)) => {
+            let attr = format!("hosts.{}.procServ.package", config::attr(host_name));
+            let what = format!("the procServ of host `{host_name}`");
+            let step = progress.step(label, "build procServ");
+            let made = if on_target { derivation(flake, &attr, &what) } else { build(flake, &attr, &what) };
             if activation::interrupted() {
                 return Err(interrupted().into());
             }
-            let nix_procserv = check_procserv(host_name, &built?)?;
-            step.done(nix_procserv.path.as_str());
-            Some(nix_procserv)
+            let made = made?;
+            if on_target {
+                step.done(&format!("{made} (the host builds it)"));
+                Some(ProcServBuild::OnHost { derivation: made, path: path.clone() })
+            } else {
+                let nix_procserv = check_procserv(host_name, &made)?;
+                step.done(nix_procserv.path.as_str());
+                Some(ProcServBuild::Here(nix_procserv))
+            }
         }
         None => None,
     };
 
-    let step = progress.step(&sel.host, "connect");
-    let mut remote = login.finish()?;
+    let step = progress.step(label, "connect");
+    let mut remote = match login {
+        Some(login) => login.finish()?,
+        None => Remote::connect(target)?,
+    };
     let expect_name = target.expected_hostname().filter(|_| !opts.skip_hostname_check);
     let state = if opts.dry_run {
-        let state = host::inspect(&remote, &sel.top, host::Depth::Current)?;
+        let state = host::inspect(&remote, top_name, host::Depth::Current)?;
         if let Some(name) = expect_name {
-            check_hostname(&target, name, &state.hostname)?;
+            check_hostname(target, name, &state.hostname)?;
         }
         state
     } else {
         let who = target::deployer();
         let depth = Some(host::Depth::Current);
         let (stale, state) =
-            activation::take_lock(&mut remote, &target, &sel.top, &who, expect_name, opts.break_lock, depth)?;
+            activation::take_lock(&mut remote, target, top_name, &who, expect_name, opts.break_lock, depth)?;
         if let Some(stale) = stale {
             progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
         }
         let state = state.expect("inspected under the lock");
         if state.rollback_pending {
-            return Err(activation::rollback_pending(&target, &sel.top).into());
+            return Err(activation::rollback_pending(target, top_name).into());
         }
         state
     };
-    let facts = plan::host_facts(&state, &target.label, procserv.as_ref().map(|p| &p.facts))?;
-    let units = plan::render_units(&sel.top, top, &facts);
+    let procserv = match procserv {
+        Some(ProcServBuild::Here(p)) => Some(p),
+        Some(ProcServBuild::OnHost { path, .. }) if opts.dry_run => {
+            progress.note(&format!(
+                "note: `{label}` builds its procServ on the real run; this plan takes it to have `--oneshot`"
+            ));
+            Some(NixProcServ { facts: procserv_facts(true), path })
+        }
+        Some(ProcServBuild::OnHost { derivation, path }) => {
+            let step = progress.step(label, "build procServ on host");
+            build_on_host(&remote, target, &state, &derivation, &path, "its procServ")?;
+            let procserv = check_procserv_on_host(&remote, target, &path)?;
+            step.done(path.as_str());
+            Some(procserv)
+        }
+        None => None,
+    };
+    let facts = plan::host_facts(&state, label, procserv.as_ref().map(|p| &p.facts))?;
+    let units = plan::render_units(top_name, top, &facts);
     let checks: BTreeMap<String, HealthCheck> =
         top.iocs.iter().filter(|(_, i)| i.enable).map(|(n, i)| (n.clone(), i.health_check.clone())).collect();
     let checks_json = generation::checks_json(&checks).to_string();
-    let mut plan = plan::deploy(&sel.top, &store_path, units, &checks_json, &state, &target.label)?;
+    let mut plan = plan::deploy(top_name, &built.path, units, &checks_json, &state, label)?;
     // A procServ from Nix that the host does not run yet: its profile moves
     // before the switch, and the top's IOCs restart into it.
     let procserv_moves = procserv.as_ref().filter(|p| state.procserv_profile.as_ref() != Some(&p.path));
@@ -119,19 +248,25 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
     }
     step.done(&format!("hostname `{}`", state.hostname));
 
+    // The generation's derivation, when the host builds it (and the top).
+    let mut host_builds = None;
     if plan.switch == Switch::New {
-        let step = progress.step(&sel.host, "generation");
+        let step = progress.step(label, "generation");
         let who = target::deployer();
         let spec = generation::Spec {
-            top_name: &sel.top,
-            top: &store_path,
+            top_name,
+            top: &built.path,
             units: &plan.units,
             checks: &checks,
             deployer: &who,
-            revision: &revision,
+            revision: &evaluated.revision,
         };
-        let path = generation::build(&spec)?;
-        step.done(path.as_str());
+        let (path, derivation) = make_generation(&spec, built.derivation.as_deref().filter(|_| on_target))?;
+        step.done(&match derivation {
+            Some(_) => format!("{path} (the host builds it)"),
+            None => path.to_string(),
+        });
+        host_builds = derivation;
         plan.generation_path = Some(path);
     }
 
@@ -142,38 +277,50 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
         confirm_timeout: Duration::from_secs(top.confirm_timeout),
         activation_timeout: timeout,
     };
+    // What the host builds itself is not copied, only its derivation.
     // This machine's store is the host's: nothing to copy there.
-    let to_copy: Vec<&Utf8Path> = match target.local {
-        Some(_) => Vec::new(),
-        None => {
-            plan.generation_path.iter().map(|p| p.as_path()).chain(procserv_moves.map(|p| p.path.as_path())).collect()
-        }
-    };
+    let generation_copied = plan.generation_path.iter().filter(|_| host_builds.is_none() && target.local.is_none());
+    let procserv_copied = procserv_moves.filter(|_| !on_target && target.local.is_none());
+    let to_copy: Vec<&Utf8Path> =
+        generation_copied.map(|p| p.as_path()).chain(procserv_copied.map(|p| p.path.as_path())).collect();
     if opts.dry_run {
         let mut steps =
-            dry_run_steps(&plan, &state, &target, &remote, &safety, &to_copy, opts.substitute_on_destination);
+            dry_run_steps(&plan, &state, target, &remote, &safety, &to_copy, opts.substitute_on_destination);
+        let mut at = 1;
+        if let (Some(drv), Some(path)) = (&host_builds, &plan.generation_path) {
+            for step in build_on_host_steps(target, &remote, &state, drv, path) {
+                steps.insert(at, step);
+                at += 1;
+            }
+        }
         if let Some(p) = procserv_moves {
             // Host-wide, so it comes before the lock-protected switch.
-            let at = if to_copy.is_empty() { 1 } else { 2 };
-            steps.insert(at, PlannedStep { on: target.label.clone(), action: set_procserv_cmd(p).to_string() });
+            let at = if to_copy.is_empty() { at } else { at + 1 };
+            steps.insert(at, PlannedStep { on: label.to_owned(), action: set_procserv_cmd(p).to_string() });
         }
-        if let Some(step) = super::conserver_step(&target, Some(&config)) {
+        if let Some(step) = super::conserver_step(target, Some(config)) {
             // Once the switch is confirmed: a switch's last step is what a
             // failed check does instead.
             let at = if plan.changes_host() { steps.len() - 1 } else { steps.len() };
             steps.insert(at, step);
         }
         remote.close();
-        let mut report = SwitchReport::new(&target, &plan, state.current, state.current);
+        let mut report = SwitchReport::new(target, &plan, state.current, state.current);
         report.dry_run = true;
         report.new_generation = plan.switch == Switch::New;
         report.plan = Some(steps);
         return Ok(report);
     }
 
+    if let (Some(drv), Some(path)) = (&host_builds, &plan.generation_path) {
+        let step = progress.step(label, "build on host");
+        build_on_host(&remote, target, &state, drv, path, &format!("top `{top_name}`"))?;
+        check_top_contents_on_host(&remote, top_name, top, &built.path)?;
+        step.done(path.as_str());
+    }
     if !to_copy.is_empty() {
-        let step = progress.step(&sel.host, "copy");
-        let copied = copy_cmd(&target, &remote, true, &state, &to_copy, opts.substitute_on_destination).output();
+        let step = progress.step(label, "copy");
+        let copied = copy_cmd(target, &remote, true, &state, &to_copy, opts.substitute_on_destination).output();
         if activation::interrupted() {
             return Err(interrupted().into());
         }
@@ -185,7 +332,7 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
     }
     if let Some(p) = procserv_moves {
         // Host-wide, beside the top's profile: a rollback of the top leaves it.
-        let step = progress.step(&sel.host, "procServ");
+        let step = progress.step(label, "procServ");
         let link = remote.run(&set_procserv_cmd(p))?;
         step.done(&format!("{} -> {}", layout::procserv_profile(), link.trim()));
     }
@@ -195,17 +342,209 @@ pub fn run(opts: &DeployOptions, progress: &Progress) -> Result<SwitchReport> {
         // others only need to stay up.
         let checks = plan.health_checks(&checks);
         let before = Before { generation: state.current };
-        activation::switch_safely(&remote, &target, &plan, &before, &safety, &checks, progress)?
+        activation::switch_safely(&remote, target, &plan, &before, &safety, &checks, progress)?
     } else {
-        activation::ensure_running(&remote, &plan, state.current, progress, &target, timeout)?
+        activation::ensure_running(&remote, &plan, state.current, progress, target, timeout)?
     };
-    let conserver = super::update_conserver(&remote, &target, Some(&config), progress);
+    let conserver = super::update_conserver(&remote, target, Some(config), progress);
     remote.close();
-    Ok(SwitchReport { conserver, ..SwitchReport::new(&target, &plan, generation, state.current) })
+    Ok(SwitchReport { conserver, ..SwitchReport::new(target, &plan, generation, state.current) })
+}
+
+/// Makes the generation of `spec` once per run: built here, or with
+/// `top_drv` its derivation for the host to build (returned beside its
+/// path). Hosts of a run often get the same generation, and Nix would have
+/// all but one wait on its build lock, which it polls every 5 seconds.
+fn make_generation(spec: &generation::Spec, top_drv: Option<&Utf8Path>) -> Result<(Utf8PathBuf, Option<Utf8PathBuf>)> {
+    type Slot = Arc<Mutex<Option<(Utf8PathBuf, Option<Utf8PathBuf>)>>>;
+    static MADE: Mutex<BTreeMap<String, Slot>> = Mutex::new(BTreeMap::new());
+    let key = format!("{top_drv:?} {spec:?}");
+    let slot = Arc::clone(MADE.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default());
+    // Held while it is made: a host that wants the same one waits here.
+    let mut made = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(made) = made.as_ref() {
+        return Ok(made.clone());
+    }
+    let new = match top_drv {
+        Some(top_drv) => {
+            let instantiated = generation::instantiate(spec, top_drv)?;
+            (instantiated.path, Some(instantiated.derivation))
+        }
+        None => (generation::build(spec)?, None),
+    };
+    *made = Some(new.clone());
+    Ok(new)
+}
+
+/// Writes the derivation of `epnixDeploy.<attr>` (and the derivations it
+/// needs) to the store here and builds nothing; `what` for the messages.
+fn derivation(flake: &nix::Flake, attr: &str, what: &str) -> Result<Utf8PathBuf> {
+    let stdout = nix::derivation_of(flake, attr).output().map_err(|err| {
+        BadInput::new(format!("evaluating the derivation of {what} failed:\n{err}"))
+            .hint("nothing was copied; fix the package and deploy again")
+    })?;
+    Ok(Utf8PathBuf::from(stdout.trim()))
+}
+
+/// The two commands of a build on the host: `nix copy --derivation` of
+/// `derivation`'s closure over the master connection, then the host's own
+/// `nix-store --realise`, which builds it or fetches it from the host's
+/// substituters.
+fn build_on_host_cmds(
+    target: &Target,
+    remote: &Remote,
+    real_socket: bool,
+    state: &HostState,
+    derivation: &Utf8Path,
+) -> (Cmd, RemoteCmd) {
+    let socket = match remote.control_socket() {
+        Some(socket) if real_socket => socket.to_string_lossy().into_owned(),
+        _ => "<the master connection>".to_owned(),
+    };
+    let nix_store = state.remote_nix_store();
+    let copy =
+        nix::copy_derivations_to(target, &socket, &[derivation.as_str()], remote.escalation(), nix_store.as_deref());
+    let realise = RemoteCmd::new([nix_store.as_deref().unwrap_or("nix-store"), "--realise", derivation.as_str()]);
+    (copy, realise)
+}
+
+/// A dry run's lines for [`build_on_host`].
+fn build_on_host_steps(
+    target: &Target,
+    remote: &Remote,
+    state: &HostState,
+    derivation: &Utf8Path,
+    path: &Utf8Path,
+) -> Vec<PlannedStep> {
+    let (copy, realise) = build_on_host_cmds(target, remote, false, state, derivation);
+    vec![
+        PlannedStep { on: "local".into(), action: copy.to_string() },
+        PlannedStep { on: target.label.clone(), action: format!("build {path}: {realise}") },
+        PlannedStep {
+            on: target.label.clone(),
+            action: "check the IOCs' paths in the build, as a build here is".into(),
+        },
+    ]
+}
+
+/// Has the host build `derivation` (whose output is `path`) itself: its
+/// closure of derivations goes there, and nothing of the build is made
+/// here. `what` for the messages. A failed build changed nothing but the
+/// host's store.
+fn build_on_host(
+    remote: &Remote,
+    target: &Target,
+    state: &HostState,
+    derivation: &Utf8Path,
+    path: &Utf8Path,
+    what: &str,
+) -> Result<()> {
+    let (copy, realise) = build_on_host_cmds(target, remote, true, state, derivation);
+    let interrupted = || Failure::new(Exit::Interrupted, format!("interrupted: nothing changed on `{target}`"));
+    let copied = copy.output();
+    if activation::interrupted() {
+        return Err(interrupted().into());
+    }
+    copied?;
+    let built = remote.run(&realise);
+    if activation::interrupted() {
+        return Err(interrupted().into());
+    }
+    let out = match built {
+        Err(err) if ssh::is_connection_lost(&err) => return Err(err),
+        Err(err) => {
+            return Err(BadInput::new(format!("building {what} on `{target}` failed:\n{err:#}"))
+                .hint("nothing was switched; fix the build (the host keeps its log: `nix log` there) and deploy again")
+                .into());
+        }
+        Ok(out) => out,
+    };
+    if !out.lines().any(|line| line.trim() == path.as_str()) {
+        anyhow::bail!("on `{target}`: `{realise}` built `{}`, not `{path}`", out.trim());
+    }
+    Ok(())
+}
+
+/// Checks a procServ package the host built (`procServ.package`), as
+/// [`check_procserv`] does one built here.
+fn check_procserv_on_host(remote: &Remote, target: &Target, path: &Utf8Path) -> Result<NixProcServ> {
+    let binary = path.join("bin/procServ");
+    let facts = inspect_on_host(remote, path, &[Utf8Path::new("bin/procServ")])?;
+    if facts.get(&binary).is_none_or(|f| f.kind != PathKind::File) {
+        return Err(BadInput::new(format!("on `{target}`: the procServ it built has no file `{binary}`"))
+            .hint("the package must install procServ as `bin/procServ`")
+            .into());
+    }
+    let grep = RemoteCmd::new(["grep", "-q", "-e", "--oneshot", "--", binary.as_str()]);
+    let oneshot = match remote.output(&grep)?.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => anyhow::bail!("on `{target}`: `{grep}` could not read the procServ it built"),
+    };
+    Ok(NixProcServ { path: path.to_owned(), facts: procserv_facts(oneshot) })
+}
+
+/// Checks the contents of a top the host built, as [`check_top_contents`]
+/// does a build here, from what `inspect_build.sh` reads there.
+fn check_top_contents_on_host(remote: &Remote, top_name: &str, top: &Top, store_path: &Utf8Path) -> Result<()> {
+    let mut paths = vec![Utf8PathBuf::from(layout::GENERATION_DIR)];
+    for ioc in top.iocs.values().filter(|ioc| ioc.enable) {
+        paths.extend([ioc.working_directory.clone(), ioc.startup_script_in_top()]);
+    }
+    let refs: Vec<&Utf8Path> = paths.iter().map(|p| p.as_path()).collect();
+    let facts = inspect_on_host(remote, store_path, &refs)?;
+    let reserved = facts.get(&store_path.join(layout::GENERATION_DIR)).is_some_and(|f| f.kind != PathKind::Missing);
+    let root = facts.get(store_path).and_then(|f| f.real.clone());
+    let missing = PathFacts { kind: PathKind::Missing, mode: 0, real: None };
+    let of = |path: &Utf8Path| facts.get(path).cloned().unwrap_or_else(|| missing.clone());
+    Ok(check_contents(top_name, top, store_path, reserved, root.as_deref(), &of)?)
+}
+
+/// Reads `paths` of the build `store_path` on the host, in one round trip;
+/// the facts by full path, and the build's own under `store_path`.
+fn inspect_on_host(
+    remote: &Remote,
+    store_path: &Utf8Path,
+    paths: &[&Utf8Path],
+) -> Result<BTreeMap<Utf8PathBuf, PathFacts>> {
+    let mut args = vec![store_path.as_str()];
+    args.extend(paths.iter().map(|p| p.as_str()));
+    let out = remote.run(&remote::INSPECT_BUILD.cmd(&args))?;
+    parse_inspect_build(store_path, paths, &out)
+}
+
+/// Reads `inspect_build.sh`'s lines: the build's real path, then one line
+/// per path, `KIND MODE REAL`.
+fn parse_inspect_build(
+    store_path: &Utf8Path,
+    paths: &[&Utf8Path],
+    out: &str,
+) -> Result<BTreeMap<Utf8PathBuf, PathFacts>> {
+    let mut lines = out.lines();
+    let root = lines.next().filter(|l| !l.is_empty()).context("`inspect_build.sh` printed nothing")?;
+    let mut facts = BTreeMap::from([(
+        store_path.to_owned(),
+        PathFacts { kind: PathKind::Dir, mode: 0o555, real: Some(root.to_owned()) },
+    )]);
+    for path in paths {
+        let line = lines.next().with_context(|| format!("`inspect_build.sh` said nothing of `{path}`"))?;
+        let mut fields = line.splitn(3, ' ');
+        let (kind, mode, real) = (fields.next(), fields.next(), fields.next());
+        let kind = match kind {
+            Some("dir") => PathKind::Dir,
+            Some("file") => PathKind::File,
+            Some("other") => PathKind::Other,
+            _ => PathKind::Missing,
+        };
+        let mode = mode.and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0);
+        let real = real.filter(|_| kind != PathKind::Missing).map(str::to_owned);
+        facts.insert(store_path.join(path), PathFacts { kind, mode, real });
+    }
+    Ok(facts)
 }
 
 /// A login started on another thread.
-struct Login(Option<std::thread::JoinHandle<Result<Remote>>>);
+pub struct Login(Option<std::thread::JoinHandle<Result<Remote>>>);
 
 impl Login {
     fn start(target: &Target) -> Login {
@@ -280,9 +619,12 @@ fn check_procserv(host: &str, path: &Utf8Path) -> Result<NixProcServ, BadInput> 
         .hint("the package must install procServ as `bin/procServ`")
     })?;
     let oneshot = bytes.windows(b"--oneshot".len()).any(|w| w == b"--oneshot");
-    let facts =
-        crate::unit::HostFacts { procserv: layout::procserv_from_profile().into_string(), procserv_oneshot: oneshot };
-    Ok(NixProcServ { path: path.to_owned(), facts })
+    Ok(NixProcServ { path: path.to_owned(), facts: procserv_facts(oneshot) })
+}
+
+/// The units of a host whose procServ comes from Nix run it from its profile.
+fn procserv_facts(oneshot: bool) -> crate::unit::HostFacts {
+    crate::unit::HostFacts { procserv: layout::procserv_from_profile().into_string(), procserv_oneshot: oneshot }
 }
 
 fn set_procserv_cmd(procserv: &NixProcServ) -> crate::ssh::RemoteCmd {
@@ -316,11 +658,64 @@ fn build(flake: &nix::Flake, attr: &str, what: &str) -> Result<Utf8PathBuf> {
     nix::parse_build_output(&stdout)
 }
 
+/// What the contents check knows of a path in a build, here or on a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PathFacts {
+    kind: PathKind,
+    /// Its permission bits, symlinks followed.
+    mode: u32,
+    /// Its real path, symlinks followed.
+    real: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathKind {
+    Dir,
+    File,
+    Other,
+    Missing,
+}
+
+/// A path of a build on this machine.
+fn local_facts(path: &Utf8Path) -> PathFacts {
+    let real = std::fs::canonicalize(path).ok().map(|p| p.to_string_lossy().into_owned());
+    match std::fs::metadata(path) {
+        Ok(meta) => PathFacts {
+            kind: if meta.is_dir() {
+                PathKind::Dir
+            } else if meta.is_file() {
+                PathKind::File
+            } else {
+                PathKind::Other
+            },
+            mode: meta.permissions().mode() & 0o7777,
+            real,
+        },
+        Err(_) => PathFacts { kind: PathKind::Missing, mode: 0, real: None },
+    }
+}
+
 /// Every enabled IOC's working directory and startup script must be in the
 /// build, also after following symlinks, or procServ would run something
 /// else, or fail, on the host after the switch.
 pub fn check_top_contents(top_name: &str, top: &Top, store_path: &Utf8Path) -> Result<(), BadInput> {
-    if store_path.join(layout::GENERATION_DIR).symlink_metadata().is_ok() {
+    let reserved = store_path.join(layout::GENERATION_DIR).symlink_metadata().is_ok();
+    let root = std::fs::canonicalize(store_path).ok().map(|p| p.to_string_lossy().into_owned());
+    check_contents(top_name, top, store_path, reserved, root.as_deref(), &local_facts)
+}
+
+/// [`check_top_contents`] on what is known of the build: whether it has
+/// the entry kept for the generation (`reserved`), its real path (`root`),
+/// and the `facts` of a path in it.
+fn check_contents(
+    top_name: &str,
+    top: &Top,
+    store_path: &Utf8Path,
+    reserved: bool,
+    root: Option<&str>,
+    facts: &dyn Fn(&Utf8Path) -> PathFacts,
+) -> Result<(), BadInput> {
+    if reserved {
         return Err(BadInput::new(format!(
             "{}.tops.{}.package: the build has an entry `{}`, a name epnix-deploy keeps for itself",
             config::ROOT,
@@ -329,39 +724,36 @@ pub fn check_top_contents(top_name: &str, top: &Top, store_path: &Utf8Path) -> R
         ))
         .hint("rename that entry in the top's build"));
     }
-    let root = std::fs::canonicalize(store_path).ok();
-    let inside = |path: &Utf8Path| -> bool {
-        let real = std::fs::canonicalize(path).ok();
-        matches!((&root, &real), (Some(root), Some(real)) if real.starts_with(root))
-    };
-    let leaves = |what: &str, value: &str, path: &Utf8Path| {
+    let inside = |f: &PathFacts| matches!((root, &f.real), (Some(root), Some(real)) if std::path::Path::new(real).starts_with(root));
+    let leaves = |what: &str, value: &str, path: &Utf8Path, f: &PathFacts| {
         BadInput::new(format!(
             "{what}: `{value}` leads outside the built top through a symlink (`{path}` resolves to `{}`)",
-            std::fs::canonicalize(path).map_or_else(|_| "?".to_owned(), |p| p.display().to_string())
+            f.real.as_deref().unwrap_or("?")
         ))
         .hint("a top is deployed as one store path; the IOC must run files inside it")
     };
     for (name, ioc) in top.iocs.iter().filter(|(_, ioc)| ioc.enable) {
         let path = format!("{}.tops.{}.iocs.{}", config::ROOT, config::attr(top_name), config::attr(name));
         let dir = store_path.join(&ioc.working_directory);
-        if !dir.is_dir() {
+        let dir_facts = facts(&dir);
+        if dir_facts.kind != PathKind::Dir {
             return Err(BadInput::new(format!(
                 "{path}.workingDirectory: `{}` is not a directory of the built top (`{dir}`)",
                 ioc.working_directory
             ))
             .hint("check the path, and that the top's build installs that directory"));
         }
-        if !inside(&dir) {
-            return Err(leaves(&format!("{path}.workingDirectory"), ioc.working_directory.as_str(), &dir));
+        if !inside(&dir_facts) {
+            return Err(leaves(&format!("{path}.workingDirectory"), ioc.working_directory.as_str(), &dir, &dir_facts));
         }
         let script = store_path.join(ioc.startup_script_in_top());
-        let mode = std::fs::metadata(&script).map(|m| m.permissions().mode());
-        match mode {
-            Ok(_) if script.is_file() && !inside(&script) => {
-                return Err(leaves(&format!("{path}.startupScript"), &ioc.startup_script, &script));
+        let script_facts = facts(&script);
+        match script_facts.kind {
+            PathKind::File if !inside(&script_facts) => {
+                return Err(leaves(&format!("{path}.startupScript"), &ioc.startup_script, &script, &script_facts));
             }
-            Ok(mode) if script.is_file() && mode & 0o111 != 0 => {}
-            Ok(_) if script.is_file() => {
+            PathKind::File if script_facts.mode & 0o111 != 0 => {}
+            PathKind::File => {
                 return Err(BadInput::new(format!("{path}.startupScript: `{script}` is not executable")).hint(
                     "procServ runs the script directly: make it executable in the top's build, with a `#!` line",
                 ));
@@ -462,7 +854,9 @@ mod tests {
             ssh_user: None,
             ssh_port: None,
             ssh_opts: vec![],
+            tags: vec![],
             magic_rollback: true,
+            build_on_target: false,
             procserv_package: None,
             expected_hostname: None,
             conserver: config::Conserver::default(),
@@ -471,6 +865,21 @@ mod tests {
         };
         let config = Config { hosts: BTreeMap::from([(name.to_owned(), host)]), tops: BTreeMap::new() };
         Target::resolve(name, Some(&config)).unwrap()
+    }
+
+    #[test]
+    fn a_build_on_the_host_is_read_path_by_path() {
+        let build = Utf8Path::new("/nix/store/abc-top");
+        let (dir, script) = (Utf8Path::new("iocBoot/ioc A"), Utf8Path::new("iocBoot/ioc A/st.cmd"));
+        let out = "/nix/store/abc-top\ndir 555 /nix/store/abc-top/iocBoot/ioc A\nfile 555 /nix/store/xyz/st.cmd\n";
+        let facts = parse_inspect_build(build, &[dir, script], out).unwrap();
+        assert_eq!(facts[build].real.as_deref(), Some("/nix/store/abc-top"));
+        let script_facts = &facts[&build.join(script)];
+        assert_eq!((script_facts.kind, script_facts.mode), (PathKind::File, 0o555));
+        assert_eq!(script_facts.real.as_deref(), Some("/nix/store/xyz/st.cmd"), "a real path keeps its spaces");
+        let missing = parse_inspect_build(build, &[dir], "/nix/store/abc-top\nmissing - -\n").unwrap();
+        assert_eq!(missing[&build.join(dir)], PathFacts { kind: PathKind::Missing, mode: 0, real: None });
+        assert!(parse_inspect_build(build, &[dir, script], "/nix/store/abc-top\nmissing - -\n").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod console;
 pub mod delete;
 pub mod deploy;
+pub mod fleet;
 pub mod ioc;
 pub mod list;
 pub mod logs;
@@ -69,6 +70,15 @@ pub enum Run {
     Start(Ended<service::ServiceReport>),
     Stop(Ended<service::ServiceReport>),
     Restart(Ended<service::ServiceReport>),
+    /// `deploy` over a selection of hosts (`--on`, or tops without a host):
+    /// one entry per host and top.
+    FleetDeploy(Ended<fleet::FleetReport<SwitchReport>>),
+    /// `status --on`: one entry per host.
+    FleetStatus(Ended<fleet::FleetReport<status::StatusReport>>),
+    /// `list <top> --on`: one entry per host.
+    FleetList(Ended<fleet::FleetReport<list::ListReport>>),
+    /// `rollback <top> --on`: one entry per host.
+    FleetRollback(Ended<fleet::FleetReport<SwitchReport>>),
 }
 
 /// The JSON Schema of the `--json` document, committed as
@@ -100,7 +110,7 @@ fn host_target(on: &HostSelection, top: Option<&str>) -> Result<(Target, Option<
     if on.outside_config() {
         return Ok((on.target(None)?, None));
     }
-    let config = nix::evaluate(&on.flake).map_err(|err| {
+    let config = evaluate_once(&on.flake).map_err(|err| {
         err.context(format!(
             "`{}` is a host name, which needs the flake's `epnixDeploy.hosts`; without a flake, give the host as `user@hostname[:port]`",
             on.host
@@ -108,6 +118,20 @@ fn host_target(on: &HostSelection, top: Option<&str>) -> Result<(Target, Option<
     })?;
     let target = resolve(&config, on, top)?;
     Ok((target, Some(config)))
+}
+
+/// Evaluates the flake once per run: a run over many hosts resolves each
+/// of them here, from one flake. The lock is held while Nix evaluates, so
+/// that hosts starting together wait for one evaluation.
+fn evaluate_once(flake: &nix::Flake) -> Result<Config> {
+    static EVALUATED: std::sync::Mutex<Vec<(nix::Flake, Config)>> = std::sync::Mutex::new(Vec::new());
+    let mut evaluated = EVALUATED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, config)) = evaluated.iter().find(|(f, _)| f == flake) {
+        return Ok(config.clone());
+    }
+    let config = nix::evaluate(flake)?;
+    evaluated.push((flake.clone(), config.clone()));
+    Ok(config)
 }
 
 /// Resolves a configured host, with a "did you mean" for a misspelt host,
@@ -365,7 +389,8 @@ impl SwitchReport {
         }
     }
 
-    fn generation_text(&self) -> String {
+    /// The GENERATION column: `4 (new)`, `3 (was 4)`, `3 (unchanged)`.
+    pub(crate) fn generation_text(&self) -> String {
         match (self.generation, self.previous_generation) {
             (Some(g), _) if self.new_generation => format!("{g} (new)"),
             (Some(g), Some(p)) if g != p => format!("{g} (was {p})"),
@@ -512,6 +537,12 @@ pub(crate) mod tests {
         insta::assert_snapshot!("delete", document(Run::DeleteGeneration(Ended::Done { result: deleted })));
         insta::assert_snapshot!("remove", document(Run::Remove(Ended::Done { result: remove::tests::sample() })));
         insta::assert_snapshot!("restart", document(Run::Restart(Ended::Done { result: service::tests::sample() })));
+        let fleet = fleet::tests::sample();
+        insta::assert_snapshot!("fleet_deploy", document(Run::FleetDeploy(Ended::Done { result: fleet })));
+        let fleet = fleet::tests::status_sample();
+        insta::assert_snapshot!("fleet_status", document(Run::FleetStatus(Ended::Done { result: fleet })));
+        let fleet = fleet::tests::list_sample();
+        insta::assert_snapshot!("fleet_list", document(Run::FleetList(Ended::Done { result: fleet })));
         let error = output::ErrorReport {
             host: Some("ioc1".into()),
             top: Some("myTop".into()),

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{RollbackRecord, unknown_top};
+use crate::config::Config;
 use crate::exit::Exit;
 use crate::host::Outcome;
 use crate::output::{self, Render, Style};
@@ -13,7 +14,7 @@ use crate::progress::Progress;
 use crate::running::{self, Detail, RunningIoc};
 use crate::ssh::Remote;
 use crate::table;
-use crate::target::HostSelection;
+use crate::target::{HostSelection, Target};
 
 /// What `status` was asked for.
 #[derive(Clone, Debug)]
@@ -159,14 +160,25 @@ impl StatusReport {
 
 pub fn run(options: &StatusOptions, progress: &Progress) -> Result<StatusReport> {
     let (target, config) = super::host_target(&options.on, options.top.as_deref())?;
+    run_on(&target, config.as_ref(), options, progress)
+}
+
+/// `status` of a resolved host; `config` is the flake's, when there is
+/// one. Of `options`, the top and the detail are read.
+pub fn run_on(
+    target: &Target,
+    config: Option<&Config>,
+    options: &StatusOptions,
+    progress: &Progress,
+) -> Result<StatusReport> {
     let step = progress.step(&target.label, "connect");
-    let remote = Remote::connect(&target)?;
+    let remote = Remote::connect(target)?;
     step.done("");
     let step = progress.step(&target.label, "read");
     let running = running::read(&remote, options.detail, options.top.as_deref())?;
     remote.close();
     step.done("");
-    if let (Some(top), Some(config)) = (&options.top, &config) {
+    if let (Some(top), Some(config)) = (&options.top, config) {
         let on_host = running.tops.get(top).is_some_and(|t| t.generation.is_some()) || !running.iocs.is_empty();
         if !on_host && !config.tops.contains_key(top) {
             return Err(unknown_top(config, top).into());
@@ -237,8 +249,10 @@ fn uptime(secs: i64) -> String {
     }
 }
 
-impl Render for StatusReport {
-    fn text(&self, _: &Style) -> String {
+impl StatusReport {
+    /// Where each top stands, one line each, and what a pending or past
+    /// rollback says.
+    fn top_lines(&self) -> String {
         let mut out = String::new();
         for top in &self.tops {
             out += &match top.generation {
@@ -258,20 +272,28 @@ impl Render for StatusReport {
                 out += &format!("  last rollback: {}, to generation {to} ({})\n", rb.at, rb.reason);
             }
         }
-        if self.iocs.is_empty() {
-            return out + "no IOCs\n";
-        }
-        let dash = || "-".to_owned();
-        let opt = |v: Option<String>| v.unwrap_or_else(dash);
-        let mut head = vec!["TOP", "GEN", "IOC", "STATE", "UP", "RESTARTS"];
-        if self.detail >= 1 {
+        out
+    }
+
+    /// The table's header, with a `HOST` column first when `with_host`.
+    pub fn header(detail: u8, with_host: bool) -> Vec<String> {
+        let mut head = if with_host { vec!["HOST"] } else { vec![] };
+        head.extend(["TOP", "GEN", "IOC", "STATE", "UP", "RESTARTS"]);
+        if detail >= 1 {
             head.extend(["PID", "CPU%", "MEM", "CLIENTS"]);
         }
-        if self.detail >= 2 {
+        if detail >= 2 {
             head.extend(["CONSOLE", "MODE", "RECV-Q", "SEND-Q", "LAST LOG LINE"]);
         }
         head.push("DRIFT");
-        let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
+        head.into_iter().map(String::from).collect()
+    }
+
+    /// One row per IOC, under [`StatusReport::header`].
+    pub fn rows(&self, with_host: bool) -> Vec<Vec<String>> {
+        let dash = || "-".to_owned();
+        let opt = |v: Option<String>| v.unwrap_or_else(dash);
+        let mut rows = Vec::new();
         for ioc in &self.iocs {
             let top = self.tops.iter().find(|t| t.top == ioc.top);
             let generation = top.and_then(|t| t.generation).map_or_else(dash, |g| g.to_string());
@@ -282,14 +304,15 @@ impl Render for StatusReport {
                     (active, sub) => format!(" ({active}, {sub})"),
                 };
             }
-            let mut row = vec![
+            let mut row = if with_host { vec![self.host.clone()] } else { vec![] };
+            row.extend([
                 ioc.top.clone(),
                 generation,
                 ioc.ioc.clone(),
                 state,
                 opt(ioc.uptime_seconds.filter(|_| ioc.state == IocState::Running).map(uptime)),
                 ioc.restarts.to_string(),
-            ];
+            ]);
             if self.detail >= 1 {
                 row.extend([
                     opt(ioc.pid.map(|p| p.to_string())),
@@ -310,6 +333,18 @@ impl Render for StatusReport {
             row.push(opt(ioc.drift.clone()));
             rows.push(row);
         }
+        rows
+    }
+}
+
+impl Render for StatusReport {
+    fn text(&self, _: &Style) -> String {
+        let out = self.top_lines();
+        if self.iocs.is_empty() {
+            return out + "no IOCs\n";
+        }
+        let mut rows = vec![StatusReport::header(self.detail, false)];
+        rows.extend(self.rows(false));
         out + &table::render(&rows)
     }
 }

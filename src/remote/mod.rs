@@ -44,6 +44,7 @@ scripts! {
     HEARTBEAT = "heartbeat";
     IDENTITY = "identity";
     INSPECT = "inspect";
+    INSPECT_BUILD = "inspect_build";
     LOCATE = "locate";
     LOCK = "lock";
     LOGS = "logs";

@@ -1376,3 +1376,37 @@ fn only_the_systems_manager_needs_root_for_the_lock() {
     assert!(!host.exists(&host.records()), "the system's lock wrote as a user who is not root");
     assert_eq!(lock(Manager::User), "locked \n");
 }
+
+#[test]
+fn inspect_build_says_what_each_path_is_and_where_it_leads() {
+    let host = FakeHost::new();
+    let build = host.store_path("abc-top");
+    let outside = host.store_path("other");
+    std::fs::create_dir_all(build.join("iocBoot/ioc A")).unwrap();
+    std::fs::write(build.join("iocBoot/ioc A/st.cmd"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(build.join("iocBoot/ioc A/st.cmd"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::write(build.join("README"), "").unwrap();
+    symlink(&outside, build.join("escape")).unwrap();
+    // Not left to the umask.
+    for (path, mode) in [(build.join("iocBoot/ioc A"), 0o755), (outside.clone(), 0o755), (build.join("README"), 0o644)]
+    {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let ran = host.run_bare(
+        INSPECT_BUILD,
+        &[&path_str(&build), "iocBoot/ioc A", "iocBoot/ioc A/st.cmd", "README", "escape", "nothere/st.cmd"],
+    );
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            path_str(&build).as_str(),
+            &format!("dir 755 {}", path_str(&build.join("iocBoot/ioc A"))),
+            &format!("file 555 {}", path_str(&build.join("iocBoot/ioc A/st.cmd"))),
+            &format!("file 644 {}", path_str(&build.join("README"))),
+            &format!("dir 755 {}", path_str(&outside)),
+            "missing - -",
+        ]
+    );
+}

@@ -6,6 +6,7 @@ mod conserver;
 mod deploy;
 mod faults;
 mod first_hour;
+mod fleet;
 mod generations;
 mod hardening;
 mod json;

@@ -69,6 +69,7 @@ pub(crate) const CONFIG: &str = r#"{
     sshOpts = [ "-i" "/root/.ssh/ioc" ];
     tags = [ "linac" ];
     magicRollback = false;
+    buildOnTarget = true;
     procServ.package = "/nix/store/00000000000000000000000000000000-procServ-2.8.0";
     conserver = {
       enable = true;
@@ -351,6 +352,7 @@ fn bad_configs() -> Vec<String> {
             r#"{ hosts.h = { hostname = "h"; sshOpts = "-v"; }; }"#,
             r#"{ hosts.h = { hostname = "h"; tags = [ 1 ]; }; }"#,
             r#"{ hosts.h = { hostname = "h"; magicRollback = 1; }; }"#,
+            r#"{ hosts.h = { hostname = "h"; buildOnTarget = "yes"; }; }"#,
             r#"{ hosts.h = { hostname = "h"; sshUsr = "root"; }; }"#,
             r#"{ hosts.h = { hostname = "h"; procServ.package = "procServ"; }; }"#,
             r#"{ hosts.h = { hostname = "h"; procServ.package = 1; }; }"#,

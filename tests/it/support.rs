@@ -143,6 +143,43 @@ impl TestFlake {
     }
 }
 
+impl TestFlake {
+    /// Writes `flake.nix` with several test hosts, each under its own name
+    /// with its extra Nix attributes (e.g. `tags = [ "linac" ];`), and the
+    /// `tops` attribute set body, which names the hosts by their names.
+    pub fn write_hosts(&self, hosts: &[(&TestHost, &str)], tops: &str) {
+        let entries: Vec<String> = hosts
+            .iter()
+            .map(|(host, extra)| {
+                format!(
+                    r#"hosts.{name} = {{ hostname = "127.0.0.1"; sshUser = "root"; sshPort = {port};
+          sshOpts = [ "-i" "{key}" "-o" "UserKnownHostsFile={known_hosts}" ]; {extra} }};"#,
+                    name = host.name,
+                    port = host.port,
+                    key = host.key_path().display(),
+                    known_hosts = host.known_hosts_path().display(),
+                )
+            })
+            .collect();
+        let text = format!(
+            "{{\n  outputs = {{ self }}:\n    let top = import ./top.nix;\n    in {{\n      epnixDeploy = {{\n        {}\n        tops = {{\n{tops}\n        }};\n      }};\n    }};\n}}\n",
+            entries.join("\n        ")
+        );
+        std::fs::write(self.dir.path().join("flake.nix"), text).expect("writing flake.nix");
+        let _ = std::fs::remove_file(self.dir.path().join("flake.lock"));
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--allow-empty", "--message", "deploy"]);
+    }
+}
+
+/// Boots `n` test hosts side by side (a boot is mostly waiting).
+pub fn boot_hosts(n: usize) -> Vec<TestHost> {
+    std::thread::scope(|scope| {
+        let booting: Vec<_> = (0..n).map(|_| scope.spawn(TestHost::boot)).collect();
+        booting.into_iter().map(|b| b.join().expect("a host failed to boot")).collect()
+    })
+}
+
 /// Runs the tool with `args` and the test flake; nothing is mocked.
 pub fn epnix_deploy(flake: &TestFlake, args: &[&str]) -> Output {
     let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
