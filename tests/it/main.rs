@@ -12,6 +12,7 @@ mod json;
 mod local;
 mod module;
 mod operate;
+mod operators;
 mod parity;
 mod procserv;
 mod ssh_failures;
