@@ -21,6 +21,7 @@ use crate::commands::remove::{self, RemoveOptions};
 use crate::commands::rollback::{self, RollbackOptions};
 use crate::commands::service::{self, Action, ServiceOptions};
 use crate::commands::status::{self, StatusOptions};
+use crate::commands::sudoers;
 use crate::commands::{self, Changing, Run, list};
 use crate::config;
 use crate::exit::{self, BadInput, Exit};
@@ -82,6 +83,14 @@ enum Command {
     Stop(ServiceArgs),
     /// Restart IOCs (procServ and the IOC), under their tops' deploy locks.
     Restart(ServiceArgs),
+    /// Print the operators' sudoers policy: the members of GROUP may start,
+    /// stop and restart IOCs, read their logs and attach to their consoles,
+    /// and nothing else, through sudo. For `/etc/sudoers.d/` on the hosts.
+    Sudoers {
+        /// The operators' group on the hosts.
+        #[arg(long)]
+        group: String,
+    },
     /// Print the completion script for SHELL.
     Completions {
         #[arg(value_enum)]
@@ -554,6 +563,7 @@ enum Checked {
     Logs(LogsOptions),
     Console(ConsoleOptions),
     Service(ServiceOptions),
+    Sudoers(String),
 }
 
 impl Checked {
@@ -573,6 +583,7 @@ impl Checked {
             Checked::Logs(_) => "logs",
             Checked::Console(_) => "console",
             Checked::Service(o) => o.action.as_str(),
+            Checked::Sudoers(_) => "sudoers",
         }
     }
 
@@ -591,6 +602,7 @@ impl Checked {
             Checked::Logs(LogsOptions { selection, .. })
             | Checked::Console(ConsoleOptions { selection, .. })
             | Checked::Service(ServiceOptions { selection, .. }) => selection.on.local,
+            Checked::Sudoers(_) => None,
         }
     }
 
@@ -612,6 +624,7 @@ impl Checked {
             | Checked::Service(ServiceOptions { selection, .. }) => {
                 return Some((selection.on.host.clone(), selection.top.clone()));
             }
+            Checked::Sudoers(_) => return None,
         };
         Some((sel.host.clone(), Some(sel.top.clone())))
     }
@@ -762,6 +775,7 @@ fn check(command: Command, verbose: u8) -> Result<Request, (anyhow::Error, &'sta
         Command::Start(args) => service_options(Action::Start, args, style(false)),
         Command::Stop(args) => service_options(Action::Stop, args, style(false)),
         Command::Restart(args) => service_options(Action::Restart, args, style(false)),
+        Command::Sudoers { group } => (Checked::Sudoers(group), false, style(false)),
         Command::Completions { .. } => unreachable!("handled before"),
     };
     // Before anything reads a path.
@@ -929,6 +943,10 @@ fn run(request: &Request, progress: &Progress) -> Result<Exit> {
                 Action::Restart => Run::Restart,
             };
             print(request, progress, service::run(o, progress)?, wrap)
+        }
+        Checked::Sudoers(group) => {
+            output::print_result(None::<Run>, Exit::Success, &sudoers::run(group)?, &request.style, progress);
+            Exit::Success
         }
     })
 }

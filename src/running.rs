@@ -55,7 +55,8 @@ pub struct TopState {
     pub store_path: Option<Utf8PathBuf>,
     /// The top's build in it, when epnix-deploy made the generation.
     pub build: Option<Utf8PathBuf>,
-    pub rollback_pending: bool,
+    /// Unknown (`None`) to an operator, who cannot read the state directory.
+    pub rollback_pending: Option<bool>,
     verdicts: Vec<Verdict>,
     pub last_rollback: Option<RollbackEvent>,
 }
@@ -64,7 +65,11 @@ impl TopState {
     /// What became of the current generation.
     pub fn outcome(&self) -> Option<Outcome> {
         let (number, path) = (self.generation?, self.store_path.as_ref()?);
-        Some(if self.rollback_pending { Outcome::Pending } else { host::outcome_of(&self.verdicts, number, path) })
+        Some(match self.rollback_pending {
+            Some(true) => Outcome::Pending,
+            Some(false) => host::outcome_of(&self.verdicts, number, path),
+            None => Outcome::Unknown,
+        })
     }
 }
 
@@ -183,7 +188,10 @@ pub fn parse(nonce: &str, output: &str) -> Result<Running> {
                 state.generation = host::parse_generation(link);
                 state.store_path = (*path != "-").then(|| Utf8PathBuf::from(*path));
                 state.build = (*build != "-").then(|| Utf8PathBuf::from(*build));
-                state.rollback_pending = *pending == "yes";
+                state.rollback_pending = match *pending {
+                    "unknown" => None,
+                    word => Some(word == "yes"),
+                };
             }
             ("outcome", [top, ..]) => {
                 let line = value.split_once(' ').map_or("", |(_, line)| line);

@@ -43,6 +43,10 @@ pub struct RemoteCmd {
     /// The words before `argv` that run it as root, put there by the
     /// [`Remote`] that runs it (`privilegeEscalationCommand`).
     pub escalation: Vec<String>,
+    /// An exact command of the operators' `sudoers` policy
+    /// (`commands::sudoers`): it runs through the escalation also for an
+    /// operator's login, whose other commands run as that user.
+    pub for_operators: bool,
 }
 
 impl RemoteCmd {
@@ -56,6 +60,7 @@ impl RemoteCmd {
             stdin: None,
             script: None,
             escalation: Vec::new(),
+            for_operators: false,
         }
     }
 
@@ -74,11 +79,17 @@ impl RemoteCmd {
     pub fn script(name: &'static str, script: &str, args: &[&str]) -> RemoteCmd {
         let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "epnix-deploy".to_owned()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
-        RemoteCmd { argv, stdin: None, script: Some(name), escalation: Vec::new() }
+        RemoteCmd { argv, stdin: None, script: Some(name), escalation: Vec::new(), for_operators: false }
     }
 
     pub fn with_stdin(mut self, stdin: String) -> RemoteCmd {
         self.stdin = Some(stdin);
+        self
+    }
+
+    /// Marks a command the operators' policy allows, word for word.
+    pub fn for_operators(mut self) -> RemoteCmd {
+        self.for_operators = true;
         self
     }
 }
@@ -275,6 +286,9 @@ pub struct Remote {
     /// The words before every command: the escalation, or none when the
     /// login is root or the IOCs are the user's own.
     escalation: Vec<String>,
+    /// The login's name when it is an operator's: not root, and refused by
+    /// the escalation but for the operators' policy's commands.
+    operator: Option<String>,
 }
 
 enum Link {
@@ -307,20 +321,37 @@ impl Remote {
     /// that connects again after a change classifies the failure itself,
     /// as the confirmation of a switch does.
     pub fn connect(target: &Target) -> Result<Remote> {
+        Remote::open(target, false)
+    }
+
+    /// [`Remote::connect`] for the commands an operator may run (`status`,
+    /// `logs`, `console`, `start`, `stop`, `restart`): a login that is not
+    /// root and that the escalation refuses is taken as an operator's
+    /// ([`Remote::operator`]), whose commands run as itself but for the
+    /// exact commands of the operators' policy.
+    pub fn connect_operating(target: &Target) -> Result<Remote> {
+        Remote::open(target, true)
+    }
+
+    fn open(target: &Target, operating: bool) -> Result<Remote> {
         let link = match target.local {
             Some(_) => Link::Local(Local::default()),
             None => Link::Ssh(Box::new(Ssh::connect(target)?)),
         };
-        let mut remote = Remote { link, target: target.clone(), escalation: Vec::new() };
+        let mut remote = Remote { link, target: target.clone(), escalation: Vec::new(), operator: None };
         // A root login over SSH needs no escalation: asking would cost a
         // round trip on every connection (the lock still checks the uid).
         let root_login = target.local.is_none() && target.user.as_deref() == Some("root");
         if root_login && layout::current().manager == Manager::System {
             return Ok(remote);
         }
-        match remote.escalation_needed() {
-            Ok(escalation) => {
+        match remote.access(operating) {
+            Ok(Access::Root(escalation)) => {
                 remote.escalation = escalation;
+                Ok(remote)
+            }
+            Ok(Access::Operator(user)) => {
+                remote.operator = Some(user);
                 Ok(remote)
             }
             Err(err) => {
@@ -331,8 +362,8 @@ impl Remote {
     }
 
     /// Who the login is, and what makes it root: the words to put before
-    /// every command.
-    fn escalation_needed(&self) -> Result<Vec<String>> {
+    /// every command; or, when `operating`, an operator's login.
+    fn access(&self, operating: bool) -> Result<Access> {
         let manager = layout::current().manager;
         let words: &[String] = match manager {
             Manager::System => &self.target.escalation,
@@ -341,12 +372,25 @@ impl Remote {
         let said = self.run(&remote::IDENTITY.cmd(words))?;
         let identity = parse_identity(&said)
             .with_context(|| format!("on `{}`: `{}` printed {said:?}", self.target, remote::IDENTITY.name))?;
-        Ok(escalation_for(&self.target, manager, identity)?)
+        if operating && manager == Manager::System && matches!(identity.root, Some(Err(_))) {
+            return Ok(Access::Operator(identity.user));
+        }
+        Ok(Access::Root(escalation_for(&self.target, manager, identity)?))
     }
 
-    /// `cmd` as it runs: after the escalation, if any.
+    /// `cmd` as it runs: after the escalation, if any. An operator's login
+    /// escalates only the policy's commands.
     fn escalated(&self, cmd: &RemoteCmd) -> RemoteCmd {
-        RemoteCmd { escalation: self.escalation.clone(), ..cmd.clone() }
+        let escalation = match &self.operator {
+            Some(_) if cmd.for_operators => self.target.escalation.clone(),
+            _ => self.escalation.clone(),
+        };
+        RemoteCmd { escalation, ..cmd.clone() }
+    }
+
+    /// The login's name when it is an operator's ([`Remote::connect_operating`]).
+    pub fn operator(&self) -> Option<&str> {
+        self.operator.as_deref()
     }
 
     /// Takes a lock on the host with `cmd`, a script that prints `locked`
@@ -677,6 +721,14 @@ impl Drop for Lines<'_> {
     }
 }
 
+/// What a login may do on the host.
+enum Access {
+    /// Everything, as root: with these words before each command.
+    Root(Vec<String>),
+    /// Only the operators' policy (named user).
+    Operator(String),
+}
+
 /// A command that runs on the host from any thread ([`Remote::detached`]).
 #[derive(Clone, Debug)]
 pub struct Detached {
@@ -748,7 +800,10 @@ fn escalation_for(target: &Target, manager: Manager, identity: Identity) -> Resu
             };
             Err(BadInput::new(format!(
                 "on `{target}`: the {place} user `{user}` is not root, and `{command}` does not let it run commands as root; nothing was changed\n\
-                 `{command} id -u` said:\n{}",
+                 `{command} id -u` said:\n{}\n\
+                 An operator (a member of the group that `epnix-deploy sudoers --group GROUP` lets in) may run \
+                 `status`, `logs`, `console`, `start`, `stop` and `restart`; deploy, rollback, remove and \
+                 delete-generation stay with the deployers: root, or a user whom `{command}` makes root",
                 tail(&said)
             ))
             .hint(format!("{grant}; or {}", escalation_setting(target))))
@@ -1259,7 +1314,10 @@ Host key verification failed.\r";
         assert!(
             err.starts_with(
                 "on `ioc1`: the SSH user `ops` is not root, and `sudo -n --` does not let it run commands as root; nothing was changed\n\
-                 `sudo -n -- id -u` said:\n  sudo: a password is required\nhint: "
+                 `sudo -n -- id -u` said:\n  sudo: a password is required\n\
+                 An operator (a member of the group that `epnix-deploy sudoers --group GROUP` lets in) may run \
+                 `status`, `logs`, `console`, `start`, `stop` and `restart`; deploy, rollback, remove and \
+                 delete-generation stay with the deployers: root, or a user whom `sudo -n --` makes root\nhint: "
             ),
             "{err}"
         );

@@ -14,6 +14,7 @@ use std::process::Stdio;
 use anyhow::{Context, Result};
 
 use super::ioc::{self, Console, IocSelection, Located};
+use super::sudoers;
 use crate::exit::BadInput;
 use crate::progress::Progress;
 use crate::remote;
@@ -30,10 +31,17 @@ pub struct ConsoleOptions {
 pub fn run(opts: &ConsoleOptions, progress: &Progress) -> Result<()> {
     let (target, remote, found) = ioc::connect(&opts.selection, progress)?;
     let ioc = &found.iocs[0];
-    let peer = peer(&target, ioc, found.root, found.socat)?;
+    let peer = peer(&target, ioc, found.root || found.operator, found.socat)?;
     progress.note(&how_to_leave(&target, ioc, opts.read_only));
     let mode = if opts.read_only { "read-only" } else { "interactive" };
-    let mut ssh = remote.attached(&remote::CONSOLE.cmd(&[mode, peer.as_str()]), true);
+    let mut args = vec![mode.to_owned(), peer.clone()];
+    // An operator reaches a socket through the policy's socat; a TCP
+    // console needs no root.
+    if found.operator && matches!(ioc.console, Some(Console::Unix(_))) {
+        args.extend(target.escalation.iter().cloned());
+        args.push(sudoers::socat().to_owned());
+    }
+    let mut ssh = remote.attached(&remote::CONSOLE.cmd(&args), true);
     let mut child =
         ssh.stdin(Stdio::inherit()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("running ssh")?;
     let from_host = child.stdout.take().expect("stdout is piped");

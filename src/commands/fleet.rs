@@ -958,7 +958,7 @@ impl Render for FleetReport<StatusReport> {
     fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
         for report in self.entries.iter().filter_map(|e| e.result.as_ref()) {
-            for top in report.tops.iter().filter(|t| t.rollback_pending) {
+            for top in report.tops.iter().filter(|t| t.rollback_pending == Some(true)) {
                 notes.push(format!(
                     "note: {} {}: a rollback is pending (the last switch is not confirmed)",
                     report.host, top.top

@@ -76,6 +76,9 @@ pub struct Found {
     pub iocs: Vec<Located>,
     /// Whether the SSH user is root.
     pub root: bool,
+    /// Whether the login is an operator's: only the operators' policy's
+    /// commands run as root (`commands::sudoers`).
+    pub operator: bool,
     /// Whether socat is on the host's `PATH`.
     pub socat: bool,
 }
@@ -87,14 +90,16 @@ pub fn connect(sel: &IocSelection, progress: &Progress) -> Result<(Target, Remot
     sel.check()?;
     let (target, _) = host_target(&sel.on, sel.top.as_deref())?;
     let step = progress.step(&target.label, "connect");
-    let remote = Remote::connect(&target)?;
+    // An operator's login reads the units as itself: they are world-readable.
+    let remote = Remote::connect_operating(&target)?;
     let mut args = vec![layout::unit_dir().to_string(), marker_key()];
     args.extend(sel.iocs.iter().map(|ioc| layout::unit_name(ioc)));
     let report = parse(&remote.run(&remote::LOCATE.cmd(&args))?);
     let iocs = pick(&report, &target.label, sel)?;
     let detail = iocs.iter().map(|i| format!("{} (top `{}`, {})", i.ioc, i.top, i.active)).collect::<Vec<_>>();
     step.done(&detail.join(", "));
-    Ok((target, remote, Found { iocs, root: report.uid == Some(0), socat: report.socat }))
+    let operator = remote.operator().is_some();
+    Ok((target, remote, Found { iocs, root: report.uid == Some(0), operator, socat: report.socat }))
 }
 
 /// The ownership marker's key with its `=`: the owner line of no top.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::ioc::{self, IocSelection};
+use super::sudoers;
 use crate::activation;
 use crate::exit::{BadInput, Exit, Failure};
 use crate::progress::Progress;
@@ -38,10 +39,17 @@ const BAD_SINCE: i32 = 64;
 pub fn run(opts: &LogsOptions, progress: &Progress) -> Result<()> {
     let (target, remote, found) = ioc::connect(&opts.selection, progress)?;
     let ioc = &found.iocs[0];
-    let cmd = remote::LOGS.cmd(&script_args(&ioc.unit, opts));
+    // An operator runs journalctl itself, as the operators' policy names
+    // it; following, on a terminal whose hangup ends it with the
+    // connection, as `logs.sh` does for everyone else.
+    let (cmd, tty) = if found.operator {
+        (operator_journal(&ioc.unit, opts)?, opts.follow)
+    } else {
+        (remote::LOGS.cmd(&script_args(&ioc.unit, opts)), false)
+    };
     // stdin stays open while the tool runs: the host stops following when
     // it closes.
-    let mut ssh = remote.attached(&cmd, false);
+    let mut ssh = remote.attached(&cmd, tty);
     let mut child =
         ssh.stdin(Stdio::piped()).stdout(Stdio::inherit()).stderr(Stdio::inherit()).spawn().context("running ssh")?;
     // Ctrl-C reaches ssh as well (one process group), and the handler in
@@ -73,6 +81,18 @@ pub fn run(opts: &LogsOptions, progress: &Progress) -> Result<()> {
         Some(255) => Err(ConnectionLost(format!("on `{target}`: the SSH connection was lost reading the journal")).into()),
         _ => anyhow::bail!("on `{target}`: reading the journal of `{}` failed ({status})", ioc.unit),
     }
+}
+
+/// The policy's `journalctl` for an operator's login, with a `--since`
+/// the policy lets through.
+fn operator_journal(unit: &str, opts: &LogsOptions) -> Result<crate::ssh::RemoteCmd, BadInput> {
+    if let Some(since) = opts.since.as_deref().filter(|s| !sudoers::since_allowed(s)) {
+        return Err(BadInput::new(format!("the operators' policy does not let `--since {since}` through")).hint(
+            "give a time of letters, digits and `:.+-` in words, e.g. `2026-12-03 10:00`, `-1h`, `2 hours ago`",
+        ));
+    }
+    let lines = opts.lines.or(opts.since.is_none().then_some(DEFAULT_LINES));
+    Ok(sudoers::journal(unit, lines, opts.since.as_deref(), opts.follow))
 }
 
 /// `logs.sh`'s arguments: the unit, whether to follow, journalctl's options.

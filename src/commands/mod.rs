@@ -18,6 +18,7 @@ pub mod remove;
 pub mod rollback;
 pub mod service;
 pub mod status;
+pub mod sudoers;
 
 use anyhow::{Context, Result};
 use schemars::JsonSchema;
@@ -41,7 +42,7 @@ use crate::target::{self, HostSelection, Selection, Target};
 
 /// The subcommands' names, for "did you mean" when one is mistaken for a
 /// host (`cli` checks that they are its subcommands).
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 13] = [
     "deploy",
     "list",
     "status",
@@ -53,6 +54,7 @@ pub const NAMES: [&str; 12] = [
     "start",
     "stop",
     "restart",
+    "sudoers",
     "completions",
 ];
 

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use super::Changing;
 use super::ioc::{self, IocSelection, Located};
+use super::sudoers;
 use crate::activation;
+use crate::exit::BadInput;
 use crate::exit::{Exit, Failure};
 use crate::host;
 use crate::layout;
@@ -20,7 +22,7 @@ use crate::output::{self, Render, Style};
 use crate::process::tail;
 use crate::progress::Progress;
 use crate::remote;
-use crate::ssh::ConnectionLost;
+use crate::ssh::{ConnectionLost, Remote, RemoteCmd};
 use crate::table;
 use crate::target::{self, Target};
 use crate::unit;
@@ -36,6 +38,15 @@ pub enum Action {
 
 impl Action {
     /// The command's name, and `systemctl`'s.
+    /// What it does when it succeeds.
+    fn done(self) -> Done {
+        match self {
+            Action::Start => Done::Started,
+            Action::Stop => Done::Stopped,
+            Action::Restart => Done::Restarted,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Start => "start",
@@ -113,6 +124,13 @@ pub fn run(opts: &ServiceOptions, progress: &Progress) -> Result<ServiceReport> 
     // for each other in a circle.
     let tops: BTreeSet<&str> = found.iocs.iter().map(|i| i.top.as_str()).collect();
     let step = progress.step(&target.label, action);
+    if let Some(user) = remote.operator().map(str::to_owned) {
+        let result = as_operator(&remote, &target, &user, opts.action, &found.iocs, &tops);
+        remote.close();
+        let report = result?;
+        step.done(&report.iocs.iter().map(|i| format!("{} {}", i.ioc, i.done.as_str())).collect::<Vec<_>>().join(", "));
+        return Ok(report);
+    }
     let expect_name = target.expected_hostname().filter(|_| !opts.changing.skip_hostname_check);
     let who = target::deployer();
     for top in &tops {
@@ -171,6 +189,94 @@ pub fn run(opts: &ServiceOptions, progress: &Progress) -> Result<ServiceReport> 
 
 /// `service.sh` for `iocs`: each with its unit, its top's marker and its
 /// top's state directory.
+/// `start`, `stop` or `restart` for an operator's login, with only the
+/// operators' policy's commands: the check that no rollback of a top is
+/// pending, then each unit's action under its top's deploy lock (refused
+/// at once when a deploy holds it), then systemd's view, which anyone may
+/// read.
+fn as_operator(
+    remote: &Remote,
+    target: &Target,
+    user: &str,
+    action: Action,
+    iocs: &[Located],
+    tops: &BTreeSet<&str>,
+) -> Result<ServiceReport> {
+    for top in tops {
+        let check = sudoers::no_rollback_pending(top);
+        let output = remote.output(&check)?;
+        match output.status.code() {
+            Some(0) => {}
+            // `test` says nothing; sudo's refusal does.
+            Some(1) if output.stderr.is_empty() => return Err(activation::rollback_pending(target, top).into()),
+            _ => return Err(refused(target, user, &check, &output.stderr).into()),
+        }
+    }
+    let mut did = String::new();
+    let mut failed = Vec::new();
+    for ioc in iocs {
+        let unchanged = match action {
+            Action::Start => ioc.active == "active",
+            Action::Stop => ioc.active == "inactive" || ioc.active == "failed",
+            Action::Restart => false,
+        };
+        if unchanged {
+            did += &format!("did {} {}\n", ioc.unit, Done::Unchanged.as_str());
+            continue;
+        }
+        let cmd = sudoers::service(action, &ioc.top, &ioc.unit);
+        let output = remote.output(&cmd)?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            Some(0) => did += &format!("did {} {}\n", ioc.unit, action.done().as_str()),
+            Some(sudoers::LOCK_BUSY) => {
+                return Err(Failure::new(
+                    Exit::Busy,
+                    format!(
+                        "on `{target}`: a deploy of top `{}` holds its lock; IOC `{}` was left as it was\n\
+                         hint: run the command again when the deploy has ended",
+                        ioc.top, ioc.ioc
+                    ),
+                )
+                .into());
+            }
+            _ if stderr.starts_with("sudo:") => return Err(refused(target, user, &cmd, &output.stderr).into()),
+            _ => failed.push((ioc.ioc.as_str(), stderr.into_owned())),
+        }
+    }
+    if let Some((first, _)) = failed.first() {
+        let names = failed.iter().map(|(i, _)| *i).collect::<Vec<_>>().join(", ");
+        let said = failed.iter().map(|(_, e)| tail(e)).collect::<Vec<_>>().join("\n");
+        return Err(Failure::new(
+            Exit::Failed,
+            format!(
+                "on `{target}`: `systemctl {}` failed for {names}:\n{said}\nhint: see why with `epnix-deploy logs {target} {first}`",
+                action.as_str()
+            ),
+        )
+        .into());
+    }
+    let mut show = vec!["show".to_owned(), "--timestamp=unix".to_owned(), format!("--property={SHOWN}")];
+    show.extend(iocs.iter().map(|i| i.unit.clone()));
+    let shown = remote.run(&RemoteCmd::systemctl(show))?;
+    Ok(report(target, action, iocs, &format!("{did}\n{shown}")))
+}
+
+/// What `report` reads of each unit after the action.
+const SHOWN: &str = "Id,ActiveState,SubState,ActiveEnterTimestamp";
+
+/// The operators' policy refused `cmd` to `user`.
+fn refused(target: &Target, user: &str, cmd: &RemoteCmd, stderr: &[u8]) -> BadInput {
+    BadInput::new(format!(
+        "on `{target}`: `{user}` is not root, and may not run `{cmd}` as root; nothing was changed\n{}",
+        tail(&String::from_utf8_lossy(stderr))
+    ))
+    .hint(
+        "an operator needs the operators' policy on the host, and to be in its group: \
+         `epnix-deploy sudoers --group GROUP` prints it (see the README's \"Operators\")",
+    )
+}
+
 fn command(action: Action, iocs: &[Located]) -> crate::ssh::RemoteCmd {
     let mut args = vec![action.as_str().to_owned(), layout::unit_dir().to_string()];
     for ioc in iocs {

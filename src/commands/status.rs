@@ -50,8 +50,9 @@ pub struct TopStatus {
     pub store_path: Option<String>,
     /// The top's build the current generation runs.
     pub build: Option<String>,
-    /// A switch is unconfirmed and its rollback armed, running, or due at boot.
-    pub rollback_pending: bool,
+    /// A switch is unconfirmed and its rollback armed, running, or due at
+    /// boot; `null` when the login could not tell (an operator's).
+    pub rollback_pending: Option<bool>,
     pub last_rollback: Option<RollbackRecord>,
 }
 
@@ -172,8 +173,8 @@ pub fn run_on(
     progress: &Progress,
 ) -> Result<StatusReport> {
     let step = progress.step(&target.label, "connect");
-    let remote = Remote::connect(target)?;
-    step.done("");
+    let remote = Remote::connect_operating(target)?;
+    step.done(remote.operator().map_or(String::new(), |user| format!("as operator `{user}`")).as_str());
     let step = progress.step(&target.label, "read");
     let running = running::read(&remote, options.detail, options.top.as_deref())?;
     remote.close();
@@ -264,8 +265,10 @@ impl StatusReport {
                 ),
                 None => format!("{} on {}: not deployed\n", top.top, self.host),
             };
-            if top.rollback_pending {
-                out += "  a rollback is pending: the last switch is not confirmed (yet)\n";
+            match top.rollback_pending {
+                Some(true) => out += "  a rollback is pending: the last switch is not confirmed (yet)\n",
+                Some(false) => {}
+                None => out += "  outcome and pending rollbacks unknown: the state directory is root's\n",
             }
             if let Some(rb) = &top.last_rollback {
                 let to = rb.to.map_or("none".to_owned(), |t| t.to_string());
@@ -388,7 +391,7 @@ pub(crate) mod tests {
                 outcome: Some(Outcome::Healthy),
                 store_path: Some("/nix/store/5v1x3k0hq2n8y9cz0m1p2r3s4t5u6w7a-myTop-generation".into()),
                 build: Some("/nix/store/637jmx64rzqbcx8nmhggpywpyiyjqcyc-myTop".into()),
-                rollback_pending: false,
+                rollback_pending: Some(false),
                 last_rollback: Some(RollbackRecord {
                     at: output::rfc3339(1_795_310_000),
                     to: Some(2),

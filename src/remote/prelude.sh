@@ -105,9 +105,12 @@ what_runs() {
     pid=$(systemctl show --property=MainPID --value "$u")
     cwd=-
     if [ "${pid:-0}" != 0 ]; then
-      exe=$(readlink "/proc/$pid/exe" 2>/dev/null || echo -)
-      want=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit_dir/$u" | head -n 1)
-      say procserv-of "$u ${exe:--} $(readlink -f "$want" 2>/dev/null || echo -)"
+      # Only root (or the unit's user) reads which binary runs: an
+      # operator's status does without (no drift is claimed from it).
+      if exe=$(readlink "/proc/$pid/exe" 2>/dev/null); then
+        want=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit_dir/$u" | head -n 1)
+        say procserv-of "$u $exe $(readlink -f "$want" 2>/dev/null || echo -)"
+      fi
       # The file is one line of PIDs: its words are what we want.
       # shellcheck disable=SC2013
       for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do

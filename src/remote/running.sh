@@ -48,7 +48,12 @@ for top in $tops; do
     path=$(readlink -f "$profile_dir/$top")
     if [ -L "$path/$gendir/top" ]; then build=$(readlink "$path/$gendir/top"); fi
   fi
-  if [ -f "$state_dir/$top/restore/armed" ] || [ -d "$state_dir/$top/restore.rolling" ]; then pending=yes; fi
+  if [ -f "$state_dir/$top/restore/armed" ] || [ -d "$state_dir/$top/restore.rolling" ]; then
+    pending=yes
+  elif [ -d "$state_dir" ] && ! [ -x "$state_dir" ]; then
+    # The state directory is root's: an operator cannot tell.
+    pending=unknown
+  fi
   say top "$top $link $path $build $pending"
   if [ -f "$state_dir/$top/outcomes" ]; then
     tail -n 50 "$state_dir/$top/outcomes" | while read -r line; do say outcome "$top $line"; done

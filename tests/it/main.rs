@@ -13,6 +13,7 @@ mod json;
 mod local;
 mod module;
 mod operate;
+mod operators;
 mod parity;
 mod procserv;
 mod ssh_failures;

@@ -38,7 +38,7 @@ fn deployed_with_two_consoles() -> (TestHost, TestFlake, u16) {
 /// The tool, run in a pseudo-terminal by `script`, as on a person's
 /// terminal; with its own temporary directory, where its SSH master's
 /// socket lives, to find any ssh it leaves behind.
-struct Terminal {
+pub(crate) struct Terminal {
     child: Child,
     keys: ChildStdin,
     screen: Arc<Mutex<Vec<u8>>>,
@@ -46,7 +46,7 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn start(flake: &TestFlake, args: &[&str]) -> Terminal {
+    pub(crate) fn start(flake: &TestFlake, args: &[&str]) -> Terminal {
         let tmp = tempfile::Builder::new().prefix("epd-").tempdir().expect("temp dir");
         let mut line: Vec<String> = vec![shell_quote(env!("CARGO_BIN_EXE_epnix-deploy"))];
         line.extend(args.iter().map(|a| shell_quote(a)));
@@ -77,11 +77,11 @@ impl Terminal {
         Terminal { child, keys, screen, tmp }
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
     }
 
-    fn wait_for(&self, text: &str) {
+    pub(crate) fn wait_for(&self, text: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.screen().contains(text) {
             assert!(Instant::now() < deadline, "never saw {text:?} on the terminal:\n{}", self.screen());
@@ -89,13 +89,13 @@ impl Terminal {
         }
     }
 
-    fn type_keys(&mut self, keys: &[u8]) {
+    pub(crate) fn type_keys(&mut self, keys: &[u8]) {
         self.keys.write_all(keys).unwrap();
         self.keys.flush().unwrap();
     }
 
     /// Waits for the tool to end; its exit code.
-    fn exit_code(mut self) -> (Option<i32>, String) {
+    pub(crate) fn exit_code(mut self) -> (Option<i32>, String) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
