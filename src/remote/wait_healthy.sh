@@ -108,6 +108,9 @@ while :; do
     : >"$tmp/new"
   fi
   all=yes
+  # The soonest a settling unit settles, in microseconds from now: the
+  # round waits no longer than that, so a settle ends on time.
+  soonest=''
   while read -r u active sub restarts inv since_us; do
     # The first run seen is the one being checked: any other is a restart.
     if [ ! -f "$tmp/base.$u" ] && [ "$inv" != - ]; then echo "$restarts $inv" >"$tmp/base.$u"; fi
@@ -136,20 +139,27 @@ while :; do
       echo "$since_us" >"$tmp/ready.$u"
     fi
     if [ -f "$tmp/settled.$u" ]; then continue; fi
-    all=no
     if [ "$active" = active ] && [ -f "$tmp/ready.$u" ]; then
       read -r ready <"$tmp/ready.$u"
       read -r settle <"$tmp/settle.$u"
-      if [ $((now - ready)) -ge $((settle * 1000000)) ]; then
+      left=$((ready + settle * 1000000 - now))
+      if [ "$left" -le 0 ]; then
         : >"$tmp/settled.$u"
         emit "settled $u"
-      elif [ ! -f "$tmp/settling.$u" ]; then
+        continue
+      fi
+      all=no
+      if [ -z "$soonest" ] || [ "$left" -lt "$soonest" ]; then soonest=$left; fi
+      if [ ! -f "$tmp/settling.$u" ]; then
         : >"$tmp/settling.$u"
         emit "settling $u"
       fi
-    elif [ ! -f "$tmp/starting.$u" ]; then
-      : >"$tmp/starting.$u"
-      emit "starting $u"
+    else
+      all=no
+      if [ ! -f "$tmp/starting.$u" ]; then
+        : >"$tmp/starting.$u"
+        emit "starting $u"
+      fi
     fi
   done <"$tmp/states"
   if [ $all = yes ]; then
@@ -164,5 +174,11 @@ while :; do
     done
   fi
   emit tick
-  sleep "$interval"
+  pause=$interval
+  if [ -n "$soonest" ] && [ "$soonest" -lt 1000000 ]; then
+    pause=$(printf '0.%06d' "$soonest")
+    # Never longer than a round.
+    pause=$(awk -v a="$pause" -v b="$interval" 'BEGIN { print (a < b ? a : b) }')
+  fi
+  sleep "$pause"
 done
