@@ -57,9 +57,17 @@ pub struct Evaluated {
 
 /// Evaluates and checks the flake's `epnixDeploy`, and reads its revision.
 pub fn evaluate(flake: &nix::Flake) -> Result<Evaluated> {
-    let config = nix::evaluate(flake)?;
-    let revision = nix::parse_revision(&nix::flake_metadata(flake).output()?)?;
-    Ok(Evaluated { config, revision })
+    // Two reads of the flake that need nothing of each other: side by side.
+    let metadata = std::thread::scope(|scope| {
+        let metadata = scope.spawn(|| nix::flake_metadata(flake).output());
+        let config = nix::evaluate(flake);
+        (config, metadata.join())
+    });
+    let (config, metadata) = metadata;
+    let config = config?;
+    let Ok(metadata) = metadata else { anyhow::bail!("reading the flake's metadata panicked") };
+    let metadata = metadata?;
+    Ok(Evaluated { config, revision: nix::parse_revision(&metadata)? })
 }
 
 /// A top ready to go to hosts, made once per run whatever their number.
