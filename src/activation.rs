@@ -453,12 +453,11 @@ pub fn switch_safely(
             }
         }
     };
-    // A login made for a confirmation that never came: close it, unless it
-    // is still trying (a host that went away), which ends on its own.
-    if let Some(login) = confirm_login.filter(|l| l.is_finished()) {
-        if let Ok(Ok(fresh)) = login.join() {
-            fresh.close();
-        }
+    // A login made for a confirmation that never came: waited for (ssh's
+    // connect timeout bounds it) and closed, or its control directory would
+    // outlive the process.
+    if let Some(Ok(Ok(fresh))) = confirm_login.map(|l| l.join()) {
+        fresh.close();
     }
     result
 }

@@ -569,12 +569,12 @@ impl Login {
 
 impl Drop for Login {
     /// A login that is not used (the deploy stopped before the connect
-    /// step) is closed, unless it is still trying, which ends on its own.
+    /// step) is waited for and closed: left running, it would outlive the
+    /// process and leave its control directory behind. ssh's connect
+    /// timeout bounds the wait.
     fn drop(&mut self) {
-        if let Some(handle) = self.0.take().filter(|h| h.is_finished()) {
-            if let Ok(Ok(remote)) = handle.join() {
-                remote.close();
-            }
+        if let Some(Ok(Ok(remote))) = self.0.take().map(|h| h.join()) {
+            remote.close();
         }
     }
 }
