@@ -350,6 +350,13 @@ fn a_deployer_killed_at_any_moment_leaves_the_host_on_a_healthy_generation() {
         let log = deployer.stderr();
         let last_step = log.lines().rev().find(|l| l.ends_with(" ...")).unwrap_or("-").to_owned();
         deployer.end_masters();
+        // The scripts the deployer started go on without it, by design:
+        // arming the rollback, or the switch. Let them end first.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host.ssh("pgrep -f -- '[-]-- (prepare|switch)[.]sh' >/dev/null").status.success() {
+            assert!(Instant::now() < deadline, "killed after {delay_ms} ms: its scripts never ended");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         // Settled: no restore point left, armed or being rolled back.
         let deadline = Instant::now() + Duration::from_secs(30);
         while records.join("restore").exists() || records.join("restore.rolling").exists() {
