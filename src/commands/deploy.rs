@@ -328,7 +328,11 @@ pub fn deploy_to(
     }
     if !to_copy.is_empty() {
         let step = progress.step(label, "copy");
-        let copied = copy_cmd(target, &remote, true, &state, &to_copy, opts.substitute_on_destination).output();
+        let copy = copy_cmd(target, &remote, true, &state, &to_copy, opts.substitute_on_destination);
+        let mut copied = copy.output();
+        if copied.as_ref().is_err_and(first_use_race) && !activation::interrupted() {
+            copied = copy.output();
+        }
         if activation::interrupted() {
             return Err(interrupted().into());
         }
@@ -549,6 +553,15 @@ fn parse_inspect_build(
         facts.insert(store_path.join(path), PathFacts { kind, mode, real });
     }
     Ok(facts)
+}
+
+/// A `nix copy` that lost a race of two Nix processes setting up a store
+/// that was never used (`/nix/var/nix/gcroots/profiles`, made on first
+/// use): two deploys of different tops to a fresh host at once. The
+/// second try finds the store set up.
+fn first_use_race(err: &crate::process::CmdError) -> bool {
+    let text = err.to_string();
+    text.contains("creating symlink from") && text.contains("File exists")
 }
 
 /// A login started on another thread.
@@ -854,6 +867,19 @@ fn dry_run_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_that_lost_nixs_first_use_race_is_tried_again_and_no_other() {
+        let failed = |stderr: &str| crate::process::CmdError::Failed {
+            cmd: "nix copy".into(),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        };
+        let race =
+            "error: creating symlink from '/nix/var/nix/gcroots/profiles' to '/nix/var/nix/profiles': File exists";
+        assert!(first_use_race(&failed(race)));
+        assert!(!first_use_race(&failed("error: cannot connect to 'root@127.0.0.1'")));
+    }
     use crate::config::Host;
 
     fn configured(name: &str) -> Target {
