@@ -31,7 +31,7 @@ use crate::plan::{Guarded, Plan};
 use crate::process::tail;
 use crate::progress::{Progress, Step};
 use crate::remote;
-use crate::ssh::{self, ConnectionLost, Detached, Lock, Remote, RemoteCmd};
+use crate::ssh::{self, ConnectionLost, Detached, Lock, LoginAhead, Remote, RemoteCmd};
 use crate::target::Target;
 
 /// Set by the Ctrl-C handler; long steps look at it and stop.
@@ -308,8 +308,7 @@ pub fn switch_safely(
         // proves that the host takes new logins after the switch, and its
         // round trips overlap the IOCs' start.
         if safety.magic_rollback {
-            let target = target.clone();
-            confirm_login = Some(std::thread::spawn(move || Remote::connect(&target)));
+            confirm_login = Some(LoginAhead::start(target));
         }
         let step = progress.step(&target.label, "check");
         let watch = || match &heartbeat {
@@ -323,7 +322,7 @@ pub fn switch_safely(
     let host_rolled_back = heartbeat.as_ref().is_some_and(Heartbeat::host_rolls_back);
     let back_to = before.describe(top);
 
-    let result = match outcome {
+    match outcome {
         Ok(generation) => {
             // The heartbeats go on until the confirmation is in: a slow new
             // login must not let the timer fire.
@@ -331,7 +330,7 @@ pub fn switch_safely(
             let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
             let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());
             let args = [layout::rollback_unit(top), verdict, store_path];
-            let login = confirm_login.take().map(|l| l.join().unwrap_or_else(|_| Remote::connect(target)));
+            let login = confirm_login.take().map(LoginAhead::finish);
             let confirmed = if let Some(login) = login {
                 login.with_context(|| format!("confirming {}", fresh_login(target))).and_then(|fresh| {
                     let result = fresh.run(&remote::CONFIRM.for_top(top, &args));
@@ -452,14 +451,9 @@ pub fn switch_safely(
                 }
             }
         }
-    };
-    // A login made for a confirmation that never came: waited for (ssh's
-    // connect timeout bounds it) and closed, or its control directory would
-    // outlive the process.
-    if let Some(Ok(Ok(fresh))) = confirm_login.map(|l| l.join()) {
-        fresh.close();
     }
-    result
+    // A login made for a confirmation that never came is closed when
+    // `confirm_login` drops.
 }
 
 /// The error of a switch whose rollback is done or under way on the host:

@@ -681,6 +681,35 @@ impl Ssh {
     }
 }
 
+/// A login made ahead, on a thread of its own, while other work goes on
+/// (the build, the health checks).
+pub struct LoginAhead(Option<std::thread::JoinHandle<Result<Remote>>>);
+
+impl LoginAhead {
+    pub fn start(target: &Target) -> LoginAhead {
+        let target = target.clone();
+        LoginAhead(Some(std::thread::spawn(move || Remote::connect(&target))))
+    }
+
+    /// The connection, once the login is done.
+    pub fn finish(mut self) -> Result<Remote> {
+        let handle = self.0.take().expect("finished once");
+        handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the login thread panicked")))
+    }
+}
+
+impl Drop for LoginAhead {
+    /// A login that is not used (the run stopped before it needed it) is
+    /// waited for and closed: left running, it would outlive the process
+    /// and leave its control directory behind. ssh's connect timeout
+    /// bounds the wait.
+    fn drop(&mut self) {
+        if let Some(Ok(Ok(remote))) = self.0.take().map(|h| h.join()) {
+            remote.close();
+        }
+    }
+}
+
 /// The output of a command started by [`Remote::lines`].
 pub struct Lines<'a> {
     target: &'a Target,

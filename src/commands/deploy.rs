@@ -25,7 +25,7 @@ use crate::plan::{self, Guarded, Plan, Switch};
 use crate::process::Cmd;
 use crate::progress::{Progress, Step};
 use crate::remote;
-use crate::ssh::{self, Remote, RemoteCmd};
+use crate::ssh::{self, LoginAhead, Remote, RemoteCmd};
 use crate::target::{self, Selection, Target};
 
 /// What the user asked for, checked by the CLI layer.
@@ -144,7 +144,7 @@ pub fn run_evaluated(
     let on_target = builds_on_target(opts.build_on_target, &evaluated.config, &target);
     // The login, made while the top builds: its round trips are off the
     // critical path. Its outcome is read at the `connect` step.
-    let login = Login::start(&target);
+    let login = LoginAhead::start(&target);
     let built = build_top(&sel.flake, &sel.top, top, (!on_target, on_target), &sel.host, progress)?;
     deploy_to(evaluated, &target, &built, opts, progress, Some(login))
 }
@@ -168,7 +168,7 @@ pub fn deploy_to(
     built: &TopBuild,
     opts: &DeployOptions,
     progress: &Progress,
-    login: Option<Login>,
+    login: Option<LoginAhead>,
 ) -> Result<SwitchReport> {
     let config = &evaluated.config;
     let top_name = built.name.as_str();
@@ -562,34 +562,6 @@ fn parse_inspect_build(
 fn first_use_race(err: &crate::process::CmdError) -> bool {
     let text = err.to_string();
     text.contains("creating symlink from") && text.contains("File exists")
-}
-
-/// A login started on another thread.
-pub struct Login(Option<std::thread::JoinHandle<Result<Remote>>>);
-
-impl Login {
-    fn start(target: &Target) -> Login {
-        let target = target.clone();
-        Login(Some(std::thread::spawn(move || Remote::connect(&target))))
-    }
-
-    /// The connection, once the login is done.
-    fn finish(mut self) -> Result<Remote> {
-        let handle = self.0.take().expect("finished once");
-        handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the login thread panicked")))
-    }
-}
-
-impl Drop for Login {
-    /// A login that is not used (the deploy stopped before the connect
-    /// step) is waited for and closed: left running, it would outlive the
-    /// process and leave its control directory behind. ssh's connect
-    /// timeout bounds the wait.
-    fn drop(&mut self) {
-        if let Some(Ok(Ok(remote))) = self.0.take().map(|h| h.join()) {
-            remote.close();
-        }
-    }
 }
 
 /// Refuses a host whose name is not the configured one (a dry run has no
