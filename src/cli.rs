@@ -322,7 +322,7 @@ impl HostTop {
     fn selection(&self) -> Result<Selection, BadInput> {
         let (on, top) = self.on.selection(self.top.as_ref())?;
         let top = top.ok_or_else(|| which_top(self.on.conn.flag()))?;
-        Ok(Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local })
+        Ok(on.with_top(top))
     }
 }
 
@@ -450,7 +450,7 @@ impl HostTopOrOn {
             let (host, top) = self.conn.here(self.host.as_ref(), self.top.as_ref())?;
             let on = self.conn.on(host.unwrap_or_else(|| "localhost".to_owned()));
             let top = top.ok_or_else(|| which_top(self.conn.flag()))?;
-            return Ok(Ok(Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local }));
+            return Ok(Ok(on.with_top(top)));
         }
         let top = match (&self.host, &self.top) {
             (Some(top), None) => top.clone(),
@@ -798,7 +798,7 @@ fn service_options(action: Action, args: ServiceArgs, style: Style) -> (Checked,
 /// The options of one host's deploy of `top`.
 fn deploy_options(args: &DeployArgs, on: HostSelection, top: String) -> DeployOptions {
     DeployOptions {
-        selection: Selection { flake: on.flake, host: on.host, top, ssh_opts: on.ssh_opts, local: on.local },
+        selection: on.with_top(top),
         dry_run: args.dry_run,
         substitute_on_destination: args.substitute_on_destination,
         activation_timeout: args.activation_timeout.map(Duration::from_secs),
@@ -1089,13 +1089,7 @@ mod tests {
         let selection = |args: &[&str]| match checked(args).map(|r| r.command) {
             Ok(Checked::Deploy(o, _)) => Ok(o.selection),
             Ok(Checked::List(s)) => Ok(s),
-            Ok(Checked::Status(o)) => Ok(Selection {
-                flake: o.on.flake,
-                host: o.on.host,
-                top: o.top.unwrap_or_default(),
-                ssh_opts: o.on.ssh_opts,
-                local: o.on.local,
-            }),
+            Ok(Checked::Status(o)) => Ok(o.on.with_top(o.top.unwrap_or_default())),
             Ok(_) => panic!("another command"),
             Err(err) => Err(err.to_string()),
         };

@@ -189,6 +189,11 @@ impl HostSelection {
         Ok(target)
     }
 
+    /// The selection of `top` on this host.
+    pub fn with_top(self, top: String) -> Selection {
+        Selection { flake: self.flake, host: self.host, top, ssh_opts: self.ssh_opts, local: self.local }
+    }
+
     /// Whether the host is found without the configuration: a bare
     /// `user@hostname`, or this machine named by `--local` or `--user`.
     pub fn outside_config(&self) -> bool {

@@ -96,9 +96,6 @@ pub fn json_schema() -> serde_json::Value {
 /// `user@hostname[:port]` form needs no flake, so the commands other than
 /// deploy work with no flake at hand.
 fn target(sel: &Selection) -> Result<(Target, Option<Config>)> {
-    if !config::is_safe_name(&sel.top) {
-        return Err(BadInput::new(format!("`{}` is not a valid top name", sel.top)).into());
-    }
     host_target(&sel.on(), Some(&sel.top))
 }
 
