@@ -329,10 +329,7 @@ pub fn deploy_to(
     if !to_copy.is_empty() {
         let step = progress.step(label, "copy");
         let copy = copy_cmd(target, &remote, true, &state, &to_copy, opts.substitute_on_destination);
-        let mut copied = copy.output();
-        if copied.as_ref().is_err_and(first_use_race) && !activation::interrupted() {
-            copied = copy.output();
-        }
+        let copied = run_copy(&copy);
         if activation::interrupted() {
             return Err(interrupted().into());
         }
@@ -453,7 +450,7 @@ fn build_on_host(
 ) -> Result<()> {
     let (copy, realise) = build_on_host_cmds(target, remote, true, state, derivation);
     let interrupted = || Failure::new(Exit::Interrupted, format!("interrupted: nothing changed on `{target}`"));
-    let copied = copy.output();
+    let copied = run_copy(&copy);
     if activation::interrupted() {
         return Err(interrupted().into());
     }
@@ -562,6 +559,16 @@ fn parse_inspect_build(
 fn first_use_race(err: &crate::process::CmdError) -> bool {
     let text = err.to_string();
     text.contains("creating symlink from") && text.contains("File exists")
+}
+
+/// Runs a `nix copy` to a host (of paths, or of derivations to build
+/// there), once more if it lost [`first_use_race`].
+fn run_copy(copy: &Cmd) -> Result<String, crate::process::CmdError> {
+    let copied = copy.output();
+    match copied {
+        Err(err) if first_use_race(&err) && !activation::interrupted() => copy.output(),
+        copied => copied,
+    }
 }
 
 /// Refuses a host whose name is not the configured one (a dry run has no
