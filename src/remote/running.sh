@@ -70,7 +70,16 @@ what_runs $units
 
 since=$((now - window))
 for u in $units; do
-  pid=$(systemctl show --property=MainPID --value "$u")
+  # Both in one call: `KEY=VALUE` lines, in whatever order systemd gives.
+  pid=0 inv=''
+  while IFS='=' read -r key value; do
+    case $key in
+      MainPID) pid=$value ;;
+      InvocationID) inv=$value ;;
+    esac
+  done <<EOF
+$(systemctl show --property=MainPID,InvocationID "$u")
+EOF
   child=- age=-
   if [ "${pid:-0}" != 0 ]; then
     # The file is one line of PIDs: procServ has one child, the IOC.
@@ -86,7 +95,6 @@ for u in $units; do
   # (`--oneshot`). Only this run's lines: a run that ended also logs one
   # when the unit was stopped, which is no crash. Then systemd's automatic
   # restarts (not those a deploy or an operator asked for), in the window.
-  inv=$(systemctl show --property=InvocationID --value "$u")
   this_run=0 recent=0
   if [ -n "$inv" ]; then
     read -r this_run recent <<EOF
