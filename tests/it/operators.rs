@@ -46,12 +46,7 @@ fn fingerprint(host: &TestHost) -> String {
 
 #[test]
 fn an_operator_reads_restarts_and_attaches_but_may_not_deploy() {
-    let host = TestHost::boot();
-    let flake = TestFlake::new();
-    let ioc = TestIoc::new("iocDemo");
-    flake.write(&host, &demo(&ioc, "version = \"v1\";", "", ""));
-    assert_exit(&epnix_deploy(&flake, &[host.name.as_str(), "demo"]), 0);
-    caget_eventually(&host, "iocDemo:version", &ioc, "v1");
+    let (host, flake, ioc, _) = deployed_v1();
     operator(&host);
 
     // The policy lets nothing else through: another unit, a shell.
