@@ -553,21 +553,30 @@ fn parse_inspect_build(
 }
 
 /// A `nix copy` that lost a race of two Nix processes setting up a store
-/// that was never used (`/nix/var/nix/gcroots/profiles`, made on first
-/// use): two deploys of different tops to a fresh host at once. The
-/// second try finds the store set up.
+/// that was never used: two deploys of different tops to a fresh host at
+/// once. One makes `/nix/var/nix/gcroots/profiles` under the other, or
+/// holds the new database while it writes its schema (Nix gives up on a busy
+/// database there without waiting). A later try finds the store set up.
 fn first_use_race(err: &crate::process::CmdError) -> bool {
     let text = err.to_string();
-    text.contains("creating symlink from") && text.contains("File exists")
+    (text.contains("creating symlink from") && text.contains("File exists"))
+        || (text.contains("SQLite database") && text.contains("is busy"))
 }
 
 /// Runs a `nix copy` to a host (of paths, or of derivations to build
-/// there), once more if it lost [`first_use_race`].
+/// there), up to three times while it loses [`first_use_race`]. A copy is
+/// idempotent, so a retry is safe.
 fn run_copy(copy: &Cmd) -> Result<String, crate::process::CmdError> {
-    let copied = copy.output();
-    match copied {
-        Err(err) if first_use_race(&err) && !activation::interrupted() => copy.output(),
-        copied => copied,
+    let mut tries = 1;
+    loop {
+        match copy.output() {
+            Err(err) if tries < 3 && first_use_race(&err) && !activation::interrupted() => {
+                // The other setup needs a moment to finish its schema.
+                std::thread::sleep(std::time::Duration::from_millis(200 * tries));
+                tries += 1;
+            }
+            copied => return copied,
+        }
     }
 }
 
@@ -857,6 +866,9 @@ mod tests {
         let race =
             "error: creating symlink from '/nix/var/nix/gcroots/profiles' to '/nix/var/nix/profiles': File exists";
         assert!(first_use_race(&failed(race)));
+        let busy =
+            "error: SQLite database '/nix/var/nix/db/db.sqlite' is busy\nerror: cannot connect to 'root@127.0.0.1'";
+        assert!(first_use_race(&failed(busy)));
         assert!(!first_use_race(&failed("error: cannot connect to 'root@127.0.0.1'")));
     }
     use crate::config::Host;
