@@ -284,7 +284,17 @@ pub fn switch_safely(
 ) -> Result<Option<u32>> {
     let top = plan.top.as_str();
     let step = progress.step(&target.label, "arm rollback");
-    remote.run(&prepare_cmd(plan, safety))?;
+    // Arming, the switch and the checks are one call: the switch starts on
+    // the host as soon as the rollback is armed, and the checks as soon as
+    // the switch is done, with no round trip between them.
+    let prepare = prepare_cmd(plan, safety);
+    let wait = wait_cmd(checks, safety.activation_timeout);
+    let mut stream =
+        remote.lines(&remote::steps(&[prepare.clone(), plan.switch_cmd(Guarded::ByRestorePoint)], wait.as_ref()))?;
+    let armed = StepEnd::read(&mut stream, "prepare", target)?;
+    if armed.code != 0 {
+        anyhow::bail!("on `{target}`: `{prepare}` failed (exit status: {}):\n{}", armed.code, armed.stderr);
+    }
     let mut heartbeat = None;
     if safety.magic_rollback {
         heartbeat =
@@ -301,24 +311,32 @@ pub fn switch_safely(
     let mut confirm_login = None;
     let outcome = (|| -> Result<Option<u32>> {
         let step = progress.step(&target.label, "switch");
-        let generation = apply(remote, plan, Guarded::ByRestorePoint)?;
+        let end = StepEnd::read(&mut stream, "switch", target)?;
+        let generation = switch_result(end.code, &end.stdout, &end.stderr, top)?;
         switched = generation;
         step.done(&generation.map(|g| format!("generation {g}")).unwrap_or_default());
-        // The confirmation's new login, made while the checks run: it still
-        // proves that the host takes new logins after the switch, and its
-        // round trips overlap the IOCs' start.
-        if safety.magic_rollback {
-            confirm_login = Some(LoginAhead::start(target));
-        }
+        // The confirmation's new login is made once every IOC is up, while
+        // they settle: it still proves that the host takes new logins after
+        // the switch, and its round trips overlap the settle time.
+        let mut ready = || {
+            if safety.magic_rollback && confirm_login.is_none() {
+                confirm_login = Some(LoginAhead::start(target));
+            }
+        };
         let step = progress.step(&target.label, "check");
         let watch = || match &heartbeat {
             Some(h) if h.host_rolls_back() => Err(HostRollsBack.into()),
             _ => Ok(()),
         };
-        check_health(remote, checks, safety.activation_timeout, &watch, &step)?;
+        if wait.is_some() {
+            follow_checks(remote, &mut stream, checks, safety.activation_timeout, &watch, &mut ready, &step)?;
+        }
+        ready();
         step.done(&format!("{} IOC(s) healthy", checks.len()));
         Ok(generation)
     })();
+    // The checks are over: the host-side waiter ends with its channel.
+    drop(stream);
     let host_rolled_back = heartbeat.as_ref().is_some_and(Heartbeat::host_rolls_back);
     let back_to = before.describe(top);
 
@@ -562,12 +580,23 @@ impl std::error::Error for Claimed {}
 /// Carries out the plan's switch in one round trip; returns the generation
 /// the profile points at afterwards.
 pub fn apply(remote: &Remote, plan: &Plan, guarded: Guarded) -> Result<Option<u32>> {
-    let cmd = plan.switch_cmd(guarded);
-    let output = remote.output(&cmd)?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    match output.status.code() {
-        Some(0) => {}
-        Some(20) => {
+    let output = remote.output(&plan.switch_cmd(guarded))?;
+    // ssh reserves 255 for its own failures.
+    let code = output.status.code().unwrap_or(255);
+    switch_result(
+        code,
+        &String::from_utf8_lossy(&output.stdout),
+        &tail(&String::from_utf8_lossy(&output.stderr)),
+        &plan.top,
+    )
+}
+
+/// What `switch.sh` ended with, from its exit CODE, its stdout and the tail
+/// of its stderr: the generation the profile points at afterwards.
+fn switch_result(code: i32, stdout: &str, stderr: &str, top: &str) -> Result<Option<u32>> {
+    match code {
+        0 => {}
+        20 => {
             let words: Vec<&str> = stdout.trim().split(' ').collect();
             let (unit, owner) = (words.get(1).unwrap_or(&"?"), words.get(2).unwrap_or(&"-"));
             let owner = if *owner == "-" {
@@ -578,15 +607,11 @@ pub fn apply(remote: &Remote, plan: &Plan, guarded: Guarded) -> Result<Option<u3
             return Err(Claimed(format!("`{unit}` belongs to {owner}, which claimed it first")).into());
         }
         // Nothing changed: the host rolled back before the switch began.
-        Some(21) => return Err(HostRollsBack.into()),
-        Some(255) => {
-            return Err(
-                ConnectionLost(format!("on `{}`: the SSH connection was lost during the switch", plan.top)).into()
-            );
+        21 => return Err(HostRollsBack.into()),
+        255 => {
+            return Err(ConnectionLost(format!("on `{top}`: the SSH connection was lost during the switch")).into());
         }
-        _ => {
-            anyhow::bail!("the switch failed ({}):\n{}", output.status, tail(&String::from_utf8_lossy(&output.stderr)))
-        }
+        _ => anyhow::bail!("the switch failed (exit status: {code}):\n{stderr}"),
     }
     let generation = stdout
         .lines()
@@ -596,6 +621,37 @@ pub fn apply(remote: &Remote, plan: &Plan, guarded: Guarded) -> Result<Option<u3
         Some(g) => Some(g?),
         None => None,
     })
+}
+
+/// How a step of a [`remote::steps`] call ended.
+struct StepEnd {
+    code: i32,
+    stdout: String,
+    /// The tail of its stderr, on a failure.
+    stderr: String,
+}
+
+impl StepEnd {
+    /// Reads the lines of step `name` up to its end. A call that ends
+    /// before (the connection was lost) is [`ConnectionLost`].
+    fn read(lines: &mut ssh::Lines<'_>, name: &str, target: &Target) -> Result<StepEnd> {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        let lost = || ConnectionLost(format!("on `{target}`: the SSH connection was lost during `{name}.sh`"));
+        loop {
+            let Some(line) = lines.next_line()? else { return Err(lost().into()) };
+            if let Some(end) = line.strip_prefix("epnix-step ") {
+                let code = end.strip_prefix(name).and_then(|c| c.trim().parse().ok());
+                let code = code.with_context(|| format!("`steps.sh` said `{line}` at the end of `{name}.sh`"))?;
+                return Ok(StepEnd { code, stdout, stderr });
+            }
+            let (to, line) = match line.strip_prefix("epnix-stderr ") {
+                Some(line) => (&mut stderr, line),
+                None => (&mut stdout, line.as_str()),
+            };
+            to.push_str(line);
+            to.push('\n');
+        }
+    }
 }
 
 /// What the rollback did.
@@ -675,15 +731,16 @@ pub fn check_health(
     watch: &dyn Fn() -> Result<()>,
     step: &Step,
 ) -> Result<()> {
+    let Some(wait) = wait_cmd(checks, timeout) else { return Ok(()) };
+    let mut events = remote.lines(&wait)?;
+    follow_checks(remote, &mut events, checks, timeout, watch, &mut || {}, step)
+}
+
+/// The host-side waiter for `checks`; none when there is nothing to check.
+fn wait_cmd(checks: &BTreeMap<String, HealthCheck>, timeout: Duration) -> Option<RemoteCmd> {
     if checks.is_empty() {
-        return Ok(());
+        return None;
     }
-    let fail = |ioc: &str, check: String| -> anyhow::Error {
-        let journal = remote
-            .run(&RemoteCmd::journalctl(["--no-pager", "--lines=15", "-o", "cat", "--unit", &layout::unit_name(ioc)]))
-            .unwrap_or_default();
-        HealthFailure { ioc: ioc.to_owned(), check, journal }.into()
-    };
     let mut args = vec![timeout.as_secs().to_string(), CHECK_INTERVAL.to_owned()];
     for (ioc, check) in checks {
         args.extend([
@@ -692,8 +749,28 @@ pub fn check_health(
             check.settle_time.to_string(),
         ]);
     }
-    let mut events = remote.lines(&remote::WAIT_HEALTHY.cmd(&args))?;
+    Some(remote::WAIT_HEALTHY.cmd(&args))
+}
+
+/// Reads the waiter's `events` to a verdict (see [`check_health`]);
+/// `ready` runs once, when every IOC is up and only settles.
+fn follow_checks(
+    remote: &Remote,
+    events: &mut ssh::Lines<'_>,
+    checks: &BTreeMap<String, HealthCheck>,
+    timeout: Duration,
+    watch: &dyn Fn() -> Result<()>,
+    ready: &mut dyn FnMut(),
+    step: &Step,
+) -> Result<()> {
+    let fail = |ioc: &str, check: String| -> anyhow::Error {
+        let journal = remote
+            .run(&RemoteCmd::journalctl(["--no-pager", "--lines=15", "-o", "cat", "--unit", &layout::unit_name(ioc)]))
+            .unwrap_or_default();
+        HealthFailure { ioc: ioc.to_owned(), check, journal }.into()
+    };
     let mut stages: BTreeMap<&str, &str> = checks.keys().map(|ioc| (ioc.as_str(), "starting")).collect();
+    let mut up = false;
     let ioc_of = |unit: &str| -> Result<&String> {
         let ioc = layout::ioc_of_unit(unit).unwrap_or_default();
         checks.get_key_value(ioc).map(|(name, _)| name).with_context(|| format!("the host's checks named `{unit}`"))
@@ -742,6 +819,10 @@ pub fn check_health(
                 stages.remove(ioc.as_str());
             }
             _ => anyhow::bail!("the health checks on the host said `{line}`"),
+        }
+        if !up && stages.values().all(|stage| *stage != "starting") {
+            up = true;
+            ready();
         }
         let waiting: Vec<String> = stages.iter().map(|(ioc, stage)| format!("{ioc} ({stage})")).collect();
         step.update(&format!("checking {}", waiting.join(", ")));

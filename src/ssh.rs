@@ -47,6 +47,9 @@ pub struct RemoteCmd {
     /// (`commands::sudoers`): it runs through the escalation also for an
     /// operator's login, whose other commands run as that user.
     pub for_operators: bool,
+    /// For host-side scripts run in one call ([`remote::steps`]): each of
+    /// them, for what `--verbose` and errors show.
+    pub parts: Vec<RemoteCmd>,
 }
 
 impl RemoteCmd {
@@ -61,6 +64,7 @@ impl RemoteCmd {
             script: None,
             escalation: Vec::new(),
             for_operators: false,
+            parts: Vec::new(),
         }
     }
 
@@ -79,7 +83,14 @@ impl RemoteCmd {
     pub fn script(name: &'static str, script: &str, args: &[&str]) -> RemoteCmd {
         let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "epnix-deploy".to_owned()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
-        RemoteCmd { argv, stdin: None, script: Some(name), escalation: Vec::new(), for_operators: false }
+        RemoteCmd {
+            argv,
+            stdin: None,
+            script: Some(name),
+            escalation: Vec::new(),
+            for_operators: false,
+            parts: Vec::new(),
+        }
     }
 
     pub fn with_stdin(mut self, stdin: String) -> RemoteCmd {
@@ -119,6 +130,20 @@ impl RemoteCmd {
     /// errors, and a word of several lines (a script's text handed to
     /// another, a unit file) or of more than [`TRACE_WORD_MAX`] bytes by its
     /// size only.
+    /// What `--verbose` shows of the command: its [`RemoteCmd::trace_line`],
+    /// or that of each of its parts.
+    pub fn trace_lines(&self) -> Vec<String> {
+        match self.parts.is_empty() {
+            true => vec![self.trace_line()],
+            false => self.escalated_parts().map(|p| p.trace_line()).collect(),
+        }
+    }
+
+    /// The parts, each run as the whole command is (its escalation).
+    fn escalated_parts(&self) -> impl Iterator<Item = RemoteCmd> + '_ {
+        self.parts.iter().map(|part| RemoteCmd { escalation: self.escalation.clone(), ..part.clone() })
+    }
+
     pub fn trace_line(&self) -> String {
         let words = match self.script {
             Some(_) => &self.argv[4..],
@@ -145,6 +170,10 @@ const TRACE_WORD_MAX: usize = 200;
 
 impl fmt::Display for RemoteCmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.parts.is_empty() {
+            let parts: Vec<String> = self.escalated_parts().map(|p| p.to_string()).collect();
+            return f.write_str(&parts.join(" && "));
+        }
         for word in &self.escalation {
             write!(f, "{} ", shell_quote(word))?;
         }
@@ -388,6 +417,13 @@ impl Remote {
         RemoteCmd { escalation, ..cmd.clone() }
     }
 
+    /// Shows `cmd` under `--verbose`, each of its parts on a line of its own.
+    fn trace(&self, cmd: &RemoteCmd) {
+        for line in cmd.trace_lines() {
+            crate::progress::trace(&self.target.label, &line);
+        }
+    }
+
     /// The login's name when it is an operator's ([`Remote::connect_operating`]).
     pub fn operator(&self) -> Option<&str> {
         self.operator.as_deref()
@@ -398,7 +434,7 @@ impl Remote {
     /// a holder line and exits.
     pub fn hold_lock(&mut self, cmd: &RemoteCmd, until: Option<&str>) -> Result<Lock> {
         let cmd = self.escalated(cmd);
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        self.trace(&cmd);
         let argv = cmd.full_argv();
         let said = match &mut self.link {
             Link::Ssh(ssh) => ssh.hold(&argv, until).map_err(|err| lost(&self.target, err))?,
@@ -452,7 +488,7 @@ impl Remote {
     /// Runs `cmd` and returns whatever it did, for callers that read the status.
     pub fn output(&self, cmd: &RemoteCmd) -> Result<Output> {
         let cmd = self.escalated(cmd);
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        self.trace(&cmd);
         let argv = cmd.full_argv();
         match &self.link {
             Link::Ssh(ssh) => ssh
@@ -488,7 +524,7 @@ impl Remote {
     /// fails, and it ends.
     pub fn lines(&self, cmd: &RemoteCmd) -> Result<Lines<'_>> {
         let cmd = self.escalated(cmd);
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        self.trace(&cmd);
         let argv = cmd.full_argv();
         let from = match &self.link {
             Link::Ssh(ssh) => {
@@ -525,7 +561,7 @@ impl Remote {
     /// ends, ending the command too; here, the process itself.
     pub fn attached(&self, cmd: &RemoteCmd, tty: bool) -> std::process::Command {
         let cmd = self.escalated(cmd);
-        crate::progress::trace(&self.target.label, &cmd.trace_line());
+        self.trace(&cmd);
         match &self.link {
             Link::Ssh(ssh) => {
                 let mut command = std::process::Command::new("ssh");

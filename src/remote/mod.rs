@@ -56,6 +56,7 @@ scripts! {
     RUN_CHECK = "run_check";
     SERVICE = "service";
     SET_PROFILE = "set_profile";
+    STEPS = "steps";
     SWITCH = "switch";
     WAIT_HEALTHY = "wait_healthy";
 }
@@ -103,6 +104,35 @@ pub fn context(top: &str) -> Vec<String> {
         layout::GENERATION_DIR.to_owned(),
         layout::units_lock().into_string(),
     ]
+}
+
+/// Host-side scripts run one after another in one call (`steps.sh`), for
+/// one round trip where each would cost one: `held` each to its end, with
+/// its output held back until then and relayed as lines followed by
+/// `epnix-step NAME CODE` (after `epnix-stderr` lines on a failure), then
+/// `last`, which streams. A failed step ends the chain, and so does a
+/// deployer that is gone. Each part is a script command of its own
+/// ([`Script::cmd`]); `--verbose` shows them one by one.
+pub fn steps(held: &[RemoteCmd], last: Option<&RemoteCmd>) -> RemoteCmd {
+    // A script command is `sh -c TEXT epnix-deploy ARGS...`.
+    let split = |part: &RemoteCmd| -> (&'static str, String, Vec<String>) {
+        let name = part.script.expect("each step is a host-side script");
+        (name, part.argv[2].clone(), part.argv[4..].to_vec())
+    };
+    let mut args = vec![held.len().to_string()];
+    for part in held {
+        let (name, text, rest) = split(part);
+        args.extend([name.to_owned(), rest.len().to_string(), text]);
+        args.extend(rest);
+    }
+    if let Some(part) = last {
+        let (name, text, rest) = split(part);
+        args.extend([name.to_owned(), text]);
+        args.extend(rest);
+    }
+    let mut cmd = STEPS.cmd(&args);
+    cmd.parts = held.iter().chain(last).cloned().collect();
+    cmd
 }
 
 #[cfg(test)]

@@ -1410,3 +1410,50 @@ fn inspect_build_says_what_each_path_is_and_where_it_leads() {
         ]
     );
 }
+
+// ---------------------------------------------------------------- steps.sh
+
+/// Runs `steps(held, last)` as the host would, from `dir`.
+fn run_steps(held: &[RemoteCmd], last: Option<&RemoteCmd>, dir: &Path, stdout: Stdio) -> Child {
+    let cmd = steps(held, last);
+    Command::new(&cmd.argv[0]).args(&cmd.argv[1..]).current_dir(dir).stdout(stdout).spawn().expect("run sh")
+}
+
+#[test]
+fn steps_run_each_part_with_its_own_arguments_then_stream_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let show = "printf '[%s]' \"$@\"; echo";
+    let a = RemoteCmd::script("a", show, &["x y", "two\nlines", ""]);
+    let b = RemoteCmd::script("b", show, &["$HOME"]);
+    let last = RemoteCmd::script("c", "echo \"$#: $*\"", &["1", "2"]);
+    let out = run_steps(&[a, b], Some(&last), dir.path(), Stdio::piped()).wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[x y][two\nlines][]\nepnix-step a 0\n[$HOME]\nepnix-step b 0\n2: 1 2\n"
+    );
+}
+
+#[test]
+fn a_failed_step_ends_the_chain_with_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = RemoteCmd::script("a", "echo out; echo one >&2; echo two >&2; exit 3", &[]);
+    let b = RemoteCmd::script("b", ": >b-ran", &[]);
+    let out = run_steps(&[a, b.clone()], Some(&b), dir.path(), Stdio::piped()).wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\nepnix-stderr one\nepnix-stderr two\nepnix-step a 3\n");
+    assert!(!dir.path().join("b-ran").exists(), "a step ran after a failed one");
+}
+
+/// A deployer that goes away while a step runs: that step runs to its end,
+/// the next one never starts.
+#[test]
+fn steps_without_their_deployer_finish_the_step_and_start_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = RemoteCmd::script("a", "sleep 0.3; echo said; : >a-done", &[]);
+    let b = RemoteCmd::script("b", ": >b-ran", &[]);
+    let mut child = run_steps(&[a, b.clone()], Some(&b), dir.path(), Stdio::piped());
+    drop(child.stdout.take());
+    child.wait().unwrap();
+    assert!(dir.path().join("a-done").exists(), "the running step was cut short");
+    assert!(!dir.path().join("b-ran").exists(), "a step started without its deployer");
+}
