@@ -31,7 +31,7 @@ use crate::plan::{Guarded, Plan};
 use crate::process::tail;
 use crate::progress::{Progress, Step};
 use crate::remote;
-use crate::ssh::{self, ConnectionLost, Detached, Lock, LoginAhead, Remote, RemoteCmd};
+use crate::ssh::{self, ConnectionLost, Detached, Lock, Remote, RemoteCmd};
 use crate::target::Target;
 
 /// Set by the Ctrl-C handler; long steps look at it and stop.
@@ -50,13 +50,17 @@ pub struct Safety {
     pub confirm_timeout: Duration,
     /// How long all health checks together may take.
     pub activation_timeout: Duration,
+    /// What each IOC must pass, by name: the IOCs that run something new
+    /// their own checks, the others only to stay up.
+    pub checks: BTreeMap<String, HealthCheck>,
 }
 
 /// Takes the deploy lock of `top` on the host, after checking that the SSH
 /// user is root and (with `expect_name`, from [`Target::expected_hostname`])
 /// that the host answers as that name: a wrong host or user is refused
-/// before anything is written there. With `inspect`, the host's state is
-/// read under the lock in the same round trip.
+/// before anything is written there. With `inspect` (its arguments,
+/// [`host::inspect_args`]), the host's state is read under the lock in the
+/// same round trip.
 /// Returns the holder line of a deploy that died holding it, for a note.
 pub fn take_lock(
     remote: &mut Remote,
@@ -65,7 +69,7 @@ pub fn take_lock(
     who: &str,
     expect_name: Option<&str>,
     break_lock: bool,
-    inspect: Option<host::Depth>,
+    inspect: Option<Vec<String>>,
 ) -> Result<(Option<String>, Option<host::HostState>)> {
     if break_lock {
         let said = remote.run(&remote::BREAK_LOCK.for_top(top, &[] as &[&str]))?;
@@ -82,7 +86,6 @@ pub fn take_lock(
         }
     }
     let mut args = vec![who.to_owned(), expect_name.unwrap_or("").to_owned()];
-    let inspect = inspect.map(host::inspect_args);
     if let Some(inspect) = &inspect {
         args.push(remote::INSPECT.text());
         args.extend(inspect.iter().cloned());
@@ -240,6 +243,64 @@ pub fn fresh_login(target: &Target) -> &'static str {
     }
 }
 
+/// The confirmation made ready ahead, on a thread of its own: a new login,
+/// and on it `confirm.sh` started and waiting on the host for the word to
+/// go. Confirming then costs one round trip. Dropped unused, it ends with
+/// nothing confirmed: the host's `confirm.sh` reads the end of its stdin.
+struct ConfirmAhead(Option<JoinHandle<Result<(Remote, std::process::Child)>>>);
+
+impl ConfirmAhead {
+    fn start(target: &Target, confirm: RemoteCmd) -> ConfirmAhead {
+        let target = target.clone();
+        ConfirmAhead(Some(std::thread::spawn(move || {
+            let fresh = Remote::connect(&target)?;
+            match fresh.detached(&confirm).spawn() {
+                Ok(waiting) => Ok((fresh, waiting)),
+                Err(err) => {
+                    fresh.close();
+                    Err(anyhow::Error::new(err).context(format!("could not run `{confirm}`")))
+                }
+            }
+        })))
+    }
+
+    /// Says `go`, and waits for the confirmation's end.
+    fn go(mut self, target: &Target) -> Result<()> {
+        let handle = self.0.take().expect("confirmed once");
+        let (fresh, mut waiting) = handle
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the login thread panicked")))
+            .with_context(|| format!("confirming {}", fresh_login(target)))?;
+        // A write that fails means `confirm.sh` ended already: its status says how.
+        if let Some(mut stdin) = waiting.stdin.take() {
+            let _ = std::io::Write::write_all(&mut stdin, b"go\n");
+        }
+        let output = waiting.wait_with_output();
+        fresh.close();
+        let output = output.context("waiting for `confirm.sh`")?;
+        match output.status.code() {
+            Some(0) => Ok(()),
+            Some(255) | None => {
+                Err(ConnectionLost(format!("on `{target}`: the SSH connection was lost confirming the switch")).into())
+            }
+            Some(code) => anyhow::bail!(
+                "`confirm.sh` failed (exit status: {code}):\n{}",
+                tail(&String::from_utf8_lossy(&output.stderr))
+            ),
+        }
+    }
+}
+
+impl Drop for ConfirmAhead {
+    fn drop(&mut self) {
+        if let Some(Ok(Ok((fresh, mut waiting)))) = self.0.take().map(|h| h.join()) {
+            drop(waiting.stdin.take());
+            let _ = waiting.wait();
+            fresh.close();
+        }
+    }
+}
+
 /// The host began its own rollback while the deployer was still at work.
 #[derive(Debug)]
 struct HostRollsBack;
@@ -268,6 +329,19 @@ impl Before {
     }
 }
 
+/// What goes to the host in the switch's own call, before the rollback is
+/// armed: what would each cost a round trip of its own.
+#[derive(Default)]
+pub struct Ahead {
+    /// The store paths the host lacks, from a local `nix-store --export`
+    /// whose output is the call's stdin; a stream cut short (the deployer
+    /// stopped) changes nothing on the host.
+    pub export: Option<crate::process::Running>,
+    /// The host-wide profile of its procServ from Nix, set before the
+    /// top's switch: a rollback of the top leaves it.
+    pub procserv: Option<RemoteCmd>,
+}
+
 /// The protected switch: a restore point and (with magic rollback) an armed
 /// timer and heartbeats first; then the switch, the health checks, and
 /// either the confirmation over a new login or the rollback. Every way it
@@ -279,18 +353,51 @@ pub fn switch_safely(
     plan: &Plan,
     before: &Before,
     safety: &Safety,
-    checks: &BTreeMap<String, HealthCheck>,
+    mut ahead: Ahead,
     progress: &Progress,
 ) -> Result<Option<u32>> {
-    let top = plan.top.as_str();
-    let step = progress.step(&target.label, "arm rollback");
-    // Arming, the switch and the checks are one call: the switch starts on
-    // the host as soon as the rollback is armed, and the checks as soon as
-    // the switch is done, with no round trip between them.
+    let (top, checks) = (plan.top.as_str(), &safety.checks);
+    // The copy, arming, the switch and the checks are one call: each starts
+    // on the host as soon as the one before is done, with no round trip
+    // between them.
     let prepare = prepare_cmd(plan, safety);
     let wait = wait_cmd(checks, safety.activation_timeout);
-    let mut stream =
-        remote.lines(&remote::steps(&[prepare.clone(), plan.switch_cmd(Guarded::ByRestorePoint)], wait.as_ref()))?;
+    let mut held = Vec::new();
+    if ahead.export.is_some() {
+        held.push(remote::IMPORT.cmd(&[] as &[&str]));
+    }
+    held.extend(ahead.procserv.clone());
+    held.extend([prepare.clone(), plan.switch_cmd(Guarded::ByRestorePoint)]);
+    let stdin = ahead.export.as_mut().and_then(crate::process::Running::take_stdout).map(Into::into);
+    let mut stream = remote.lines_fed(&remote::steps(&held, wait.as_ref()), stdin)?;
+    if let Some(export) = ahead.export.take() {
+        let step = progress.step(&target.label, "copy");
+        let imported = StepEnd::read(&mut stream, "import", target);
+        let exported = export.wait();
+        // Ctrl-C ended the export too; an import it cut short changed nothing.
+        if interrupted() && imported.as_ref().is_ok_and(|i| i.code != 0) {
+            return Err(Failure::new(Exit::Interrupted, format!("interrupted: nothing changed on `{target}`")).into());
+        }
+        let imported = imported?;
+        if imported.code != 0 {
+            let local = exported.err().map(|err| format!("\n{err}")).unwrap_or_default();
+            anyhow::bail!(
+                "on `{target}`: `nix-store --import` of the store paths failed (exit status: {}):\n{}{local}",
+                imported.code,
+                imported.stderr.trim_end()
+            );
+        }
+        step.done("");
+    }
+    if let Some(procserv) = &ahead.procserv {
+        let step = progress.step(&target.label, "procServ");
+        let set = StepEnd::read(&mut stream, procserv.script.unwrap_or_default(), target)?;
+        if set.code != 0 {
+            anyhow::bail!("on `{target}`: `{procserv}` failed (exit status: {}):\n{}", set.code, set.stderr.trim_end());
+        }
+        step.done(&format!("{} -> {}", layout::procserv_profile(), set.stdout.trim()));
+    }
+    let step = progress.step(&target.label, "arm rollback");
     let armed = StepEnd::read(&mut stream, "prepare", target)?;
     if armed.code != 0 {
         anyhow::bail!("on `{target}`: `{prepare}` failed (exit status: {}):\n{}", armed.code, armed.stderr);
@@ -308,19 +415,30 @@ pub fn switch_safely(
     }
 
     let mut switched = None;
-    let mut confirm_login = None;
+    let mut confirm_ahead = None;
     let outcome = (|| -> Result<Option<u32>> {
         let step = progress.step(&target.label, "switch");
         let end = StepEnd::read(&mut stream, "switch", target)?;
         let generation = switch_result(end.code, &end.stdout, &end.stderr, top)?;
         switched = generation;
         step.done(&generation.map(|g| format!("generation {g}")).unwrap_or_default());
-        // The confirmation's new login is made once every IOC is up, while
-        // they settle: it still proves that the host takes new logins after
-        // the switch, and its round trips overlap the settle time.
+        // The confirmation's new login, with `confirm.sh` started on it to
+        // wait for the word to go, is made while the IOCs settle: it still
+        // proves that the host takes new logins once they are up, and it is
+        // ready when the checks end. Three times what the first login took,
+        // and a round of the checks, leave room for the channel after it.
+        let settle = Duration::from_secs(checks.values().map(|c| c.settle_time).min().unwrap_or(0));
+        let lead = remote.login_took() * 3 + Duration::from_millis(300);
+        let confirm_args = {
+            let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
+            let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());
+            [layout::rollback_unit(top), verdict, store_path, "wait".to_owned()]
+        };
+        let mut up_since = None;
         let mut ready = || {
-            if safety.magic_rollback && confirm_login.is_none() {
-                confirm_login = Some(LoginAhead::start(target));
+            let up = *up_since.get_or_insert_with(Instant::now);
+            if safety.magic_rollback && confirm_ahead.is_none() && up.elapsed() + lead >= settle {
+                confirm_ahead = Some(ConfirmAhead::start(target, remote::CONFIRM.for_top(top, &confirm_args)));
             }
         };
         let step = progress.step(&target.label, "check");
@@ -331,7 +449,9 @@ pub fn switch_safely(
         if wait.is_some() {
             follow_checks(remote, &mut stream, checks, safety.activation_timeout, &watch, &mut ready, &step)?;
         }
-        ready();
+        if safety.magic_rollback && confirm_ahead.is_none() {
+            confirm_ahead = Some(ConfirmAhead::start(target, remote::CONFIRM.for_top(top, &confirm_args)));
+        }
         step.done(&format!("{} IOC(s) healthy", checks.len()));
         Ok(generation)
     })();
@@ -345,18 +465,15 @@ pub fn switch_safely(
             // The heartbeats go on until the confirmation is in: a slow new
             // login must not let the timer fire.
             let step = progress.step(&target.label, "confirm");
-            let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
-            let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());
-            let args = [layout::rollback_unit(top), verdict, store_path];
-            let login = confirm_login.take().map(LoginAhead::finish);
-            let confirmed = if let Some(login) = login {
-                login.with_context(|| format!("confirming {}", fresh_login(target))).and_then(|fresh| {
-                    let result = fresh.run(&remote::CONFIRM.for_top(top, &args));
-                    fresh.close();
-                    result
-                })
-            } else {
-                remote.run(&remote::CONFIRM.for_top(top, &args))
+            let confirmed = match confirm_ahead.take() {
+                Some(ahead) => ahead.go(target),
+                None => {
+                    let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
+                    let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());
+                    remote
+                        .run(&remote::CONFIRM.for_top(top, &[layout::rollback_unit(top), verdict, store_path]))
+                        .map(drop)
+                }
             };
             if let Some(h) = heartbeat.as_mut() {
                 h.end();
@@ -470,8 +587,8 @@ pub fn switch_safely(
             }
         }
     }
-    // A login made for a confirmation that never came is closed when
-    // `confirm_login` drops.
+    // A confirmation made ready for a switch that is not confirmed ends
+    // unused when `confirm_ahead` drops.
 }
 
 /// The error of a switch whose rollback is done or under way on the host:
@@ -753,7 +870,8 @@ fn wait_cmd(checks: &BTreeMap<String, HealthCheck>, timeout: Duration) -> Option
 }
 
 /// Reads the waiter's `events` to a verdict (see [`check_health`]);
-/// `ready` runs once, when every IOC is up and only settles.
+/// `ready` runs on each of them (a tick comes every [`CHECK_INTERVAL`]) from
+/// when every IOC is up and only settles.
 fn follow_checks(
     remote: &Remote,
     events: &mut ssh::Lines<'_>,
@@ -770,7 +888,6 @@ fn follow_checks(
         HealthFailure { ioc: ioc.to_owned(), check, journal }.into()
     };
     let mut stages: BTreeMap<&str, &str> = checks.keys().map(|ioc| (ioc.as_str(), "starting")).collect();
-    let mut up = false;
     let ioc_of = |unit: &str| -> Result<&String> {
         let ioc = layout::ioc_of_unit(unit).unwrap_or_default();
         checks.get_key_value(ioc).map(|(name, _)| name).with_context(|| format!("the host's checks named `{unit}`"))
@@ -820,8 +937,7 @@ fn follow_checks(
             }
             _ => anyhow::bail!("the health checks on the host said `{line}`"),
         }
-        if !up && stages.values().all(|stage| *stage != "starting") {
-            up = true;
+        if stages.values().all(|stage| *stage != "starting") {
             ready();
         }
         let waiting: Vec<String> = stages.iter().map(|(ioc, stage)| format!("{ioc} ({stage})")).collect();

@@ -4,7 +4,7 @@
 //! The host's own Nix profile, its generations' store paths and its systemd
 //! units are the source of truth; nothing is cached on the deployer's side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
 use camino::Utf8PathBuf;
@@ -55,6 +55,10 @@ pub struct HostState {
     pub rollbacks: Vec<RollbackEvent>,
     /// Every verdict on a generation, oldest first.
     pub verdicts: Vec<Verdict>,
+    /// Of the store paths the inspection asked about, those the host
+    /// lacks; `None` when it did not ask, or the host's store could not
+    /// say.
+    pub missing_paths: Option<BTreeSet<Utf8PathBuf>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,16 +262,24 @@ pub enum Depth {
 
 /// Reads the host's state for `top`.
 pub fn inspect(remote: &Remote, top: &str, depth: Depth) -> Result<HostState> {
-    let args = inspect_args(depth);
+    inspect_asking(remote, top, depth, &[])
+}
+
+/// [`inspect`], which also finds which of the `asked` store paths the host
+/// lacks ([`HostState::missing_paths`]).
+pub fn inspect_asking(remote: &Remote, top: &str, depth: Depth, asked: &[Utf8PathBuf]) -> Result<HostState> {
+    let args = inspect_args(depth, asked);
     let output = remote.run(&remote::INSPECT.for_top(top, &args))?;
     parse_inspect(&args[0], &output)
 }
 
 /// `inspect.sh`'s own arguments, after the context: a fresh nonce (first),
-/// the depth, the profile of the host's procServ from Nix.
-pub fn inspect_args(depth: Depth) -> Vec<String> {
+/// the depth, the profile of the host's procServ from Nix, and the store
+/// paths to look for in the host's store ([`HostState::missing_paths`]).
+pub fn inspect_args(depth: Depth, asked: &[Utf8PathBuf]) -> Vec<String> {
     let history = if depth == Depth::History { "yes" } else { "no" };
-    vec![nonce(), history.to_owned(), layout::procserv_profile().into_string()]
+    let asked: Vec<&str> = asked.iter().map(|p| p.as_str()).collect();
+    vec![nonce(), history.to_owned(), layout::procserv_profile().into_string(), asked.join("\n")]
 }
 
 /// The units and health checks stored in generation `number`; `None` when
@@ -345,6 +357,12 @@ pub fn parse_inspect(nonce: &str, output: &str) -> Result<HostState> {
             "event" => state.rollbacks.extend(RollbackEvent::parse(value)),
             "outcome" => state.verdicts.extend(Verdict::parse(value)),
             "rollback-pending" => state.rollback_pending = true,
+            "store-checked" => {
+                state.missing_paths.get_or_insert_with(BTreeSet::new);
+            }
+            "missing" => {
+                state.missing_paths.get_or_insert_with(BTreeSet::new).insert(Utf8PathBuf::from(value));
+            }
             _ => {
                 facts.insert(key, value);
             }

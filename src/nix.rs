@@ -245,6 +245,18 @@ pub fn copy_derivations_to(
     to_store(copy(control_socket).arg("--derivation"), target, derivations, escalation, remote_nix_store)
 }
 
+/// The store paths as a stream for `nix-store --import` on the host: the
+/// paths a host lacks go in the switch's own call ([`crate::remote::IMPORT`]).
+/// The same in Nix 2.8 and current Nix.
+pub fn export(paths: &[&str]) -> Cmd {
+    Cmd::new("nix-store").arg("--export").args(paths.iter().copied())
+}
+
+/// Every store path that `paths` need, themselves included.
+pub fn closure(paths: &[&str]) -> Cmd {
+    Cmd::new("nix-store").args(["--query", "--requisites"]).args(paths.iter().copied())
+}
+
 /// `nix copy`, riding the master connection at `control_socket`.
 fn copy(control_socket: &str) -> Cmd {
     nix().env("NIX_SSHOPTS", format!("-o ControlMaster=no -o ControlPath={control_socket}")).arg("copy")

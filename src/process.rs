@@ -66,6 +66,57 @@ impl Cmd {
     }
 }
 
+impl Cmd {
+    /// Starts the program with its stdout for another program to read
+    /// ([`Running::take_stdout`]). `--verbose` shows the command first.
+    pub fn spawn(&self) -> Result<Running, CmdError> {
+        crate::progress::trace("local", &self.to_string());
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let child = command.spawn().map_err(|source| CmdError::Spawn { cmd: self.to_string(), source })?;
+        Ok(Running { cmd: self.to_string(), child: Some(child) })
+    }
+}
+
+/// A program started by [`Cmd::spawn`]. Dropped before [`Running::wait`],
+/// it is ended.
+pub struct Running {
+    cmd: String,
+    child: Option<std::process::Child>,
+}
+
+impl Running {
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
+    /// Waits for the program to end; a failure carries the tail of its stderr.
+    pub fn wait(mut self) -> Result<(), CmdError> {
+        let child = self.child.take().expect("waited once");
+        let output = child.wait_with_output().map_err(|source| CmdError::Spawn { cmd: self.cmd.clone(), source })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(CmdError::Failed {
+            cmd: self.cmd.clone(),
+            status: output.status.to_string(),
+            stderr: tail(&String::from_utf8_lossy(&output.stderr)),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Shows the command as a shell line the user can paste.
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

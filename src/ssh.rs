@@ -318,6 +318,8 @@ pub struct Remote {
     /// The login's name when it is an operator's: not root, and refused by
     /// the escalation but for the operators' policy's commands.
     operator: Option<String>,
+    /// How long the login took: what another login to the host takes.
+    login_took: Duration,
 }
 
 enum Link {
@@ -363,11 +365,13 @@ impl Remote {
     }
 
     fn open(target: &Target, operating: bool) -> Result<Remote> {
+        let started = std::time::Instant::now();
         let link = match target.local {
             Some(_) => Link::Local(Local::default()),
             None => Link::Ssh(Box::new(Ssh::connect(target)?)),
         };
-        let mut remote = Remote { link, target: target.clone(), escalation: Vec::new(), operator: None };
+        let login_took = started.elapsed();
+        let mut remote = Remote { link, target: target.clone(), escalation: Vec::new(), operator: None, login_took };
         // A root login over SSH needs no escalation: asking would cost a
         // round trip on every connection (the lock still checks the uid).
         let root_login = target.local.is_none() && target.user.as_deref() == Some("root");
@@ -415,6 +419,11 @@ impl Remote {
             _ => self.escalation.clone(),
         };
         RemoteCmd { escalation, ..cmd.clone() }
+    }
+
+    /// How long the login took.
+    pub fn login_took(&self) -> Duration {
+        self.login_took
     }
 
     /// Shows `cmd` under `--verbose`, each of its parts on a line of its own.
@@ -502,9 +511,11 @@ impl Remote {
 
     /// `cmd`, ready to run from another thread, needing nothing of this
     /// `Remote`: over SSH, a new channel of the master run by the `ssh`
-    /// program itself; here, a process. For the heartbeats.
+    /// program itself; here, a process. For the heartbeats and the
+    /// confirmation made ready ahead. `--verbose` shows it once, here.
     pub fn detached(&self, cmd: &RemoteCmd) -> Detached {
         let cmd = self.escalated(cmd);
+        self.trace(&cmd);
         let argv = match &self.link {
             Link::Ssh(ssh) => {
                 let mut argv: Vec<String> = vec!["ssh".into(), "-S".into()];
@@ -523,6 +534,12 @@ impl Remote {
     /// closes the command's stdout (over SSH, the channel): its next write
     /// fails, and it ends.
     pub fn lines(&self, cmd: &RemoteCmd) -> Result<Lines<'_>> {
+        self.lines_fed(cmd, None)
+    }
+
+    /// [`Remote::lines`], with `stdin` (another program's output) as the
+    /// command's stdin.
+    pub fn lines_fed(&self, cmd: &RemoteCmd, stdin: Option<std::os::fd::OwnedFd>) -> Result<Lines<'_>> {
         let cmd = self.escalated(cmd);
         self.trace(&cmd);
         let argv = cmd.full_argv();
@@ -531,7 +548,8 @@ impl Remote {
                 let session = Arc::clone(ssh.session());
                 let child = ssh.runtime.block_on(async {
                     let mut command = session.arc_command(argv[0].as_str());
-                    command.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+                    let stdin = stdin.map_or_else(Stdio::null, Stdio::from);
+                    command.args(&argv[1..]).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::null());
                     command.spawn().await
                 });
                 let mut child =
@@ -540,8 +558,9 @@ impl Remote {
                 LinesFrom::Ssh { ssh, _child: Box::new(child), lines: BufReader::new(stdout).lines() }
             }
             Link::Local(_) => {
+                let stdin = stdin.map_or_else(std::process::Stdio::null, std::process::Stdio::from);
                 let mut child = crate::local::command(&argv)
-                    .stdin(std::process::Stdio::null())
+                    .stdin(stdin)
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::null())
                     .spawn()
@@ -801,6 +820,16 @@ pub struct Detached {
 }
 
 impl Detached {
+    /// Starts it with stdin, stdout and stderr piped, for a command that
+    /// waits for a word from the deployer.
+    pub fn spawn(&self) -> std::io::Result<std::process::Child> {
+        crate::local::command(&self.argv)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    }
+
     /// Runs it; ended (and an error) after `timeout`. Not traced: the
     /// heartbeats that use it come every few seconds, and it holds a
     /// script's whole text.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::{PlannedStep, SwitchReport};
-use crate::activation::{self, Before, Safety};
+use crate::activation::{self, Ahead, Before, Safety};
 use crate::config::{self, Config, HealthCheck, Top};
 use crate::exit::{BadInput, Exit, Failure};
 use crate::generation;
@@ -199,6 +199,17 @@ pub fn deploy_to(
         None => None,
     };
 
+    // Paths go to the host in the switch's own call (`import.sh`), and only
+    // those it lacks: the lock's inspection asks the host about the top's
+    // closure (and procServ's). A build on the host, a local store or
+    // `--substitute-on-destination` (only `nix copy` substitutes) keep
+    // `nix copy`.
+    let sends_itself = target.local.is_none() && !on_target && !opts.substitute_on_destination;
+    let asked = match (&procserv, sends_itself) {
+        (_, false) => Vec::new(),
+        (Some(ProcServBuild::Here(p)), true) => closure(&[built.path.as_path(), p.path.as_path()])?,
+        (_, true) => closure(&[built.path.as_path()])?,
+    };
     let step = progress.step(label, "connect");
     let mut remote = match login {
         Some(login) => login.finish()?,
@@ -206,16 +217,16 @@ pub fn deploy_to(
     };
     let expect_name = target.expected_hostname().filter(|_| !opts.skip_hostname_check);
     let state = if opts.dry_run {
-        let state = host::inspect(&remote, top_name, host::Depth::Current)?;
+        let state = host::inspect_asking(&remote, top_name, host::Depth::Current, &asked)?;
         if let Some(name) = expect_name {
             check_hostname(target, name, &state.hostname)?;
         }
         state
     } else {
         let who = target::deployer();
-        let depth = Some(host::Depth::Current);
+        let inspect = Some(host::inspect_args(host::Depth::Current, &asked));
         let (stale, state) =
-            activation::take_lock(&mut remote, target, top_name, &who, expect_name, opts.break_lock, depth)?;
+            activation::take_lock(&mut remote, target, top_name, &who, expect_name, opts.break_lock, inspect)?;
         if let Some(stale) = stale {
             progress.note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));
         }
@@ -284,6 +295,7 @@ pub fn deploy_to(
         magic_rollback: !opts.no_magic_rollback && top.magic_rollback && host_magic,
         confirm_timeout: Duration::from_secs(top.confirm_timeout),
         activation_timeout: timeout,
+        checks: plan.health_checks(&checks),
     };
     // What the host builds itself is not copied, only its derivation.
     // This machine's store is the host's: nothing to copy there.
@@ -291,9 +303,17 @@ pub fn deploy_to(
     let procserv_copied = procserv_moves.filter(|_| !on_target && target.local.is_none());
     let to_copy: Vec<&Utf8Path> =
         generation_copied.map(|p| p.as_path()).chain(procserv_copied.map(|p| p.path.as_path())).collect();
+    // What the switch's call sends: the paths of the closure the host lacks.
+    let to_send = match &state.missing_paths {
+        Some(missing) if !to_copy.is_empty() && plan.changes_host() => {
+            let needed = closure(&to_copy)?;
+            Some(needed.into_iter().filter(|p| missing.contains(p) || !asked.contains(p)).collect::<Vec<_>>())
+        }
+        _ => None,
+    };
     if opts.dry_run {
-        let mut steps =
-            dry_run_steps(&plan, &state, target, &remote, &safety, &to_copy, opts.substitute_on_destination);
+        let copy = Copy { paths: &to_copy, send: to_send.as_deref(), substitute: opts.substitute_on_destination };
+        let mut steps = dry_run_steps(&plan, &state, target, &remote, &safety, &copy);
         let mut at = 1;
         if let (Some(drv), Some(path)) = (&host_builds, &plan.generation_path) {
             for step in build_on_host_steps(target, &remote, &state, drv, path) {
@@ -326,7 +346,12 @@ pub fn deploy_to(
         check_top_contents_on_host(&remote, top_name, top, &built.path)?;
         step.done(path.as_str());
     }
-    if !to_copy.is_empty() {
+    let mut ahead = Ahead::default();
+    if let Some(paths) = to_send.as_ref().filter(|p| !p.is_empty()) {
+        let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
+        ahead.export = Some(nix::export(&paths).spawn()?);
+    }
+    if to_send.is_none() && !to_copy.is_empty() {
         let step = progress.step(label, "copy");
         let copy = copy_cmd(target, &remote, true, &state, &to_copy, opts.substitute_on_destination);
         let copied = run_copy(&copy);
@@ -340,18 +365,20 @@ pub fn deploy_to(
         return Err(interrupted().into());
     }
     if let Some(p) = procserv_moves {
-        // Host-wide, beside the top's profile: a rollback of the top leaves it.
-        let step = progress.step(label, "procServ");
-        let link = remote.run(&set_procserv_cmd(p))?;
-        step.done(&format!("{} -> {}", layout::procserv_profile(), link.trim()));
+        // Host-wide, beside the top's profile: a rollback of the top leaves
+        // it. In the switch's call when there is one.
+        if plan.changes_host() {
+            ahead.procserv = Some(set_procserv_cmd(p));
+        } else {
+            let step = progress.step(label, "procServ");
+            let link = remote.run(&set_procserv_cmd(p))?;
+            step.done(&format!("{} -> {}", layout::procserv_profile(), link.trim()));
+        }
     }
 
     let generation = if plan.changes_host() {
-        // The IOCs that run something new must pass their own checks; the
-        // others only need to stay up.
-        let checks = plan.health_checks(&checks);
         let before = Before { generation: state.current };
-        activation::switch_safely(&remote, target, &plan, &before, &safety, &checks, progress)?
+        activation::switch_safely(&remote, target, &plan, &before, &safety, ahead, progress)?
     } else {
         activation::ensure_running(&remote, &plan, state.current, progress, target, timeout)?
     };
@@ -561,6 +588,22 @@ fn first_use_race(err: &crate::process::CmdError) -> bool {
     let text = err.to_string();
     (text.contains("creating symlink from") && text.contains("File exists"))
         || (text.contains("SQLite database") && text.contains("is busy"))
+}
+
+/// How a dry run's paths reach the host.
+struct Copy<'a> {
+    /// The store paths a switch needs there (their closures too).
+    paths: &'a [&'a Utf8Path],
+    /// What the switch's call sends, when it does: the paths of those
+    /// closures the host lacks. `None`: `nix copy`.
+    send: Option<&'a [Utf8PathBuf]>,
+    substitute: bool,
+}
+
+/// The closure of `paths` in the local store.
+fn closure(paths: &[&Utf8Path]) -> Result<Vec<Utf8PathBuf>> {
+    let paths: Vec<&str> = paths.iter().map(|p| p.as_str()).collect();
+    Ok(nix::closure(&paths).output()?.lines().map(Utf8PathBuf::from).collect())
 }
 
 /// Runs a `nix copy` to a host (of paths, or of derivations to build
@@ -799,8 +842,7 @@ fn dry_run_steps(
     target: &Target,
     remote: &Remote,
     safety: &Safety,
-    to_copy: &[&Utf8Path],
-    substitute: bool,
+    copy: &Copy,
 ) -> Vec<PlannedStep> {
     let top = plan.top.as_str();
     let mut steps = Vec::new();
@@ -809,11 +851,20 @@ fn dry_run_steps(
         "take the deploy lock `{}` (held while the deployer's connection lasts)",
         layout::records(top).join("lock")
     ));
-    if !to_copy.is_empty() {
-        steps.push(PlannedStep {
+    match copy.send {
+        Some([]) => {}
+        Some(send) => steps.push(PlannedStep {
             on: "local".into(),
-            action: copy_cmd(target, remote, false, state, to_copy, substitute).to_string(),
-        });
+            action: format!(
+                "send the {} store path(s) the host lacks, in the switch's call: `nix-store --export` of them into `sh import.sh` (`nix-store --import`)",
+                send.len()
+            ),
+        }),
+        None if !copy.paths.is_empty() => steps.push(PlannedStep {
+            on: "local".into(),
+            action: copy_cmd(target, remote, false, state, copy.paths, copy.substitute).to_string(),
+        }),
+        None => {}
     }
     let mut on = |action: String| steps.push(PlannedStep { on: target.label.clone(), action });
     if !plan.changes_host() {

@@ -198,8 +198,15 @@ fn connect(
         Some(changing) => {
             let expect_name = target.expected_hostname().filter(|_| !changing.skip_hostname_check);
             let who = target::deployer();
-            let (stale, state) =
-                activation::take_lock(&mut remote, &target, &sel.top, &who, expect_name, false, Some(depth))?;
+            let (stale, state) = activation::take_lock(
+                &mut remote,
+                &target,
+                &sel.top,
+                &who,
+                expect_name,
+                false,
+                Some(host::inspect_args(depth, &[])),
+            )?;
             if let Some(stale) = stale {
                 progress
                     .note(&format!("note: took over the lock of a deploy that ended without releasing it ({stale})"));

@@ -110,7 +110,6 @@ pub fn run(opts: &RollbackOptions, progress: &Progress) -> Result<SwitchReport> 
     let mut plan = plan::switch_to(&sel.top, wanted.number, wanted.top_build(), units, &state, &target.label)?;
     // What the confirmation notes as healthy: this generation, by its path.
     plan.generation_path = Some(wanted.store_path.clone());
-    let checks = plan.health_checks(&stored_checks);
 
     let top = config.as_ref().and_then(|c| c.tops.get(&sel.top));
     let host_magic =
@@ -121,9 +120,11 @@ pub fn run(opts: &RollbackOptions, progress: &Progress) -> Result<SwitchReport> 
         activation_timeout: opts.activation_timeout.unwrap_or(Duration::from_secs(
             top.map_or(config::DEFAULT_ACTIVATION_TIMEOUT_SECS, |t| t.activation_timeout),
         )),
+        checks: plan.health_checks(&stored_checks),
     };
     let before = Before { generation: state.current };
-    let generation = activation::switch_safely(&remote, &target, &plan, &before, &safety, &checks, progress)?;
+    let generation =
+        activation::switch_safely(&remote, &target, &plan, &before, &safety, Default::default(), progress)?;
     let conserver = super::update_conserver(&remote, &target, config.as_ref(), progress);
     remote.close();
     Ok(SwitchReport { conserver, ..SwitchReport::new(&target, &plan, generation, state.current) })

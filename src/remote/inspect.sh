@@ -1,15 +1,32 @@
-# inspect: context, then a NONCE, HISTORY (`yes` or `no`) and the profile of
-# the host's procServ from Nix. Prints the
+# inspect: context, then a NONCE, HISTORY (`yes` or `no`), the profile of
+# the host's procServ from Nix and, optionally, store paths (one a line)
+# to look for in the host's store. Prints the
 # host's state for one top, one record per fact, each opened by the nonce
 # (which no file can contain by accident), so unit texts need no escaping.
 # With HISTORY, also who made each generation and which IOCs it runs: one
 # more read per generation, which only `list` needs.
 context "$@"
 shift 7
-nonce=$1 history=$2 procserv_profile=$3
+nonce=$1 history=$2 procserv_profile=$3 asked=${4:-}
 # Before use_nix: `nix copy` finds nix-store only on the plain SSH PATH.
 if command -v nix-store >/dev/null 2>&1; then say nix-store-on-path yes; else say nix-store-on-path no; fi
 use_nix
+# Which of the asked store paths the host lacks: a deploy sends only those,
+# in its switch's call. Tried again: two deploys to a host whose store was
+# never used race to create its database, and Nix gives up on a busy one
+# without waiting. Store paths are single words.
+if [ -n "$asked" ] && command -v nix-store >/dev/null 2>&1; then
+  tries=0
+  while [ "$tries" -lt 3 ]; do
+    if missing=$(printf '%s\n' "$asked" | xargs nix-store --check-validity --print-invalid 2>/dev/null); then
+      say store-checked yes
+      for p in $missing; do say missing "$p"; done
+      break
+    fi
+    tries=$((tries + 1))
+    sleep 0.2
+  done
+fi
 say hostname "$(cat /proc/sys/kernel/hostname)"
 # The host's clock: generation ages are its, not the deployer's.
 say now "$(date +%s)"

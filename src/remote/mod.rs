@@ -41,6 +41,7 @@ scripts! {
     DELETE = "delete";
     FETCH_GENERATION = "fetch_generation";
     GC = "gc";
+    IMPORT = "import";
     HEARTBEAT = "heartbeat";
     IDENTITY = "identity";
     INSPECT = "inspect";

@@ -3,7 +3,8 @@
 # last step. Runs host-side scripts one after another in one call, where
 # each would cost a round trip of its own (`remote::steps`).
 #
-# A held step runs to its end with its output held back in files, so a
+# The first held step reads the call's stdin (the store paths sent with a
+# switch, for import.sh); the others read nothing. A held step runs to its end with its output held back in files, so a
 # deployer that goes away cannot cut it short; then its stdout is relayed
 # line by line, on a failure the tail of its stderr as `epnix-stderr LINE`,
 # and `epnix-step NAME CODE`. A step that fails ends the chain. So does a
@@ -17,6 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 relay() { printf '%s\n' "$1" 2>/dev/null || exit 0; }
 
 # run NAME COUNT TEXT ARGS...: the step with the first COUNT of ARGS.
+first=yes
 run() (
   n=$2 text=$3
   shift 3
@@ -27,13 +29,15 @@ run() (
     if [ "$i" -lt "$n" ]; then set -- "$@" "$a"; fi
     i=$((i + 1))
   done
-  exec sh -c "$text" epnix-deploy "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+  if [ "$first" = no ]; then exec </dev/null; fi
+  exec sh -c "$text" epnix-deploy "$@" >"$tmp/out" 2>"$tmp/err"
 )
 
 while [ "$held" -gt 0 ]; do
   name=$1 n=$2
   code=0
   run "$@" || code=$?
+  first=no
   shift $((3 + n))
   while IFS= read -r line || [ -n "$line" ]; do relay "$line"; done <"$tmp/out"
   if [ "$code" -ne 0 ]; then

@@ -1457,3 +1457,65 @@ fn steps_without_their_deployer_finish_the_step_and_start_no_other() {
     assert!(dir.path().join("a-done").exists(), "the running step was cut short");
     assert!(!dir.path().join("b-ran").exists(), "a step started without its deployer");
 }
+
+// ---------------------------------------------------- inspect.sh, import.sh
+
+/// A `nix-store` stand-in: `--check-validity --print-invalid PATHS` prints
+/// those that are no directory; `--import` keeps its stdin in `$IMPORTED`
+/// and fails on a stream without its end (`END`), as the real one fails on
+/// a stream cut short.
+const NIX_STORE: &str = r#"#!/bin/sh
+case $1 in
+  --check-validity)
+    shift 2
+    for p; do [ -d "$p" ] || echo "$p"; done
+    ;;
+  --import)
+    cat >"$IMPORTED"
+    grep -q '^END$' "$IMPORTED" || { echo "error: unexpected end-of-file" >&2; exit 1; }
+    ;;
+  *) exit 2 ;;
+esac
+"#;
+
+fn with_nix_store(host: &FakeHost) {
+    std::fs::write(host.bin().join("nix-store"), NIX_STORE).unwrap();
+    std::fs::set_permissions(host.bin().join("nix-store"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn inspect_names_the_asked_store_paths_the_host_lacks() {
+    let host = FakeHost::new();
+    with_nix_store(&host);
+    let have = path_str(&host.store_path("have"));
+    let lacks = path_str(&host.root.join("store/lacks"));
+    let inspect = |asked: &str| {
+        let ran = host.run(INSPECT, &["@@n@@", "no", "/nowhere/procServ", asked]);
+        assert_eq!(ran.code, Some(0), "{ran:?}");
+        crate::host::parse_inspect("@@n@@", &ran.stdout).unwrap().missing_paths
+    };
+    assert_eq!(inspect(&format!("{have}\n{lacks}")), Some([lacks.into()].into()));
+    assert_eq!(inspect(&have), Some(Default::default()));
+    assert_eq!(inspect(""), None, "asked nothing");
+}
+
+#[test]
+fn import_takes_the_whole_stream_or_fails() {
+    let host = FakeHost::new();
+    with_nix_store(&host);
+    let imported = host.root.join("imported");
+    for (stream, code) in [("nar\nEND\n", Some(0)), ("nar, cut sh", Some(1))] {
+        let mut child = host
+            .command(IMPORT, &[])
+            .env("IMPORTED", &imported)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stream.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), code, "{out:?}");
+        assert_eq!(std::fs::read_to_string(&imported).unwrap(), stream);
+    }
+}

@@ -2,8 +2,8 @@
 //! systemd, procServ and an EPICS IOC answering over Channel Access.
 
 use crate::support::{
-    TestFlake, TestIoc, assert_exit, assert_untouched, caget_eventually, change, demo_top, epnix_deploy, json,
-    profile_link, start_marks, stderr,
+    TestFlake, TestIoc, assert_exit, assert_untouched, caget_eventually, change, demo, demo_top, deployed_v1,
+    epnix_deploy, json, profile_link, start_marks, stderr,
 };
 use crate::testbed::TestHost;
 
@@ -152,7 +152,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(plan.contains("profile /nix/var/nix/profiles/epnix/demo: new, generation 1"), "{plan}");
     assert!(plan.contains("iocDemo (epnix-iocDemo.service): new"), "{plan}");
-    assert!(plan.contains("copy --to ssh://root@127.0.0.1"), "{plan}");
+    // The closure goes in the switch's own call, and only what the host lacks.
+    assert!(plan.contains("store path(s) the host lacks, in the switch's call: `nix-store --export`"), "{plan}");
     // Everything the deploy does to the host, in order, with nothing that
     // only exists while the tool runs.
     for step in [
@@ -167,4 +168,40 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     }
     assert!(!plan.contains("/tmp/"), "{plan}");
     assert_untouched(&host);
+}
+
+/// The store paths go to the host in the switch's own call, and only those
+/// it lacks: a new top with its generation, then a generation alone when
+/// only the configuration changed.
+#[test]
+fn only_the_store_paths_the_host_lacks_are_sent() {
+    let (host, flake, ioc, _) = deployed_v1();
+    let h = host.name.as_str();
+    let sent = |out: &std::process::Output| -> Vec<String> {
+        let err = stderr(out);
+        let line = err.lines().find_map(|l| l.strip_prefix("local: $ nix-store --export ")).unwrap_or_default();
+        let mut paths: Vec<String> = line.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+        paths.sort();
+        paths
+    };
+    let top = || host.ssh_ok("readlink -f /nix/var/nix/profiles/epnix/demo/.epnix-deploy/top").trim().to_owned();
+    let v1_top = top();
+
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", "", ""));
+    let out = epnix_deploy(&flake, &["-v", h, "demo"]);
+    assert_exit(&out, 0);
+    let v2_top = top();
+    let generation = host.ssh_ok("readlink -f /nix/var/nix/profiles/epnix/demo").trim().to_owned();
+    let mut want = vec![v2_top.clone(), generation];
+    want.sort();
+    assert_eq!(sent(&out), want, "v1's top {v1_top} is there already");
+
+    // Only the IOC's settings change: the top is there, the generation is new.
+    flake.write(&host, &demo(&ioc, "version = \"v2\";", "environment.EXTRA = \"1\";", ""));
+    let out = epnix_deploy(&flake, &["-v", h, "demo"]);
+    assert_exit(&out, 0);
+    let generation = host.ssh_ok("readlink -f /nix/var/nix/profiles/epnix/demo").trim().to_owned();
+    assert_eq!(sent(&out), [generation]);
+    assert_eq!(top(), v2_top);
+    caget_eventually(&host, "iocDemo:version", &ioc, "v2");
 }

@@ -95,7 +95,8 @@ fn progress_on_a_terminal_plain_verbose_and_quiet() {
     let remote = format!("{h}: $ sh");
     for (start, part) in [
         (format!("{nix} build --no-link --json "), "#epnixDeploy.tops.demo.package".to_owned()),
-        ("local: $ NIX_SSHOPTS=".to_owned(), " copy --to ssh://root@127.0.0.1 /nix/store/".to_owned()),
+        ("local: $ nix-store --export /nix/store/".to_owned(), "-epnix-demo-generation".to_owned()),
+        (format!("{remote} import.sh"), String::new()),
         (format!("{h}: $ ssh "), format!("-p {} ", host.port)),
         (format!("{remote} lock.sh /etc/systemd/system demo "), format!(" {h}")),
         (format!("{remote} wait_healthy.sh "), " epnix-iocDemo.service ".to_owned()),
