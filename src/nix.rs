@@ -257,6 +257,20 @@ pub fn closure(paths: &[&str]) -> Cmd {
     Cmd::new("nix-store").args(["--query", "--requisites"]).args(paths.iter().copied())
 }
 
+/// Whether a Nix command failed only for losing a race of two Nix
+/// processes setting up a store that was never used, which a second try
+/// finds set up: one makes `/nix/var/nix/gcroots/profiles` under the
+/// other; one holds the new database while it writes its schema (Nix gives
+/// up on a busy database there without waiting); the daemon, started by its
+/// socket, drops a connection while it starts. `message`: the error, with
+/// Nix's stderr.
+pub fn first_use_race(message: &str) -> bool {
+    (message.contains("creating symlink from") && message.contains("File exists"))
+        || (message.contains("SQLite database") && message.contains("is busy"))
+        || (message.contains("cannot open connection to remote store 'daemon'")
+            && message.contains("Connection reset by peer"))
+}
+
 /// `nix copy`, riding the master connection at `control_socket`.
 fn copy(control_socket: &str) -> Cmd {
     nix().env("NIX_SSHOPTS", format!("-o ControlMaster=no -o ControlPath={control_socket}")).arg("copy")
@@ -288,6 +302,19 @@ fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_race_to_set_up_a_fresh_store_is_told_from_other_failures() {
+        for race in [
+            "error: creating symlink from '/nix/var/nix/gcroots/profiles' to '/nix/var/nix/profiles': File exists",
+            "error: SQLite database '/nix/var/nix/db/db.sqlite' is busy\nerror: cannot connect to 'root@127.0.0.1'",
+            "error: cannot open connection to remote store 'daemon': error: reading from file: Connection reset by peer",
+        ] {
+            assert!(first_use_race(race), "{race}");
+        }
+        assert!(!first_use_race("error: cannot connect to 'root@127.0.0.1'"));
+        assert!(!first_use_race("error: cannot open connection to remote store 'daemon': Permission denied"));
+    }
 
     #[test]
     fn build_output_of_nix_2_8_and_later() {

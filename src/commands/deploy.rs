@@ -64,9 +64,17 @@ pub fn evaluate(flake: &nix::Flake) -> Result<Evaluated> {
         (config, metadata.join())
     });
     let (config, metadata) = metadata;
-    let config = config?;
+    // On a store never used before, the two race to set it up: the one
+    // that lost goes again, alone.
+    let config = match config {
+        Err(err) if nix::first_use_race(&format!("{err:#}")) => nix::evaluate(flake),
+        config => config,
+    }?;
     let Ok(metadata) = metadata else { anyhow::bail!("reading the flake's metadata panicked") };
-    let metadata = metadata?;
+    let metadata = match metadata {
+        Err(err) if nix::first_use_race(&err.to_string()) => nix::flake_metadata(flake).output(),
+        metadata => metadata,
+    }?;
     Ok(Evaluated { config, revision: nix::parse_revision(&metadata)? })
 }
 
@@ -579,17 +587,6 @@ fn parse_inspect_build(
     Ok(facts)
 }
 
-/// A `nix copy` that lost a race of two Nix processes setting up a store
-/// that was never used: two deploys of different tops to a fresh host at
-/// once. One makes `/nix/var/nix/gcroots/profiles` under the other, or
-/// holds the new database while it writes its schema (Nix gives up on a busy
-/// database there without waiting). A later try finds the store set up.
-fn first_use_race(err: &crate::process::CmdError) -> bool {
-    let text = err.to_string();
-    (text.contains("creating symlink from") && text.contains("File exists"))
-        || (text.contains("SQLite database") && text.contains("is busy"))
-}
-
 /// How a dry run's paths reach the host.
 struct Copy<'a> {
     /// The store paths a switch needs there (their closures too).
@@ -607,13 +604,14 @@ fn closure(paths: &[&Utf8Path]) -> Result<Vec<Utf8PathBuf>> {
 }
 
 /// Runs a `nix copy` to a host (of paths, or of derivations to build
-/// there), up to three times while it loses [`first_use_race`]. A copy is
+/// there), up to three times while it loses [`nix::first_use_race`]: two
+/// deploys of different tops to a fresh host at once. A copy is
 /// idempotent, so a retry is safe.
 fn run_copy(copy: &Cmd) -> Result<String, crate::process::CmdError> {
     let mut tries = 1;
     loop {
         match copy.output() {
-            Err(err) if tries < 3 && first_use_race(&err) && !activation::interrupted() => {
+            Err(err) if tries < 3 && nix::first_use_race(&err.to_string()) && !activation::interrupted() => {
                 // The other setup needs a moment to finish its schema.
                 std::thread::sleep(std::time::Duration::from_millis(200 * tries));
                 tries += 1;
@@ -907,21 +905,6 @@ fn dry_run_steps(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_copy_that_lost_nixs_first_use_race_is_tried_again_and_no_other() {
-        let failed = |stderr: &str| crate::process::CmdError::Failed {
-            cmd: "nix copy".into(),
-            status: "exit status: 1".into(),
-            stderr: stderr.into(),
-        };
-        let race =
-            "error: creating symlink from '/nix/var/nix/gcroots/profiles' to '/nix/var/nix/profiles': File exists";
-        assert!(first_use_race(&failed(race)));
-        let busy =
-            "error: SQLite database '/nix/var/nix/db/db.sqlite' is busy\nerror: cannot connect to 'root@127.0.0.1'";
-        assert!(first_use_race(&failed(busy)));
-        assert!(!first_use_race(&failed("error: cannot connect to 'root@127.0.0.1'")));
-    }
     use crate::config::Host;
 
     fn configured(name: &str) -> Target {
