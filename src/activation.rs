@@ -897,6 +897,9 @@ fn follow_checks(
             anyhow::bail!(ConnectionLost("interrupted during the health checks".into()));
         }
         watch()?;
+        if stages.values().all(|stage| *stage != "starting") {
+            ready();
+        }
         let Some(line) = events.next_line()? else {
             anyhow::bail!("the health checks on the host ended without a verdict");
         };
@@ -936,9 +939,6 @@ fn follow_checks(
                 stages.remove(ioc.as_str());
             }
             _ => anyhow::bail!("the health checks on the host said `{line}`"),
-        }
-        if stages.values().all(|stage| *stage != "starting") {
-            ready();
         }
         let waiting: Vec<String> = stages.iter().map(|(ioc, stage)| format!("{ioc} ({stage})")).collect();
         step.update(&format!("checking {}", waiting.join(", ")));

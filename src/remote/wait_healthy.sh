@@ -80,7 +80,7 @@ interactive=''
 if awk -W version 2>/dev/null | grep -q mawk; then interactive='-W interactive'; fi
 interval_us=$(awk -v i="$interval" 'BEGIN { printf "%.0f", i * 1000000 }')
 start=$(now_us)
-echo 0 >"$tmp/wake"
+echo "0 0" >"$tmp/wake"
 
 # The feeders write whole lines into one pipe, each line in one write, and
 # end when it breaks (the decider is gone); the trap ends them anyway.
@@ -112,20 +112,31 @@ mkfifo "$tmp/feed" || exit 1
       }' &
   echo $! >"$tmp/follower.pid"
   # The poller: a snapshot every INTERVAL, or sooner when a unit is due
-  # to settle (the decider writes when to `wake`).
+  # to settle: the decider answers each snapshot in `wake` with when to
+  # ask again (`ASKED WHEN`, 0 for a round). The answer to this snapshot,
+  # not the last one's: a settle ends on time.
   (
     while :; do
       asked=$(now_us)
       show 'state ' || exit 0
       echo "snapshot $asked" || exit 0
-      read -r wake <"$tmp/wake" || wake=0
+      tries=0 seen='' wake=0
+      while [ "$tries" -lt 20 ]; do
+        read -r seen wake <"$tmp/wake" || seen=''
+        if [ "$seen" = "$asked" ]; then break; fi
+        sleep 0.01
+        tries=$((tries + 1))
+      done
+      if [ "$seen" != "$asked" ] || [ -z "$wake" ]; then wake=0; fi
       left=$((wake - $(now_us)))
       pause=$interval
-      # Never longer than a round.
-      if [ "$left" -gt 0 ] && [ "$left" -lt "$interval_us" ]; then
+      # Never longer than a round; at once when due.
+      if [ "$wake" -gt 0 ] && [ "$left" -le 0 ]; then
+        pause=0
+      elif [ "$wake" -gt 0 ] && [ "$left" -lt "$interval_us" ]; then
         pause=$((left / 1000000)).$(printf '%06d' $((left % 1000000)))
       fi
-      sleep "$pause"
+      if [ "$pause" != 0 ]; then sleep "$pause"; fi
     done
   ) 2>/dev/null &
   echo $! >"$tmp/poller.pid"
@@ -185,7 +196,7 @@ awk $interactive -v n="$n" -v timeout="$timeout" -v start="$start" -v wake="$tmp
     }
     if (all) { emit("done"); exit }
     # The poller asks again when the soonest settling unit is due.
-    printf "%.0f\n", (soonest == "" ? 0 : now + soonest) > wake; close(wake)
+    printf "%s %.0f\n", $2, (soonest == "" ? 0 : now + soonest) > wake; close(wake)
     next
   }
   $1 == "tick" {
