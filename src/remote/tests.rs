@@ -725,6 +725,20 @@ fn confirm_takes_the_restore_point_and_notes_a_healthy_generation() {
     assert_eq!(rollback(&host, "unconfirmed").stdout, "nothing to roll back\n");
 }
 
+/// Made ready ahead (`wait`), the confirmation acts only on the deployer's
+/// `go`: a deployer gone first (the end of stdin) confirms nothing.
+#[test]
+fn a_waiting_confirmation_confirms_only_on_go() {
+    for (said, code) in [("", Some(4)), ("stop\n", Some(4)), ("go\n", Some(0))] {
+        let (host, v2) = switched_host();
+        let ran = host.run_with_stdin(CONFIRM, &[TIMER, "2", path_str(&v2).as_str(), "wait"], said);
+        assert_eq!(ran.code, code, "{said:?}: {ran:?}");
+        let confirmed = code == Some(0);
+        assert_eq!(!host.exists(&host.records().join("restore")), confirmed, "{said:?}");
+        assert_eq!(host.record_lines("outcomes").len(), usize::from(confirmed), "{said:?}");
+    }
+}
+
 #[test]
 fn confirm_of_a_switch_that_changed_nothing_notes_no_outcome() {
     let (host, _) = switched_host();
