@@ -391,17 +391,11 @@ pub fn switch_safely(
     }
     if let Some(procserv) = &ahead.procserv {
         let step = progress.step(&target.label, "procServ");
-        let set = StepEnd::read(&mut stream, procserv.script.unwrap_or_default(), target)?;
-        if set.code != 0 {
-            anyhow::bail!("on `{target}`: `{procserv}` failed (exit status: {}):\n{}", set.code, set.stderr.trim_end());
-        }
+        let set = StepEnd::succeeded(&mut stream, procserv, target)?;
         step.done(&format!("{} -> {}", layout::procserv_profile(), set.stdout.trim()));
     }
     let step = progress.step(&target.label, "arm rollback");
-    let armed = StepEnd::read(&mut stream, "prepare", target)?;
-    if armed.code != 0 {
-        anyhow::bail!("on `{target}`: `{prepare}` failed (exit status: {}):\n{}", armed.code, armed.stderr);
-    }
+    StepEnd::succeeded(&mut stream, &prepare, target)?;
     let mut heartbeat = None;
     if safety.magic_rollback {
         heartbeat =
@@ -749,6 +743,15 @@ struct StepEnd {
 }
 
 impl StepEnd {
+    /// Reads the end of step `cmd` (a script command), which must succeed.
+    fn succeeded(lines: &mut ssh::Lines<'_>, cmd: &RemoteCmd, target: &Target) -> Result<StepEnd> {
+        let end = StepEnd::read(lines, cmd.script.unwrap_or_default(), target)?;
+        if end.code != 0 {
+            anyhow::bail!("on `{target}`: `{cmd}` failed (exit status: {}):\n{}", end.code, end.stderr.trim_end());
+        }
+        Ok(end)
+    }
+
     /// Reads the lines of step `name` up to its end. A call that ends
     /// before (the connection was lost) is [`ConnectionLost`].
     fn read(lines: &mut ssh::Lines<'_>, name: &str, target: &Target) -> Result<StepEnd> {
