@@ -31,7 +31,7 @@ use crate::plan::{Guarded, Plan};
 use crate::process::tail;
 use crate::progress::{Progress, Step};
 use crate::remote;
-use crate::ssh::{self, ConnectionLost, Detached, Lock, Remote, RemoteCmd};
+use crate::ssh::{self, ConnectionLost, Detached, Lock, LoginAhead, Remote, RemoteCmd};
 use crate::target::Target;
 
 /// Set by the Ctrl-C handler; long steps look at it and stop.
@@ -243,61 +243,49 @@ pub fn fresh_login(target: &Target) -> &'static str {
     }
 }
 
-/// The confirmation made ready ahead, on a thread of its own: a new login,
-/// and on it `confirm.sh` started and waiting on the host for the word to
-/// go. Confirming then costs one round trip. Dropped unused, it ends with
-/// nothing confirmed: the host's `confirm.sh` reads the end of its stdin.
-struct ConfirmAhead(Option<JoinHandle<Result<(Remote, std::process::Child)>>>);
+/// The confirmation made ready ahead ([`LoginAhead::start_then`]): a new
+/// login, and on it `confirm.sh` started and waiting on the host for the
+/// word to go. Confirming then costs one round trip.
+fn ready_confirmation(target: &Target, confirm: RemoteCmd) -> LoginAhead<Waiting> {
+    LoginAhead::start_then(target, move |fresh| {
+        let waiting = fresh.detached(&confirm).spawn().with_context(|| format!("could not run `{confirm}`"))?;
+        Ok(Waiting(Some(waiting)))
+    })
+}
 
-impl ConfirmAhead {
-    fn start(target: &Target, confirm: RemoteCmd) -> ConfirmAhead {
-        let target = target.clone();
-        ConfirmAhead(Some(std::thread::spawn(move || {
-            let fresh = Remote::connect(&target)?;
-            match fresh.detached(&confirm).spawn() {
-                Ok(waiting) => Ok((fresh, waiting)),
-                Err(err) => {
-                    fresh.close();
-                    Err(anyhow::Error::new(err).context(format!("could not run `{confirm}`")))
-                }
-            }
-        })))
-    }
+/// `confirm.sh` waiting for the word to go. Dropped unused, its stdin
+/// closes: it ends with nothing confirmed, and is waited for.
+struct Waiting(Option<std::process::Child>);
 
-    /// Says `go`, and waits for the confirmation's end.
-    fn go(mut self, target: &Target) -> Result<()> {
-        let handle = self.0.take().expect("confirmed once");
-        let (fresh, mut waiting) = handle
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the login thread panicked")))
-            .with_context(|| format!("confirming {}", fresh_login(target)))?;
-        // A write that fails means `confirm.sh` ended already: its status says how.
-        if let Some(mut stdin) = waiting.stdin.take() {
-            let _ = std::io::Write::write_all(&mut stdin, b"go\n");
-        }
-        let output = waiting.wait_with_output();
-        fresh.close();
-        let output = output.context("waiting for `confirm.sh`")?;
-        match output.status.code() {
-            Some(0) => Ok(()),
-            Some(255) | None => {
-                Err(ConnectionLost(format!("on `{target}`: the SSH connection was lost confirming the switch")).into())
-            }
-            Some(code) => anyhow::bail!(
-                "`confirm.sh` failed (exit status: {code}):\n{}",
-                tail(&String::from_utf8_lossy(&output.stderr))
-            ),
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut waiting) = self.0.take() {
+            drop(waiting.stdin.take());
+            let _ = waiting.wait();
         }
     }
 }
 
-impl Drop for ConfirmAhead {
-    fn drop(&mut self) {
-        if let Some(Ok(Ok((fresh, mut waiting)))) = self.0.take().map(|h| h.join()) {
-            drop(waiting.stdin.take());
-            let _ = waiting.wait();
-            fresh.close();
+/// Says `go` to a confirmation made ready ahead, and waits for its end.
+fn confirm_now(ahead: LoginAhead<Waiting>, target: &Target) -> Result<()> {
+    let (fresh, mut waiting) = ahead.finish_then().with_context(|| format!("confirming {}", fresh_login(target)))?;
+    let mut waiting = waiting.0.take().expect("started with the login");
+    // A write that fails means `confirm.sh` ended already: its status says how.
+    if let Some(mut stdin) = waiting.stdin.take() {
+        let _ = std::io::Write::write_all(&mut stdin, b"go\n");
+    }
+    let output = waiting.wait_with_output();
+    fresh.close();
+    let output = output.context("waiting for `confirm.sh`")?;
+    match output.status.code() {
+        Some(0) => Ok(()),
+        Some(255) | None => {
+            Err(ConnectionLost(format!("on `{target}`: the SSH connection was lost confirming the switch")).into())
         }
+        Some(code) => anyhow::bail!(
+            "`confirm.sh` failed (exit status: {code}):\n{}",
+            tail(&String::from_utf8_lossy(&output.stderr))
+        ),
     }
 }
 
@@ -432,7 +420,7 @@ pub fn switch_safely(
         let mut ready = || {
             let up = *up_since.get_or_insert_with(Instant::now);
             if safety.magic_rollback && confirm_ahead.is_none() && up.elapsed() + lead >= settle {
-                confirm_ahead = Some(ConfirmAhead::start(target, remote::CONFIRM.for_top(top, &confirm_args)));
+                confirm_ahead = Some(ready_confirmation(target, remote::CONFIRM.for_top(top, &confirm_args)));
             }
         };
         let step = progress.step(&target.label, "check");
@@ -444,7 +432,7 @@ pub fn switch_safely(
             follow_checks(remote, &mut stream, checks, safety.activation_timeout, &watch, &mut ready, &step)?;
         }
         if safety.magic_rollback && confirm_ahead.is_none() {
-            confirm_ahead = Some(ConfirmAhead::start(target, remote::CONFIRM.for_top(top, &confirm_args)));
+            confirm_ahead = Some(ready_confirmation(target, remote::CONFIRM.for_top(top, &confirm_args)));
         }
         step.done(&format!("{} IOC(s) healthy", checks.len()));
         Ok(generation)
@@ -460,7 +448,7 @@ pub fn switch_safely(
             // login must not let the timer fire.
             let step = progress.step(&target.label, "confirm");
             let confirmed = match confirm_ahead.take() {
-                Some(ahead) => ahead.go(target),
+                Some(ahead) => confirm_now(ahead, target),
                 None => {
                     let verdict = generation.map_or_else(|| "-".to_owned(), |g| g.to_string());
                     let store_path = plan.generation_path.clone().map_or_else(|| "-".to_owned(), |p| p.into_string());

@@ -737,29 +737,53 @@ impl Ssh {
 }
 
 /// A login made ahead, on a thread of its own, while other work goes on
-/// (the build, the health checks).
-pub struct LoginAhead(Option<std::thread::JoinHandle<Result<Remote>>>);
+/// (the build, the health checks), with what [`LoginAhead::start_then`]
+/// starts on it there.
+pub struct LoginAhead<T = ()>(Option<std::thread::JoinHandle<Result<(Remote, T)>>>);
 
 impl LoginAhead {
     pub fn start(target: &Target) -> LoginAhead {
-        let target = target.clone();
-        LoginAhead(Some(std::thread::spawn(move || Remote::connect(&target))))
+        LoginAhead::start_then(target, |_| Ok(()))
     }
 
     /// The connection, once the login is done.
-    pub fn finish(mut self) -> Result<Remote> {
+    pub fn finish(self) -> Result<Remote> {
+        self.finish_then().map(|(remote, ())| remote)
+    }
+}
+
+impl<T: Send + 'static> LoginAhead<T> {
+    /// The login, and `then` run on it on the same thread as soon as it is
+    /// made. A login whose `then` fails is closed.
+    pub fn start_then(target: &Target, then: impl FnOnce(&Remote) -> Result<T> + Send + 'static) -> LoginAhead<T> {
+        let target = target.clone();
+        LoginAhead(Some(std::thread::spawn(move || {
+            let remote = Remote::connect(&target)?;
+            match then(&remote) {
+                Ok(started) => Ok((remote, started)),
+                Err(err) => {
+                    remote.close();
+                    Err(err)
+                }
+            }
+        })))
+    }
+
+    /// The connection and what `then` started, once both are done.
+    pub fn finish_then(mut self) -> Result<(Remote, T)> {
         let handle = self.0.take().expect("finished once");
         handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the login thread panicked")))
     }
 }
 
-impl Drop for LoginAhead {
+impl<T> Drop for LoginAhead<T> {
     /// A login that is not used (the run stopped before it needed it) is
     /// waited for and closed: left running, it would outlive the process
     /// and leave its control directory behind. ssh's connect timeout
-    /// bounds the wait.
+    /// bounds the wait. What was started on it ends first.
     fn drop(&mut self) {
-        if let Some(Ok(Ok(remote))) = self.0.take().map(|h| h.join()) {
+        if let Some(Ok(Ok((remote, started)))) = self.0.take().map(|h| h.join()) {
+            drop(started);
             remote.close();
         }
     }
